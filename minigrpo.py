@@ -58,7 +58,7 @@ class Config:
     output_dir: str = field(default="runs/minigrpo", metadata={"help": "folder for metrics.jsonl and checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed for problems, sampling and initialization"})
     # rollouts
-    steps: int = field(default=25, metadata={"help": "training steps (one rollout each)"})
+    steps: int = field(default=20, metadata={"help": "training steps (one rollout each)"})
     prompts_per_step: int = field(default=4, metadata={"help": "prompts per step"})
     group_size: int = field(default=8, metadata={"help": "completions sampled per prompt (G)"})
     max_new_tokens: int = field(default=48, metadata={"help": "completion length limit (tokens)"})
