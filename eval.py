@@ -1,0 +1,219 @@
+"""eval.py: Pass@1 and Pass@K of one or more models, side by side.
+
+Did RL raise Pass@1, and did the model keep solving problems given many tries (Pass@K at
+large K), or did it only get sharper? Samples n completions per problem for each model,
+grades them with minigrpo's grader, and prints one table.
+
+  python eval.py --model smollm2 --model runs/minigrpo/final --n 32 --k 1,4,16,32
+  python eval.py --model runs/minigrpo/final --greedy          # greedy accuracy, n = 1
+
+Writes to --output_dir: samples.jsonl (one line per completion), summary.json (Pass@k for
+every power of two up to n and each requested k), passk.png (when matplotlib is installed).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import minigrpo as mg
+
+
+def pass_at_k(n, c, k):
+    """Unbiased Pass@k (Chen et al. 2021) from n samples with c correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as 1 - prod_{i=n-c+1..n} (1 - k/i), which never forms the huge binomials.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} needs 1 <= k <= n={n}")
+    if n - c < k:  # every draw of k samples contains a correct one
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def summarize(correct_counts, n, ks):
+    """Mean Pass@k over problems for each k, plus Pass@1's standard error across problems."""
+    per_problem_p1 = [c / n for c in correct_counts]
+    m = len(per_problem_p1)
+    mean_p1 = sum(per_problem_p1) / m
+    variance = sum((p - mean_p1) ** 2 for p in per_problem_p1) / (m - 1) if m > 1 else 0.0
+    return {
+        "pass@k": {str(k): sum(pass_at_k(n, c, k) for c in correct_counts) / m for k in ks},
+        "pass@1_stderr": math.sqrt(variance / m),
+    }
+
+
+# -----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, instead of argparse's usage block
+        raise mg.UsageError(message)
+
+
+def parse_args(argv=None):
+    defaults = mg.Config()
+    parser = _Parser(description="Pass@1 and Pass@K of one or more models, side by side.")
+    parser.add_argument("--model", action="append", required=True, help="a model, as minigrpo's --model; repeat to compare")
+    parser.add_argument("--dataset", default=defaults.dataset, help="task (default: the built-in arithmetic, held-out split)")
+    parser.add_argument("--digits", type=int, default=defaults.digits, help="arithmetic: digits of each operand")
+    parser.add_argument("--operations", default=defaults.operations, help="arithmetic: any of '+-*'")
+    parser.add_argument("--instruction", default=defaults.instruction, help="text appended to every question")
+    parser.add_argument("--limit", type=int, default=500, help="at most this many problems")
+    parser.add_argument("--n", type=int, default=32, help="samples per problem")
+    parser.add_argument("--k", default="", help="comma-separated k to show in the table (default: powers of two up to n)")
+    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (the paper's 0.6); 0 is greedy")
+    parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling (the paper's 0.95)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding: temperature 0, n = 1")
+    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens, help="completion length limit")
+    parser.add_argument("--batch_size", type=int, default=64, help="sequences per generate call")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
+    parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES), help="forward-pass dtype (autocast)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--output_dir", default="runs/eval", help="where samples.jsonl, summary.json, passk.png go")
+    args = parser.parse_args(argv)
+    if args.greedy:
+        args.temperature, args.n = 0.0, 1
+    try:
+        args.k = sorted({int(k) for k in args.k.split(",") if k.strip()})
+    except ValueError:
+        raise mg.UsageError(f"--k must be comma-separated integers (got {args.k!r})")
+    checks = [
+        (args.n < 1, f"--n must be >= 1 (got {args.n})"),
+        (any(k < 1 or k > args.n for k in args.k), f"every k must be in 1..n={args.n} (got {args.k})"),
+        (args.temperature < 0, f"--temperature must be >= 0 (got {args.temperature})"),
+        (args.temperature == 0 and args.n > 1, "greedy decoding (temperature 0) gives one answer: use --n 1"),
+        (not 0 < args.top_p <= 1, f"--top_p must be in (0, 1] (got {args.top_p})"),
+        (args.limit < 1, f"--limit must be >= 1 (got {args.limit})"),
+        (args.batch_size < 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
+        (args.max_new_tokens < 1, f"--max_new_tokens must be >= 1 (got {args.max_new_tokens})"),
+        (args.dataset not in mg.DATASETS, f"unknown dataset {args.dataset!r} (choose from {', '.join(mg.DATASETS)})"),
+        (len(set(args.model)) != len(args.model), "a --model is given twice"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise mg.UsageError(message)
+    for name in args.model:  # a missing path fails here, before any model loads
+        mg.check_config(mg.Config(model=name, dataset=args.dataset, digits=args.digits, operations=args.operations,
+                                  device=args.device))
+    return args
+
+
+def sample_model(name, problems, args, device):
+    """n graded completions per problem: one record per completion."""
+    model, tokenizer = mg.load_model(name, device)
+    model.eval()
+    torch.manual_seed(args.seed)
+    per_call = max(1, args.batch_size // args.n)  # problems per generate call
+    records = []
+    for start in tqdm(range(0, len(problems), per_call), desc=f"sampling {name}", file=sys.stderr):
+        chunk = problems[start : start + per_call]
+        with torch.autocast(device.type, dtype=mg.DTYPES[args.dtype], enabled=args.dtype != "float32"):
+            batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
+                               args.instruction, args.top_p)
+        lengths = batch["mask"].sum(dim=1).tolist()
+        for i, text in enumerate(batch["texts"]):
+            problem = chunk[i // args.n]
+            records.append({
+                "model": name, "problem_id": start + i // args.n, "prompt": batch["prompts"][i // args.n],
+                "completion": text, "extracted_answer": mg.extract_answer(text), "gold_answer": problem["answer"],
+                "correct": batch["rewards"][i].item() == 1.0, "num_tokens": lengths[i],
+                "truncated": bool(batch["truncated"][i]),
+            })
+    return records
+
+
+def plot_pass_at_k(summary, path):
+    """Pass@k against k on a log2 axis, one line per model; a one-line notice without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, so no passk.png (pip install matplotlib)")
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in summary.items():
+        ks = sorted(int(k) for k in s["pass@k"])
+        ax.plot(ks, [s["pass@k"][str(k)] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("Pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def table(summary, ks):
+    name_width = max(12, *(len(name) for name in summary))
+    header = f"{'model':<{name_width}}  {'pass@1':>15}" + "".join(f"  {f'pass@{k}':>8}" for k in ks if k != 1) + f"  {'tokens':>7}"
+    lines = [header]
+    for name, s in summary.items():
+        p1 = f"{s['pass@k']['1']:.3f} ± {s['pass@1_stderr']:.3f}"
+        lines.append(f"{name:<{name_width}}  {p1:>15}" + "".join(f"  {s['pass@k'][str(k)]:>8.3f}" for k in ks if k != 1)
+                     + f"  {s['mean_tokens']:>7.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+        os.makedirs(args.output_dir, exist_ok=True)
+    except (mg.UsageError, OSError) as e:
+        print(f"eval: error: {e}", file=sys.stderr)
+        return 2
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    problems = mg.heldout_problems(args.limit, args.digits, args.operations)
+    powers = [2**i for i in range(int(math.log2(args.n)) + 1)]
+    ks = sorted(set(powers) | set(args.k) | {1})
+    shown = args.k or powers
+    summary, all_records = {}, []
+    for name in args.model:
+        started = time.time()
+        try:
+            records = sample_model(name, problems, args, device)
+        except (OSError, ValueError) as e:
+            print(f"eval: error: cannot load model {name!r}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        counts = [0] * len(problems)
+        for r in records:
+            counts[r["problem_id"]] += r["correct"]
+        summary[name] = {
+            **summarize(counts, args.n, ks),
+            "n": args.n, "problems": len(problems), "mean_tokens": sum(r["num_tokens"] for r in records) / len(records),
+            "truncated_frac": sum(r["truncated"] for r in records) / len(records),
+            "dataset": args.dataset, "temperature": args.temperature, "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "wall_s": round(time.time() - started, 1),
+        }
+        all_records += records
+    # written at the end, each through a temporary name: an interrupted eval leaves no partial file
+    for filename, text in [("samples.jsonl", "".join(json.dumps(r) + "\n" for r in all_records)),
+                           ("summary.json", json.dumps(summary, indent=2) + "\n")]:
+        path = os.path.join(args.output_dir, filename)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    plotted = plot_pass_at_k(summary, os.path.join(args.output_dir, "passk.png"))
+    print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, top_p {args.top_p}")
+    print(table(summary, shown))
+    print(f"wrote {args.output_dir}/samples.jsonl, summary.json" + (", passk.png" if plotted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
