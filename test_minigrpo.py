@@ -436,6 +436,30 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path):
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
 
 
+def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "1", "--prompts_per_step", "2",
+            "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "2", "--eval_every", "0",
+            "--dtype", "bfloat16", "--gradient_checkpointing", "--no_scale_rewards", "--entropy_alpha", "0"]
+    assert mg.main(argv) == 0
+    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m["policy/entropy_bonus"] == 0 and all(math.isfinite(v) for v in m.values())
+    assert (out / "final" / "minigrpo_config.json").exists()
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
+    params = []
+    for checkpointing in (False, True):
+        model, tokenizer = mg.load_model(tiny_dir)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4)
+        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), _fake_batch(tokenizer),
+                         torch.linspace(-1, 1, 8), cfg)
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+
+
 def test_checkpoint_round_trip_gives_identical_logits(tiny, tmp_path):
     model, tokenizer = tiny
     mg.save_checkpoint(model, tokenizer, mg.Config(), str(tmp_path / "ckpt"))
