@@ -400,7 +400,7 @@ def model_source(name):
     return name, None
 
 
-def load_model(name, device="cpu"):
+def load_model(name, device="cpu", gradient_checkpointing=False):
     """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one (TRAPS 12)."""
     source, gguf_file = model_source(name)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
@@ -425,6 +425,8 @@ def load_model(name, device="cpu"):
     for module in model.modules():  # dropout would make the training log-probs differ from sampling
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    if gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     return model.to(device), tokenizer
 
 
@@ -566,13 +568,11 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     try:
-        model, tokenizer = load_model(cfg.model, device)
+        model, tokenizer = load_model(cfg.model, device, cfg.gradient_checkpointing)
     except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
         print(f"minigrpo: error: cannot load model {cfg.model!r}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     autocast = lambda: torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
 

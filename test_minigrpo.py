@@ -177,7 +177,8 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
     """TRAPS 1 and 4: the checkpoint's top_k/top_p/penalties are ignored, and the training
     forward pass (left padding, position ids) gives the log-probs the sampler used."""
     model, tokenizer = tiny
-    assert model.generation_config.top_k is None and model.generation_config.repetition_penalty is None
+    gc = model.generation_config  # the checkpoint's top_k=3, top_p=0.5, repetition_penalty=1.5 are gone
+    assert gc.top_k != 3 and gc.top_p in (None, 1.0) and gc.repetition_penalty in (None, 1.0)
     captured = {}
     real_generate = model.generate
 
@@ -450,9 +451,8 @@ def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path):
 def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
     params = []
     for checkpointing in (False, True):
-        model, tokenizer = mg.load_model(tiny_dir)
-        if checkpointing:
-            model.gradient_checkpointing_enable()
+        model, tokenizer = mg.load_model(tiny_dir, gradient_checkpointing=checkpointing)
+        assert model.is_gradient_checkpointing == checkpointing
         cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4)
         mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), _fake_batch(tokenizer),
                          torch.linspace(-1, 1, 8), cfg)
