@@ -65,10 +65,14 @@ def parse_args(argv=None):
     defaults = mg.Config()
     parser = _Parser(description="Pass@1 and Pass@K of one or more models, side by side.")
     parser.add_argument("--model", action="append", required=True, help="a model, as minigrpo's --model; repeat to compare")
-    parser.add_argument("--dataset", default=defaults.dataset, help="task (default: the built-in arithmetic, held-out split)")
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help="'arithmetic' (its held-out split), 'gsm8k', 'math500', or a .jsonl/.json/.parquet file")
+    parser.add_argument("--split", default="test", help="hub dataset split")
+    parser.add_argument("--question_field", default=defaults.question_field, help="file datasets: the question's field")
+    parser.add_argument("--answer_field", default=defaults.answer_field, help="file datasets: the gold answer's field")
     parser.add_argument("--digits", type=int, default=defaults.digits, help="arithmetic: digits of each operand")
     parser.add_argument("--operations", default=defaults.operations, help="arithmetic: any of '+-*'")
-    parser.add_argument("--instruction", default=defaults.instruction, help="text appended to every question")
+    parser.add_argument("--instruction", default="", help="text appended to every question; empty: the dataset's default, as in training")
     parser.add_argument("--limit", type=int, default=500, help="at most this many problems")
     parser.add_argument("--n", type=int, default=32, help="samples per problem")
     parser.add_argument("--k", default="", help="comma-separated k to show in the table (default: powers of two up to n)")
@@ -97,15 +101,19 @@ def parse_args(argv=None):
         (args.limit < 1, f"--limit must be >= 1 (got {args.limit})"),
         (args.batch_size < 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
         (args.max_new_tokens < 1, f"--max_new_tokens must be >= 1 (got {args.max_new_tokens})"),
-        (args.dataset not in mg.DATASETS, f"unknown dataset {args.dataset!r} (choose from {', '.join(mg.DATASETS)})"),
         (len(set(args.model)) != len(args.model), "a --model is given twice"),
     ]
     for failed, message in checks:
         if failed:
             raise mg.UsageError(message)
-    for name in args.model:  # a missing path fails here, before any model loads
+    for name in args.model:  # a missing path or dataset file fails here, before any model loads
         mg.check_config(mg.Config(model=name, dataset=args.dataset, digits=args.digits, operations=args.operations,
                                   device=args.device))
+    args.instruction = args.instruction or mg.default_instruction(args.dataset)
+    if args.dataset == "arithmetic":
+        args.problems = mg.heldout_problems(args.limit, args.digits, args.operations)
+    else:
+        args.problems = mg.load_problems(args.dataset, args.split, args.question_field, args.answer_field)[: args.limit]
     return args
 
 
@@ -178,7 +186,7 @@ def main(argv=None):
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    problems = mg.heldout_problems(args.limit, args.digits, args.operations)
+    problems = args.problems
     powers = [2**i for i in range(int(math.log2(args.n)) + 1)]
     ks = sorted(set(powers) | set(args.k) | {1})
     shown = args.k or powers
@@ -197,7 +205,7 @@ def main(argv=None):
             **summarize(counts, args.n, ks),
             "n": args.n, "problems": len(problems), "mean_tokens": sum(r["num_tokens"] for r in records) / len(records),
             "truncated_frac": sum(r["truncated"] for r in records) / len(records),
-            "dataset": args.dataset, "temperature": args.temperature, "top_p": args.top_p,
+            "dataset": args.dataset, "split": args.split, "instruction": args.instruction, "temperature": args.temperature, "top_p": args.top_p,
             "max_new_tokens": args.max_new_tokens, "seed": args.seed, "wall_s": round(time.time() - started, 1),
         }
         all_records += records

