@@ -6,7 +6,7 @@ Cheng et al., "Reasoning with Exploration: An Entropy Perspective" (arXiv 2506.1
 
 Choices, and where they differ from the textbook:
   1. Group-normalized advantages, one per response, shared by all its tokens (GRPO).
-     `--scale_rewards false` skips the division by the group std (Dr. GRPO).
+     `--no_scale_rewards` skips the division by the group std (Dr. GRPO).
   2. Entropy advantage (Eq. 4-6 of Cheng et al.): every token's advantage gets
      psi = min(alpha * H_t.detach(), |A| / kappa). alpha = 0 is plain GRPO.
   3. Token-level loss (DAPO): the clipped surrogate is averaged over all completion
@@ -18,11 +18,14 @@ Choices, and where they differ from the textbook:
      logits by the same T.
   7. Weights and optimizer states stay float32; `--dtype bfloat16` runs the forward
      passes under autocast.
+  8. The reward is 1 for a correct final answer, else 0 (the paper: +1/-1; the same
+     advantages once divided by the group std).
 
 Run it:
   python minigrpo.py                                  # built-in arithmetic, SmolLM2-135M, CPU
   python minigrpo.py --entropy_alpha 0                # plain GRPO, for comparison
-  python minigrpo.py --model Qwen/Qwen2.5-0.5B-Instruct --dtype bfloat16 --digits 2
+  python minigrpo.py --model Qwen/Qwen2.5-0.5B-Instruct --dtype bfloat16 --dataset gsm8k --max_new_tokens 512
+  python eval.py --model smollm2 --model runs/minigrpo/final   # Pass@1 and Pass@K, side by side
 """
 
 import copy
