@@ -85,6 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES), help="forward-pass dtype (autocast)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--output_dir", default="runs/eval", help="where samples.jsonl, summary.json, passk.png go")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow a hub model's own Python code to run")
     args = parser.parse_args(argv)
     if args.greedy:
         args.temperature, args.n = 0.0, 1
@@ -119,7 +120,7 @@ def parse_args(argv=None):
 
 def sample_model(name, problems, args, device):
     """n graded completions per problem: one record per completion."""
-    model, tokenizer = mg.load_model(name, device)
+    model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
     model.eval()
     torch.manual_seed(args.seed)
     per_call = max(1, args.batch_size // args.n)  # problems per generate call

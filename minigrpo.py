@@ -86,7 +86,10 @@ class Config:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, slower)"})
     dtype: str = field(default="float32", metadata={"help": "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    save_every: int = field(default=0, metadata={"help": "save a checkpoint every N steps (0: only at the end)"})
+    save_every: int = field(default=10, metadata={"help": "save a resumable checkpoint every N steps (0: only at the end)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in output_dir (automatic when its config matches)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a different run's files in output_dir"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a hub model's own Python code to run"})
     eval_every: int = field(default=5, metadata={"help": "greedy accuracy on the held-out split every N steps (0: never)"})
     eval_problems: int = field(default=64, metadata={"help": "held-out problems per evaluation"})
 
@@ -541,10 +544,11 @@ def model_source(name):
     return name, None
 
 
-def load_model(name, device="cpu", gradient_checkpointing=False):
+def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_code=False):
     """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one (TRAPS 12)."""
     source, gguf_file = model_source(name)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    extra["trust_remote_code"] = trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
     if gguf_file:  # dequantized float weights, but flagged as quantized: save_pretrained would refuse
@@ -571,16 +575,96 @@ def load_model(name, device="cpu", gradient_checkpointing=False):
     return model.to(device), tokenizer
 
 
-def save_checkpoint(model, tokenizer, cfg, folder):
-    """save_pretrained of model and tokenizer plus the run's config, written whole or not at all."""
+def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None):
+    """save_pretrained of model and tokenizer, the run's config and, to resume, the optimizer,
+    the RNG states and the step. Written under a temporary name, then renamed: a kill during
+    a save never leaves a folder that looks complete but is not."""
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     with open(os.path.join(tmp, "minigrpo_config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
+    if optimizer is not None:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng}, os.path.join(tmp, TRAINING_STATE))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+    for older in _checkpoints(os.path.dirname(folder))[:-1]:  # one resumable state is enough: ~2x the weights
+        if os.path.isfile(os.path.join(older, TRAINING_STATE)):
+            os.remove(os.path.join(older, TRAINING_STATE))
+
+
+TRAINING_STATE = "training_state.pt"
+
+
+def _checkpoints(output_dir):
+    """Complete checkpoints, oldest first: step folders that can be resumed from, then final (the run is done)."""
+    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n)) if os.path.isdir(output_dir) else []
+    folders = [os.path.join(output_dir, n) for n in names if os.path.isfile(os.path.join(output_dir, n, TRAINING_STATE))]
+    final = os.path.join(output_dir, "final")
+    return folders + ([final] if os.path.isdir(final) else [])
+
+
+def restore_training_state(folder, optimizer):
+    """Load optimizer and RNG states saved by save_checkpoint; return the step they belong to."""
+    state = torch.load(os.path.join(folder, TRAINING_STATE), weights_only=False)  # our own file
+    optimizer.load_state_dict(state["optimizer"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"]
+
+
+def prepare_output_dir(cfg):
+    """Create output_dir and return the checkpoint to resume from (None: a fresh run).
+
+    The folder keeps the run's config in run_config.json. The same config resumes from the newest
+    checkpoint; another run's folder is refused unless --overwrite, which removes its files.
+    """
+    path = os.path.join(cfg.output_dir, "run_config.json")
+    this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
+    saved = json.load(open(path)) if os.path.isfile(path) else None
+    other_run = saved != this_run and (saved is not None or os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")))
+    if other_run and not cfg.overwrite:
+        changed = sorted(k for k in this_run if (saved or {}).get(k) != this_run[k]) if saved else ["unknown"]
+        raise UsageError(f"output_dir {cfg.output_dir!r} holds another run (differs in: {', '.join(changed[:5])}); "
+                         "pass --overwrite or another --output_dir")
+    checkpoints = [] if other_run else _checkpoints(cfg.output_dir)
+    if cfg.resume and not checkpoints:
+        raise UsageError(f"--resume: no checkpoint of this run in {cfg.output_dir!r}")
+    if other_run:  # --overwrite: remove the files minigrpo writes, nothing else
+        for name in os.listdir(cfg.output_dir):
+            if re.fullmatch(r"(step_\d{6}|final)(\.tmp)?|metrics\.jsonl|run_config\.json", name):
+                p = os.path.join(cfg.output_dir, name)
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    try:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(this_run, f, indent=2)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise UsageError(f"output_dir {cfg.output_dir!r} cannot be written: {e.strerror or e}")
+    return checkpoints[-1] if checkpoints else None
+
+
+def open_metrics(output_dir, resumed_step):
+    """metrics.jsonl, truncated to the steps up to resumed_step (a fresh file for a fresh run)."""
+    path = os.path.join(output_dir, "metrics.jsonl")
+    kept = []
+    if resumed_step is not None and os.path.isfile(path):
+        for line in open(path):
+            try:
+                if json.loads(line)["step"] <= resumed_step:
+                    kept.append(line)
+            except (ValueError, KeyError):  # a line cut short by the kill
+                pass
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return open(path, "a")
 
 
 # -----------------------------------------------------------------------------
@@ -621,7 +705,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
             ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
 
     totals = dict(entropy=0.0, entropy_bonus=0.0, psi_over_abs_adv=0.0, clip_frac=0.0, approx_kl=0.0, loss=0.0)
-    nonzero_adv_tokens, grad_norms = 0.0, []
+    nonzero_adv_tokens, grad_norms, skipped = 0.0, [], 0
     order = torch.randperm(n)
     for start in range(0, n, mini):
         mini_rows = order[start : start + mini]
@@ -647,13 +731,18 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                 totals["clip_frac"] += stats["clip_frac"].item() * tokens
                 totals["approx_kl"] += stats["approx_kl"].item() * tokens
                 totals["loss"] += loss.item() * num_tokens.item()
-        grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item())
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            grad_norms.append(grad_norm.item())
+        else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
+            skipped += 1
         optimizer.zero_grad(set_to_none=True)
     all_tokens = batch["mask"].sum().clamp(min=1).item()
     metrics = {k: v / all_tokens for k, v in totals.items()}
     metrics["psi_over_abs_adv"] = totals["psi_over_abs_adv"] / max(nonzero_adv_tokens, 1)
-    metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+    metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    metrics["skipped_steps"] = skipped
     return metrics
 
 
@@ -696,25 +785,28 @@ def main(argv=None):
     try:
         cfg = parse_config(argv)
         train_problems, heldout = task_problems(cfg)  # bad rows stop the run before anything is written
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        if not os.access(cfg.output_dir, os.W_OK):
-            raise UsageError(f"output_dir {cfg.output_dir!r} is not writable")
-    except (UsageError, OSError) as e:
+        resume_from = prepare_output_dir(cfg)
+    except UsageError as e:
         print(f"minigrpo: error: {e}", file=sys.stderr)
         return 2
+    if resume_from and os.path.basename(resume_from) == "final":
+        print(f"{cfg.output_dir} holds this run, complete: nothing to do")
+        return 0
     print("config " + json.dumps(asdict(cfg)))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     try:
-        model, tokenizer = load_model(cfg.model, device, cfg.gradient_checkpointing)
+        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing, cfg.trust_remote_code)
+        ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0] if cfg.kl_coef > 0 else None
     except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
         print(f"minigrpo: error: cannot load model {cfg.model!r}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start_step = restore_training_state(resume_from, optimizer) if resume_from else 0
+    for _ in range(start_step * cfg.prompts_per_step):  # the problems the finished steps used
+        next(train_problems)
     autocast = lambda: torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
-
 
     def eval_metrics(step):
         if heldout and cfg.eval_every and (step == 0 or step % cfg.eval_every == 0 or step == cfg.steps):
@@ -723,13 +815,14 @@ def main(argv=None):
                 return {"eval/accuracy": evaluate(model, tokenizer, heldout, cfg)}
         return {}
 
-    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
-    with open(metrics_path, "w") as metrics_file:
-        start_eval = eval_metrics(0)
-        if start_eval:
+    with open_metrics(cfg.output_dir, start_step if resume_from else None) as metrics_file:
+        if resume_from:
+            tqdm.write(f"resumed from {resume_from} (step {start_step})")
+        elif start_eval := eval_metrics(0):
             tqdm.write(f"step   0/{cfg.steps} | eval {start_eval['eval/accuracy']:.3f} (greedy, {len(heldout)} held-out problems)")
             metrics_file.write(json.dumps({"step": 0, **start_eval}) + "\n")
-        for step in tqdm(range(1, cfg.steps + 1), desc="steps", file=sys.stderr):
+        failed_in_a_row = 0
+        for step in tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr):
             problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
             t0 = time.time()
             model.eval()  # sampling: no dropout, KV cache on (TRAPS 10)
@@ -749,7 +842,7 @@ def main(argv=None):
                 "reward/accuracy": (rewards == 1.0).float().mean().item(),
                 "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item(),
                 **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv")},
-                **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm")},
+                **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")},
                 "rollout/response_length": batch["mask"].sum(dim=1).float().mean().item(),
                 "rollout/truncated_frac": batch["truncated"].float().mean().item(),
                 "time/sample_s": t1 - t0,
@@ -759,8 +852,13 @@ def main(argv=None):
             tqdm.write(log_line(step, cfg.steps, m))
             metrics_file.write(json.dumps(m) + "\n")
             metrics_file.flush()
+            failed_in_a_row = failed_in_a_row + 1 if update["skipped_steps"] == cfg.updates_per_rollout else 0
+            if failed_in_a_row == 3:
+                print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; stopping "
+                      f"(try a lower --lr or --dtype float32)", file=sys.stderr)
+                return 1
             if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"))
+                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"), optimizer, step)
     final = os.path.join(cfg.output_dir, "final")
     save_checkpoint(model, tokenizer, cfg, final)
     tqdm.write(f"saved {final}")
