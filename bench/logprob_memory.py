@@ -1,0 +1,81 @@
+"""Peak memory and time of minigrpo.logprobs_and_entropy against the naive full log_softmax (CPU).
+
+  python bench/logprob_memory.py                 # B*G = 64, T = 256, V = 49,152 and 151,936
+
+Each measurement runs in a child process: it makes float32 logits (B*G, T, V) that require grad,
+notes its resident memory, runs forward (log-probs and entropy) and backward (of the log-probs),
+and reports the peak resident memory above that baseline. The child is capped at --cap_gb of
+address space, so a measurement that does not fit reports "out of memory" instead of swapping.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+import torch
+import minigrpo as mg
+torch.manual_seed(0)
+rows, T, V, temperature = {rows}, {T}, {V}, {temperature}
+
+
+def naive(logits, ids):
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, ids[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+def chunked(logits, ids):
+    return mg.logprobs_and_entropy(logits, ids, temperature)
+
+
+try:
+    logits = torch.randn(rows, T, V).requires_grad_()
+    ids = torch.randint(V, (rows, T))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    logprobs, entropy = {impl}(logits, ids)
+    logprobs.sum().backward()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"extra_gb": (peak - baseline) / 2**20, "seconds": seconds}}))
+except (MemoryError, RuntimeError) as e:
+    print(json.dumps({{"error": "out of memory" if "alloc" in str(e) or isinstance(e, MemoryError) else str(e)[:200]}}))
+"""
+
+
+def measure(impl, rows, T, V, temperature, cap_gb):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = CHILD.format(root=root, cap=int(cap_gb * 2**30), rows=rows, T=T, V=V, temperature=temperature, impl=impl)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": f"exit {result.returncode}: {result.stderr[-200:]}"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=64, help="B*G sequences")
+    parser.add_argument("--T", type=int, default=256, help="completion tokens")
+    parser.add_argument("--vocab", default="49152,151936")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--cap_gb", type=float, default=20.0, help="address-space cap of each child")
+    args = parser.parse_args()
+    logits_gb = lambda V: args.rows * args.T * V * 4 / 2**30
+    print(f"B*G = {args.rows}, T = {args.T}, temperature {args.temperature}; forward + backward; extra peak RSS over the logits")
+    for V in (int(v) for v in args.vocab.split(",")):
+        row = {impl: measure(impl, args.rows, args.T, V, args.temperature, args.cap_gb) for impl in ("naive", "chunked")}
+        show = lambda r: f"{r['extra_gb']:.2f} GB, {r['seconds']:.2f} s" if "extra_gb" in r else r["error"]
+        ratio = ""
+        if "extra_gb" in row["naive"] and "extra_gb" in row["chunked"]:
+            ratio = f"  memory ratio {row['chunked']['extra_gb'] / row['naive']['extra_gb']:.3f}"
+        print(f"V = {V:>6} (logits {logits_gb(V):.1f} GB): naive {show(row['naive'])} | chunked {show(row['chunked'])}{ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Seconds per GRPO step: minigrpo against TRL's GRPOTrainer at equal work, and against the floor.
+
+  pip install -r bench/requirements-bench.txt
+  python bench/step_time.py                      # the default model, the default CPU recipe's sizes
+
+The same model, prompts, group size, max_new_tokens, micro-batches, one update per rollout, no KL,
+float32 and thread count for both. The floor is what any trainer must do: a bare `generate` of the
+same batch plus one forward and backward over the same tokens. Reports medians after warm-up.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import minigrpo as mg  # noqa: E402
+
+
+def batches(cfg, count):
+    stream = mg.arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)
+    return [[next(stream) for _ in range(cfg.prompts_per_step)] for _ in range(count)]
+
+
+def time_minigrpo(model, tokenizer, cfg, problem_batches):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    seconds = []
+    for problems in problem_batches:
+        start = time.perf_counter()
+        model.eval()
+        batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.instruction)
+        advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
+        model.train()
+        mg.update_policy(model, optimizer, batch, advantages, cfg)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_floor(model, tokenizer, cfg, problem_batches):
+    """Bare generate of the batch, then one forward and backward (the model's own LM loss) over it."""
+    seconds = []
+    for problems in problem_batches:
+        prompts = [mg.format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
+        start = time.perf_counter()
+        model.eval()
+        prompt_ids, prompt_mask, completion_ids = mg.sample_completions(
+            model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+        model.train()
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
+        for i in range(0, input_ids.shape[0], cfg.micro_batch_size):
+            rows = slice(i, i + cfg.micro_batch_size)
+            model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], labels=input_ids[rows]).loss.backward()
+        model.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_trl(model, tokenizer, cfg, problem_batches):
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = [{"prompt": [{"role": "user", "content": f"{p['question']} {cfg.instruction}"}], "answer": p["answer"]}
+            for problems in problem_batches for p in problems]
+
+    def reward(completions, answer, **_):
+        return [mg.math_reward(c[-1]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.stamps = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not self.stamps:
+                self.stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
+    batch = cfg.prompts_per_step * cfg.group_size
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out, max_steps=len(problem_batches), learning_rate=cfg.lr, weight_decay=0.0,
+            per_device_train_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=batch // cfg.micro_batch_size,
+            generation_batch_size=batch, num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_k=0, top_p=1.0, beta=0.0, loss_type="dapo", epsilon=cfg.clip_low,
+            epsilon_high=cfg.clip_high, num_iterations=1, max_grad_norm=cfg.max_grad_norm, shuffle_dataset=False,
+            use_cpu=not torch.cuda.is_available(), bf16=False, save_strategy="no", report_to="none", logging_steps=1,
+            disable_tqdm=True, seed=cfg.seed, lr_scheduler_type="constant", gradient_checkpointing=False)
+        timer = StepTimer()
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer, callbacks=[timer])
+        trainer.train()
+    return [b - a for a, b in zip(timer.stamps, timer.stamps[1:])]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per trainer")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--trainers", default="minigrpo,floor,trl")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = mg.Config(model=args.model)
+    cfg.instruction = mg.default_instruction(cfg.dataset)
+    problem_batches = batches(cfg, args.warmup + args.steps)
+    results = {}
+    for name in args.trainers.split(","):
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = mg.load_model(args.model)  # a fresh copy for each trainer
+        seconds = {"minigrpo": time_minigrpo, "floor": time_floor, "trl": time_trl}[name](
+            model, tokenizer, cfg, problem_batches)
+        timed = seconds[args.warmup :]
+        results[name] = {"median_s": statistics.median(timed), "steps_s": [round(s, 2) for s in timed]}
+        print(f"{name:>9}: median {results[name]['median_s']:.2f} s/step  {results[name]['steps_s']}", flush=True)
+    if {"minigrpo", "trl"} <= results.keys():
+        print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
+    if {"minigrpo", "floor"} <= results.keys():
+        print(f"minigrpo / floor = {results['minigrpo']['median_s'] / results['floor']['median_s']:.2f}")
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+                "threads": args.threads, "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        import trl
+
+        versions["trl"] = trl.__version__
+    except ImportError:
+        pass
+    print(json.dumps({"config": {k: getattr(cfg, k) for k in ("prompts_per_step", "group_size", "max_new_tokens",
+                                                               "micro_batch_size")}, "versions": versions,
+                      "results": results}))
+
+
+if __name__ == "__main__":
+    main()
