@@ -390,7 +390,10 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
     prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
-    knobs = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
+    if temperature == 0:
+        knobs = dict(do_sample=False)
+    else:
+        knobs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
     output = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
         repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
@@ -822,7 +825,8 @@ def main(argv=None):
             tqdm.write(f"step   0/{cfg.steps} | eval {start_eval['eval/accuracy']:.3f} (greedy, {len(heldout)} held-out problems)")
             metrics_file.write(json.dumps({"step": 0, **start_eval}) + "\n")
         failed_in_a_row = 0
-        for step in tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr):
+        steps = range(start_step + 1, cfg.steps + 1)
+        for step in tqdm(steps, initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr):
             problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
             t0 = time.time()
             model.eval()  # sampling: no dropout, KV cache on (TRAPS 10)
