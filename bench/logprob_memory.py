@@ -11,10 +11,8 @@ address space, so a measurement that does not fit reports "out of memory" instea
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time

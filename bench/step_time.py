@@ -28,16 +28,29 @@ def batches(cfg, count):
     return [[next(stream) for _ in range(cfg.prompts_per_step)] for _ in range(count)]
 
 
+def autocast(model, cfg):
+    return torch.autocast(model.device.type, dtype=mg.DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_minigrpo(model, tokenizer, cfg, problem_batches):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     seconds = []
     for problems in problem_batches:
         start = time.perf_counter()
         model.eval()
-        batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.instruction)
+        with autocast(model, cfg):
+            batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                               cfg.instruction)
         advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
         model.train()
-        mg.update_policy(model, optimizer, batch, advantages, cfg)
+        with autocast(model, cfg):
+            mg.update_policy(model, optimizer, batch, advantages, cfg)
+        synchronize()
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -49,15 +62,19 @@ def time_floor(model, tokenizer, cfg, problem_batches):
         prompts = [mg.format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
         start = time.perf_counter()
         model.eval()
-        prompt_ids, prompt_mask, completion_ids = mg.sample_completions(
-            model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+        with autocast(model, cfg):
+            prompt_ids, prompt_mask, completion_ids = mg.sample_completions(
+                model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
         model.train()
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
         for i in range(0, input_ids.shape[0], cfg.micro_batch_size):
             rows = slice(i, i + cfg.micro_batch_size)
-            model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], labels=input_ids[rows]).loss.backward()
+            with autocast(model, cfg):
+                loss = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], labels=input_ids[rows]).loss
+            loss.backward()
         model.zero_grad(set_to_none=True)
+        synchronize()
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -92,7 +109,7 @@ def time_trl(model, tokenizer, cfg, problem_batches):
             generation_batch_size=batch, num_generations=cfg.group_size, max_completion_length=cfg.max_new_tokens,
             temperature=cfg.temperature, top_k=0, top_p=1.0, beta=0.0, loss_type="dapo", epsilon=cfg.clip_low,
             epsilon_high=cfg.clip_high, num_iterations=1, max_grad_norm=cfg.max_grad_norm, shuffle_dataset=False,
-            use_cpu=not torch.cuda.is_available(), bf16=False, save_strategy="no", report_to="none", logging_steps=1,
+            use_cpu=not torch.cuda.is_available(), bf16=cfg.dtype == "bfloat16", save_strategy="no", report_to="none", logging_steps=1,
             disable_tqdm=True, seed=cfg.seed, lr_scheduler_type="constant", gradient_checkpointing=False)
         timer = StepTimer()
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
@@ -108,15 +125,21 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--trainers", default="minigrpo,floor,trl")
+    parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES))
+    parser.add_argument("--prompts_per_step", type=int, default=mg.Config.prompts_per_step)
+    parser.add_argument("--max_new_tokens", type=int, default=mg.Config.max_new_tokens)
+    parser.add_argument("--micro_batch_size", type=int, default=mg.Config.micro_batch_size)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = mg.Config(model=args.model)
+    cfg = mg.Config(model=args.model, dtype=args.dtype, prompts_per_step=args.prompts_per_step,
+                    max_new_tokens=args.max_new_tokens, micro_batch_size=args.micro_batch_size)
     cfg.instruction = mg.default_instruction(cfg.dataset)
     problem_batches = batches(cfg, args.warmup + args.steps)
     results = {}
     for name in args.trainers.split(","):
         torch.manual_seed(cfg.seed)
-        model, tokenizer = mg.load_model(args.model)  # a fresh copy for each trainer
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, tokenizer = mg.load_model(args.model, device)  # a fresh copy for each trainer
         seconds = {"minigrpo": time_minigrpo, "floor": time_floor, "trl": time_trl}[name](
             model, tokenizer, cfg, problem_batches)
         timed = seconds[args.warmup :]
@@ -129,15 +152,16 @@ def main():
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-                "threads": args.threads, "machine": platform.machine(), "cpus": os.cpu_count()}
+                "threads": args.threads, "machine": platform.machine(), "cpus": os.cpu_count(),
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "dtype": args.dtype}
     try:
         import trl
 
         versions["trl"] = trl.__version__
     except ImportError:
         pass
-    print(json.dumps({"config": {k: getattr(cfg, k) for k in ("prompts_per_step", "group_size", "max_new_tokens",
-                                                               "micro_batch_size")}, "versions": versions,
+    sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype")
+    print(json.dumps({"config": {k: getattr(cfg, k) for k in sizes}, "model": args.model, "versions": versions,
                       "results": results}))
 
 
