@@ -432,13 +432,13 @@ def logprobs_and_entropy(logits, token_ids, temperature=1.0, chunk_rows=512):
     """
     flat_logits, flat_ids = logits.flatten(0, 1), token_ids.flatten()  # (B*T, V), (B*T,)
     logprobs, entropy = [], []
-    for start in range(0, flat_ids.numel(), chunk_rows):
-        z = flat_logits[start : start + chunk_rows].float()  # (c, V)
+    # split, not slicing: the backward of a slice builds a full (B*T, V) gradient for every chunk
+    for z, ids in zip(flat_logits.split(chunk_rows), flat_ids.split(chunk_rows)):
+        z = z.float()  # (c, V)
         if temperature != 1.0:
             z = z / temperature
         log_norm = torch.logsumexp(z, dim=-1)  # (c,)
-        ids = flat_ids[start : start + chunk_rows, None]
-        logprobs.append(z.gather(-1, ids).squeeze(-1) - log_norm)
+        logprobs.append(z.gather(-1, ids[:, None]).squeeze(-1) - log_norm)
         with torch.no_grad():  # H = -sum p log p = logsumexp(z) - sum p z
             entropy.append(log_norm - (torch.softmax(z, dim=-1) * z).sum(-1))
     shape = token_ids.shape
