@@ -579,17 +579,17 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("argv,named", BAD_INPUT)
-def test_bad_input_is_one_line_and_exit_2(argv, named, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_2(argv, named, tiny_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert mg.main(argv + ["--output_dir", str(out)]) == 2
+    assert mg.main(["--model", tiny_dir] + argv + ["--output_dir", str(out)]) == 2  # a case's own --model wins
     err = capsys.readouterr().err.strip()
     assert err.startswith("minigrpo: error:") and "\n" not in err and named in err
     assert not out.exists()  # nothing half-written
 
 
-def test_unwritable_output_dir(tmp_path, capsys):
+def test_unwritable_output_dir(tiny_dir, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
-    assert mg.main(["--output_dir", str(tmp_path / "a_file" / "run")]) == 2
+    assert mg.main(["--model", tiny_dir, "--output_dir", str(tmp_path / "a_file" / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("minigrpo: error: output_dir") and "cannot be written" in err and "\n" not in err
 
@@ -768,12 +768,12 @@ def test_load_problems_from_files(tmp_path):
     ([{"question": "Q1", "answer": "work shown #### "}], "row 1: no gold answer"),
     ([], "empty"),
 ])
-def test_bad_rows_are_one_line_errors(tmp_path, capsys, rows, named):
+def test_bad_rows_are_one_line_errors(tiny_dir, tmp_path, capsys, rows, named):
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(mg.UsageError, match=named):
         mg.load_problems(data)
     out = tmp_path / "out"
-    assert mg.main(["--dataset", data, "--output_dir", str(out)]) == 2
+    assert mg.main(["--model", tiny_dir, "--dataset", data, "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("minigrpo: error:") and "bad.jsonl" in err and named in err
     assert not out.exists()
@@ -789,11 +789,12 @@ def test_dataset_names_are_checked_before_anything_loads(tmp_path):
         mg.load_problems(str(tmp_path / "broken.jsonl"))
 
 
-def test_default_instruction_follows_the_dataset(tmp_path):
+def test_default_instruction_follows_the_dataset(tiny_dir, tmp_path):
     data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
-    assert "step by step" in mg.parse_config(["--dataset", data]).instruction
-    assert mg.parse_config([]).instruction == "Put your final answer within \\boxed{}."
-    assert mg.parse_config(["--dataset", data, "--instruction", "Answer."]).instruction == "Answer."
+    model = ["--model", tiny_dir]
+    assert "step by step" in mg.parse_config(model + ["--dataset", data]).instruction
+    assert mg.parse_config(model).instruction == "Put your final answer within \\boxed{}."
+    assert mg.parse_config(model + ["--dataset", data, "--instruction", "Answer."]).instruction == "Answer."
 
 
 def test_train_and_eval_on_a_file_dataset(tiny_dir, tmp_path):
