@@ -707,8 +707,10 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         if cfg.kl_coef > 0:
             ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
 
-    totals = dict(entropy=0.0, entropy_bonus=0.0, psi_over_abs_adv=0.0, clip_frac=0.0, approx_kl=0.0, loss=0.0)
-    nonzero_adv_tokens, grad_norms, skipped = 0.0, [], 0
+    # metric sums stay on the device; one .item() each at the end, not several syncs per micro-batch
+    names = ("entropy", "entropy_bonus", "psi_over_abs_adv", "clip_frac", "approx_kl", "loss", "nonzero_adv_tokens")
+    totals = {k: torch.zeros((), device=advantages.device) for k in names}
+    grad_norms, skipped = [], 0
     order = torch.randperm(n)
     for start in range(0, n, mini):
         mini_rows = order[start : start + mini]
@@ -723,17 +725,17 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
             loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
             loss.backward()
             with torch.no_grad():  # bookkeeping for the metrics, token-weighted over the rollout
-                tokens = mask.sum().item()
+                tokens = mask.sum()
                 psi = shaped - advantages[rows, None]
                 abs_adv = advantages[rows, None].abs().expand_as(psi)
                 adv_mask = mask * (abs_adv > 0)
-                totals["entropy"] += (entropy * mask).sum().item()
-                totals["entropy_bonus"] += (psi * mask).sum().item()
-                totals["psi_over_abs_adv"] += (psi / abs_adv.clamp(min=1e-12) * adv_mask).sum().item()
-                nonzero_adv_tokens += adv_mask.sum().item()
-                totals["clip_frac"] += stats["clip_frac"].item() * tokens
-                totals["approx_kl"] += stats["approx_kl"].item() * tokens
-                totals["loss"] += loss.item() * num_tokens.item()
+                totals["entropy"] += (entropy * mask).sum()
+                totals["entropy_bonus"] += (psi * mask).sum()
+                totals["psi_over_abs_adv"] += (psi / abs_adv.clamp(min=1e-12) * adv_mask).sum()
+                totals["nonzero_adv_tokens"] += adv_mask.sum()
+                totals["clip_frac"] += stats["clip_frac"] * tokens
+                totals["approx_kl"] += stats["approx_kl"] * tokens
+                totals["loss"] += loss.detach() * num_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if torch.isfinite(grad_norm):
             optimizer.step()
@@ -741,9 +743,10 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
             skipped += 1
         optimizer.zero_grad(set_to_none=True)
-    all_tokens = batch["mask"].sum().clamp(min=1).item()
-    metrics = {k: v / all_tokens for k, v in totals.items()}
-    metrics["psi_over_abs_adv"] = totals["psi_over_abs_adv"] / max(nonzero_adv_tokens, 1)
+    totals = {k: v.item() for k, v in totals.items()}
+    all_tokens = max(batch["mask"].sum().item(), 1)
+    metrics = {k: totals[k] / all_tokens for k in names[:-1]}
+    metrics["psi_over_abs_adv"] = totals["psi_over_abs_adv"] / max(totals["nonzero_adv_tokens"], 1)
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["skipped_steps"] = skipped
     return metrics
