@@ -9,9 +9,17 @@ grades them with minigrpo's grader, and prints one table.
 
 Writes to --output_dir: samples.jsonl (one line per completion), summary.json (Pass@k for
 every power of two up to n and each requested k), passk.png (when matplotlib is installed).
+
+  python eval.py --model smollm2 --n 8 --entropy_report   # which tokens are the "forks"?
+
+--entropy_report (the paper's section 2) also computes the entropy of the model's next-token
+distribution (temperature 1) at every token of its own completions, prints the tokens with the
+highest and lowest mean entropy, and writes entropy_tokens.json and entropy_report.html (a few
+completions with each token colored by its entropy).
 """
 
 import argparse
+import html
 import json
 import math
 import os
@@ -86,6 +94,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--output_dir", default="runs/eval", help="where samples.jsonl, summary.json, passk.png go")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow a hub model's own Python code to run")
+    parser.add_argument("--entropy_report", action="store_true", help="per-token entropy: high/low-entropy tokens and an HTML page")
+    parser.add_argument("--entropy_min_count", type=int, default=20, help="entropy report: list only tokens seen this often")
     args = parser.parse_args(argv)
     if args.greedy:
         args.temperature, args.n = 0.0, 1
@@ -103,6 +113,7 @@ def parse_args(argv=None):
         (args.batch_size < 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
         (args.max_new_tokens < 1, f"--max_new_tokens must be >= 1 (got {args.max_new_tokens})"),
         (len(set(args.model)) != len(args.model), "a --model is given twice"),
+        (args.entropy_min_count < 1, f"--entropy_min_count must be >= 1 (got {args.entropy_min_count})"),
     ]
     for failed, message in checks:
         if failed:
@@ -131,6 +142,8 @@ def sample_model(name, problems, args, device):
             batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
                                args.instruction, args.top_p)
         lengths = batch["mask"].sum(dim=1).tolist()
+        if args.entropy_report:
+            tokens, entropies = token_entropies(model, tokenizer, batch)
         for i, text in enumerate(batch["texts"]):
             problem = chunk[i // args.n]
             records.append({
@@ -139,7 +152,70 @@ def sample_model(name, problems, args, device):
                 "correct": batch["rewards"][i].item() == 1.0, "num_tokens": lengths[i],
                 "truncated": bool(batch["truncated"][i]),
             })
+            if args.entropy_report:
+                records[-1].update(tokens=tokens[i], token_entropy=entropies[i])
     return records
+
+
+# -----------------------------------------------------------------------------
+# Entropy report: which tokens does the model hesitate on?
+
+
+@torch.no_grad()
+def token_entropies(model, tokenizer, batch):
+    """Each completion's tokens (as text) and the entropy (nats) of the distribution each was drawn from.
+
+    Temperature 1: the model's own distribution, as in training's policy/entropy, whatever
+    temperature sampled the completions. Returns two lists of per-completion lists.
+    """
+    _, entropy = mg.policy_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                   batch["mask"], 1.0)  # (B, C)
+    tokens, entropies = [], []
+    for ids, h, n in zip(batch["completion_ids"].tolist(), entropy.tolist(), batch["mask"].sum(dim=1).tolist()):
+        tokens.append([tokenizer.decode([i]) for i in ids[:n]])
+        entropies.append([round(x, 4) for x in h[:n]])
+    return tokens, entropies
+
+
+def token_entropy_stats(records):
+    """{token: (mean entropy, count)} over every token of every completion, sorted by mean entropy, highest first."""
+    sums, counts = {}, {}
+    for r in records:
+        for token, h in zip(r["tokens"], r["token_entropy"]):
+            sums[token] = sums.get(token, 0.0) + h
+            counts[token] = counts.get(token, 0) + 1
+    stats = {t: (sums[t] / counts[t], counts[t]) for t in sums}
+    return dict(sorted(stats.items(), key=lambda item: -item[1][0]))
+
+
+def entropy_table(stats, min_count, rows=15):
+    """The rows highest- and lowest-entropy tokens seen at least min_count times, side by side."""
+    common = [(t, h, c) for t, (h, c) in stats.items() if c >= min_count]
+    high, low = common[:rows], common[::-1][:rows]
+    lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   (tokens seen >= {min_count} times; mean nats, count)"]
+    for i in range(max(len(high), len(low))):
+        cell = lambda side: f"{side[i][0]!r:>14} {side[i][1]:5.2f} {side[i][2]:6d}  " if i < len(side) else " " * 31
+        lines.append(cell(high) + " " + cell(low))
+    return "\n".join(lines)
+
+
+def entropy_html(records_by_model, examples=8):
+    """An HTML page: a few completions per model, each token's background redder the higher its entropy."""
+    top = max((h for records in records_by_model.values() for r in records for h in r["token_entropy"]), default=1.0) or 1.0
+    parts = ["<!doctype html><meta charset='utf-8'><title>token entropy</title>",
+             "<style>body{font-family:sans-serif;max-width:60em} .c{font-family:monospace;white-space:pre-wrap;"
+             "border:1px solid #ccc;padding:.4em;margin:.4em 0}</style>",
+             f"<p>Background: the entropy of the model's next-token distribution at each token, white 0 to red {top:.2f} nats. "
+             "Hover a token for its value.</p>"]
+    for name, records in records_by_model.items():
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        for r in records[:examples]:
+            spans = "".join(
+                f"<span title='{h:.3f}' style='background:rgba(230,30,30,{min(h / top, 1):.2f})'>{html.escape(t)}</span>"
+                for t, h in zip(r["tokens"], r["token_entropy"]))
+            mark = "correct" if r["correct"] else "wrong"
+            parts.append(f"<p>{html.escape(r['prompt'][-120:])} <b>({mark})</b></p><div class='c'>{spans}</div>")
+    return "\n".join(parts) + "\n"
 
 
 def plot_pass_at_k(summary, path):
@@ -211,8 +287,17 @@ def main(argv=None):
         }
         all_records += records
     # written at the end, each through a temporary name: an interrupted eval leaves no partial file
-    for filename, text in [("samples.jsonl", "".join(json.dumps(r) + "\n" for r in all_records)),
-                           ("summary.json", json.dumps(summary, indent=2) + "\n")]:
+    outputs = [("samples.jsonl", "".join(json.dumps(r) + "\n" for r in all_records)),
+               ("summary.json", json.dumps(summary, indent=2) + "\n")]
+    if args.entropy_report:
+        by_model = {name: [r for r in all_records if r["model"] == name] for name in args.model}
+        stats = {name: token_entropy_stats(records) for name, records in by_model.items()}
+        # a spread of problems: every n-th record is one completion of a different problem
+        examples = {name: records[:: args.n] for name, records in by_model.items()}
+        outputs += [("entropy_tokens.json", json.dumps({name: {t: [round(h, 4), c] for t, (h, c) in s.items()}
+                                                        for name, s in stats.items()}, indent=1) + "\n"),
+                    ("entropy_report.html", entropy_html(examples))]
+    for filename, text in outputs:
         path = os.path.join(args.output_dir, filename)
         with open(path + ".tmp", "w") as f:
             f.write(text)
@@ -220,7 +305,11 @@ def main(argv=None):
     plotted = plot_pass_at_k(summary, os.path.join(args.output_dir, "passk.png"))
     print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, top_p {args.top_p}")
     print(table(summary, shown))
-    print(f"wrote {args.output_dir}/samples.jsonl, summary.json" + (", passk.png" if plotted else ""))
+    if args.entropy_report:
+        for name in args.model:
+            print(f"\n{name}: token entropy")
+            print(entropy_table(stats[name], args.entropy_min_count))
+    print(f"wrote {args.output_dir}/" + ", ".join([f for f, _ in outputs] + (["passk.png"] if plotted else [])))
     return 0
 
 

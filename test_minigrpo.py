@@ -688,6 +688,53 @@ def test_eval_end_to_end(tiny_dir, second_tiny_dir, tmp_path, capsys):
     assert (out / "passk.png").exists() == (", passk.png" in printed)
 
 
+def test_eval_entropy_report(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["--model", tiny_dir, "--limit", "3", "--n", "4", "--max_new_tokens", "6", "--batch_size", "8",
+            "--entropy_report", "--entropy_min_count", "1", "--output_dir", str(out)]
+    assert ev.main(argv) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    model, tokenizer = mg.load_model(tiny_dir, "cpu")
+    for r in records:
+        assert len(r["tokens"]) == len(r["token_entropy"]) == r["num_tokens"]
+        shown = "".join(t for t in r["tokens"] if t not in tokenizer.all_special_tokens)
+        assert shown == r["completion"]  # the tokens are the completion's (the text drops special tokens)
+        # oracle: one unpadded sequence, full log_softmax, the distribution before each completion token
+        prompt = tokenizer(r["prompt"], add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
+        completion = torch.tensor([tokenizer.convert_tokens_to_ids(r["tokens"])])  # (1, C)
+        with torch.no_grad():
+            logits = model(torch.cat([prompt, completion], dim=1)).logits[0, prompt.shape[1] - 1 : -1]  # (C, V)
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        expected = -(logp.exp() * logp).sum(-1)
+        assert r["token_entropy"] == pytest.approx(expected.tolist(), abs=2e-4)
+    stats = json.loads((out / "entropy_tokens.json").read_text())[tiny_dir]
+    assert sum(c for _, c in stats.values()) == sum(r["num_tokens"] for r in records)
+    page = (out / "entropy_report.html").read_text()
+    assert page.count("<div class='c'>") == 3  # one completion of each problem
+    printed = capsys.readouterr().out
+    assert "highest entropy" in printed and "entropy_report.html" in printed
+
+
+def test_token_entropy_stats_and_table():
+    records = [{"tokens": ["a", "b", "a"], "token_entropy": [1.0, 0.5, 3.0]},
+               {"tokens": ["c", "a"], "token_entropy": [0.1, 2.0]}]
+    stats = ev.token_entropy_stats(records)
+    assert stats == {"a": (pytest.approx(2.0), 3), "b": (0.5, 1), "c": (0.1, 1)}
+    assert list(stats) == ["a", "b", "c"]  # highest mean entropy first
+    table = ev.entropy_table(stats, min_count=2).splitlines()
+    assert len(table) == 2 and "'a'" in table[1] and "'b'" not in table[1]  # b and c are seen once: not listed
+    assert table[1].count("'a'") == 2  # the only common token is both the highest and the lowest
+    both = ev.entropy_table(stats, min_count=1, rows=1).splitlines()[1]
+    assert both.index("'a'") < both.index("'c'")  # highest on the left, lowest on the right
+
+
+def test_entropy_html_escapes_model_text():
+    records = [{"tokens": ["<script>", "&"], "token_entropy": [2.0, 0.0], "prompt": "q <b>", "correct": False}]
+    page = ev.entropy_html({"m<1>": records})
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&amp;" in page and "m&lt;1&gt;" in page
+    assert "rgba(230,30,30,1.00)" in page and "rgba(230,30,30,0.00)" in page  # the most uncertain token is the reddest
+
+
 def test_eval_without_matplotlib_gives_a_notice(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert ev.plot_pass_at_k({"m": {"pass@k": {"1": 0.5}}}, str(tmp_path / "p.png")) is False

@@ -1,0 +1,201 @@
+"""Plain GRPO against GRPO + the entropy advantage, several seeds each, on the built-in task.
+
+  python experiments/entropy_vs_grpo.py               # train, evaluate, report (hours on 2 CPU cores)
+  python experiments/entropy_vs_grpo.py --stage report  # only redo the tables and plots
+
+Stages, each skipping work already on disk (so an interrupted run continues where it stopped):
+  train   minigrpo.py with --entropy_alpha 0 and 0.4 (kappa 2), seeds 0..S-1, otherwise the defaults
+  eval    eval.py on the held-out split, n samples per problem, for the base model and every run;
+          --entropy_report for the base model and seed 0 of each method
+  report  Pass@k with 95% confidence intervals across seeds (results.md), per-step curves
+          (training_curves.png) and Pass@k curves (passk.png); the plots need matplotlib
+
+Checkpoints go to --runs_dir (large, not committed); metrics, eval summaries, entropy reports and
+the report go to --results_dir.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from statistics import mean, stdev
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from eval import pass_at_k  # noqa: E402
+
+METHODS = {"grpo": 0.0, "entropy_adv": 0.4}  # name: entropy_alpha
+LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy advantage"}
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t, two-sided 95%
+
+
+def run(cmd, log):
+    print("$ " + " ".join(cmd), flush=True)
+    with open(log, "a") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def train(args):
+    for method, alpha in METHODS.items():
+        for seed in range(args.seeds):
+            name = f"{method}_seed{seed}"
+            out = os.path.join(args.runs_dir, name)
+            if not os.path.isdir(os.path.join(out, "final")):
+                os.makedirs(out, exist_ok=True)
+                run([sys.executable, "minigrpo.py", "--seed", str(seed), "--entropy_alpha", str(alpha), "--entropy_kappa", "2",
+                     "--steps", str(args.steps), "--save_every", "0", "--output_dir", out], os.path.join(out, "train.log"))
+            os.makedirs(os.path.join(args.results_dir, "metrics"), exist_ok=True)
+            shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(args.results_dir, "metrics", f"{name}.jsonl"))
+
+
+def evaluate(args):
+    models = {"base": "smollm2"}
+    models.update({f"{m}_seed{s}": os.path.join(args.runs_dir, f"{m}_seed{s}", "final")
+                   for m in METHODS for s in range(args.seeds)})
+    for name, model in models.items():
+        out = os.path.join(args.results_dir, "eval", name)
+        if os.path.exists(os.path.join(out, "summary.json")):
+            continue
+        os.makedirs(out, exist_ok=True)
+        cmd = [sys.executable, "eval.py", "--model", model, "--n", str(args.n), "--output_dir", out]
+        if name in ("base", "grpo_seed0", "entropy_adv_seed0"):
+            cmd.append("--entropy_report")
+        run(cmd, os.path.join(out, "eval.log"))
+
+
+# -----------------------------------------------------------------------------
+# Report
+
+
+def per_problem_counts(path):
+    """Correct completions per problem, from eval.py's samples.jsonl."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + r["correct"]
+    return [counts[i] for i in sorted(counts)]
+
+
+def interval(values):
+    """Mean and half-width of a 95% t-interval (0 for a single value)."""
+    if len(values) < 2:
+        return mean(values), 0.0
+    return mean(values), T_975[len(values) - 1] * stdev(values) / math.sqrt(len(values))
+
+
+def pass_at_k_table(args):
+    """{group: {k: (mean, half-width)}}: across seeds for the methods, across problems for the base model."""
+    ks = [2**i for i in range(int(math.log2(args.n)) + 1)]
+    rows = {}
+    base = per_problem_counts(os.path.join(args.results_dir, "eval", "base", "samples.jsonl"))
+    rows["base"] = {k: interval([pass_at_k(args.n, c, k) for c in base]) for k in ks}
+    for method in METHODS:
+        per_seed = []
+        for s in range(args.seeds):
+            counts = per_problem_counts(os.path.join(args.results_dir, "eval", f"{method}_seed{s}", "samples.jsonl"))
+            per_seed.append({k: mean(pass_at_k(args.n, c, k) for c in counts) for k in ks})
+        rows[method] = {k: interval([p[k] for p in per_seed]) for k in ks}
+        rows[method]["seeds"] = per_seed
+    return ks, rows
+
+
+def read_metrics(args, method):
+    runs = []
+    for s in range(args.seeds):
+        with open(os.path.join(args.results_dir, "metrics", f"{method}_seed{s}.jsonl")) as f:
+            runs.append([r for r in map(json.loads, f) if "reward/accuracy" in r])
+    return runs
+
+
+CURVES = [("reward/accuracy", "training accuracy"), ("policy/entropy", "mean token entropy (nats)"),
+          ("policy/psi_over_abs_adv", "psi / |A|"), ("rollout/response_length", "response length (tokens)")]
+
+
+def plots(args, ks, rows):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, so no plots (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    for method in METHODS:
+        runs = read_metrics(args, method)
+        steps = [r["step"] for r in runs[0]]
+        for ax, (key, title) in zip(axes, CURVES):
+            values = [[r[key] for r in run] for run in runs]  # (seeds, steps)
+            mid = [mean(v) for v in zip(*values)]
+            ax.plot(steps, mid, label=LABELS[method])
+            ax.fill_between(steps, [min(v) for v in zip(*values)], [max(v) for v in zip(*values)], alpha=0.2)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"mean over {args.seeds} seeds; band: min to max", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.results_dir, "training_curves.png"), dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group, row in rows.items():
+        mid = [row[k][0] for k in ks]
+        ax.errorbar(ks, mid, yerr=[row[k][1] for k in ks], marker="o", capsize=3, label=LABELS[group])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel(f"Pass@k (held-out, n = {args.n})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.results_dir, "passk.png"), dpi=110)
+    plt.close(fig)
+
+
+def report(args):
+    ks, rows = pass_at_k_table(args)
+    lines = [f"Held-out arithmetic problems, n = {args.n} samples each (eval.py defaults: temperature 0.6, top_p 0.95).",
+             f"Methods: mean over {args.seeds} seeds, +- the 95% t-interval across seeds. "
+             "Base model: mean over problems, +- the 95% t-interval across problems.", "",
+             "| model | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for group, row in rows.items():
+        lines.append(f"| {LABELS[group]} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ks) + " |")
+    lines += ["", "Per seed:", "", "| run | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for method in METHODS:
+        for s, p in enumerate(rows[method]["seeds"]):
+            lines.append(f"| {method} seed {s} | " + " | ".join(f"{p[k]:.3f}" for k in ks) + " |")
+    lines += ["", "Last 5 training steps (mean over steps, then over seeds):", "",
+              "| method | " + " | ".join(title for _, title in CURVES) + " |", "|---" * (len(CURVES) + 1) + "|"]
+    for method in METHODS:
+        runs = read_metrics(args, method)
+        cells = [mean(mean(r[key] for r in run[-5:]) for run in runs) for key, _ in CURVES]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(args.results_dir, "results.md"), "w") as f:
+        f.write(text)
+    print(text)
+    plots(args, ks, rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=["all", "train", "eval", "report"], default="all")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--n", type=int, default=32, help="eval samples per held-out problem")
+    parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "entropy_vs_grpo"))
+    parser.add_argument("--results_dir", default=os.path.join(ROOT, "experiments", "entropy_vs_grpo"))
+    args = parser.parse_args()
+    if args.stage in ("all", "train"):
+        train(args)
+    if args.stage in ("all", "eval"):
+        evaluate(args)
+    if args.stage in ("all", "report"):
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
