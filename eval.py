@@ -193,9 +193,11 @@ def entropy_table(stats, min_count, rows=15):
     common = [(t, h, c) for t, (h, c) in stats.items() if c >= min_count]
     high, low = common[:rows], common[::-1][:rows]
     lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   (tokens seen >= {min_count} times; mean nats, count)"]
+    def cell(side, i):
+        return f"{side[i][0]!r:>14} {side[i][1]:5.2f} {side[i][2]:6d}  " if i < len(side) else " " * 31
+
     for i in range(max(len(high), len(low))):
-        cell = lambda side: f"{side[i][0]!r:>14} {side[i][1]:5.2f} {side[i][2]:6d}  " if i < len(side) else " " * 31
-        lines.append(cell(high) + " " + cell(low))
+        lines.append(cell(high, i) + " " + cell(low, i))
     return "\n".join(lines)
 
 
@@ -203,10 +205,10 @@ def entropy_html(records_by_model, examples=8):
     """An HTML page: a few completions per model, each token's background redder the higher its entropy."""
     top = max((h for records in records_by_model.values() for r in records for h in r["token_entropy"]), default=1.0) or 1.0
     parts = ["<!doctype html><meta charset='utf-8'><title>token entropy</title>",
-             "<style>body{font-family:sans-serif;max-width:60em} .c{font-family:monospace;white-space:pre-wrap;"
-             "border:1px solid #ccc;padding:.4em;margin:.4em 0}</style>",
-             f"<p>Background: the entropy of the model's next-token distribution at each token, white 0 to red {top:.2f} nats. "
-             "Hover a token for its value.</p>"]
+             ("<style>body{font-family:sans-serif;max-width:60em} .c{font-family:monospace;white-space:pre-wrap;"
+              "border:1px solid #ccc;padding:.4em;margin:.4em 0}</style>"),
+             (f"<p>Background: the entropy of the model's next-token distribution at each token, white 0 to red {top:.2f} nats. "
+              "Hover a token for its value.</p>")]
     for name, records in records_by_model.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         for r in records[:examples]:

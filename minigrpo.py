@@ -43,8 +43,14 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 import torch
+import torch.utils.checkpoint
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    HfArgumentParser,
+)
 
 # -----------------------------------------------------------------------------
 # Config
@@ -423,24 +429,34 @@ def completion_mask(completion_ids, eos_token_id):
 # Log-probs and entropy
 
 
-def logprobs_and_entropy(logits, token_ids, temperature=1.0, chunk_rows=512):
+def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512):
     """Per-token log pi(token) and the entropy of pi over the whole vocabulary (Eq. 4).
 
-    logits: (B, T, V) at the completion positions; token_ids: (B, T). Returns two (B, T).
-    Rows are processed in chunks, so only one chunk of float32 probabilities exists at a time.
+    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
+    lm_head: the model's output layer (D -> V). Returns two (B, T).
+    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
+    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
+    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
     The entropy is computed without a graph: the bonus built from it is detached (Eq. 5).
     """
-    flat_logits, flat_ids = logits.flatten(0, 1), token_ids.flatten()  # (B*T, V), (B*T,)
-    logprobs, entropy = [], []
-    # split, not slicing: the backward of a slice builds a full (B*T, V) gradient for every chunk
-    for z, ids in zip(flat_logits.split(chunk_rows), flat_ids.split(chunk_rows)):
-        z = z.float()  # (c, V)
+
+    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
+        z = lm_head(h).float()  # (c, V)
         if temperature != 1.0:
             z = z / temperature
         log_norm = torch.logsumexp(z, dim=-1)  # (c,)
-        logprobs.append(z.gather(-1, ids[:, None]).squeeze(-1) - log_norm)
         with torch.no_grad():  # H = -sum p log p = logsumexp(z) - sum p z
-            entropy.append(log_norm - (torch.softmax(z, dim=-1) * z).sum(-1))
+            entropy = log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
+        return z.gather(-1, ids[:, None]).squeeze(-1) - log_norm, entropy
+
+    logprobs, entropy = [], []
+    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
+        if torch.is_grad_enabled():
+            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
+        else:
+            lp, ent = chunk(h, ids)
+        logprobs.append(lp)
+        entropy.append(ent)
     shape = token_ids.shape
     return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
 
@@ -455,9 +471,10 @@ def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, tempera
     attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
     C = completion_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=C + 1, use_cache=False).logits  # (B, C+1, V)
-    return logprobs_and_entropy(logits[:, :-1], completion_ids, temperature)  # position t predicts token t+1
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state  # (B, P+C, D), the transformer without its output layer
+    hidden = hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
+    return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature)
 
 
 # -----------------------------------------------------------------------------
@@ -547,6 +564,17 @@ def model_source(name):
     return name, None
 
 
+@torch.no_grad()
+def check_output_head(model):
+    """policy_forward computes logits as lm_head(last hidden state), one chunk at a time: refuse a
+    model whose forward does more (Gemma 2's soft-capping, Cohere's logit scale), by comparing both."""
+    ids = torch.tensor([[model.config.bos_token_id or 0, 1, 2]])
+    expected = model(input_ids=ids).logits
+    ours = model.get_output_embeddings()(model.base_model(input_ids=ids).last_hidden_state)
+    if not torch.allclose(expected, ours, atol=1e-4, rtol=1e-4):
+        raise ValueError(f"{type(model).__name__} transforms its logits beyond the output layer; minigrpo does not support it")
+
+
 def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_code=False):
     """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one (TRAPS 12)."""
     source, gguf_file = model_source(name)
@@ -573,6 +601,7 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
     for module in model.modules():  # dropout would make the training log-probs differ from sampling
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    check_output_head(model)
     if gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     return model.to(device), tokenizer

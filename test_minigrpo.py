@@ -299,31 +299,47 @@ def test_rollout_grades_and_counts_truncation(tiny):
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_logprobs_and_entropy_match_naive_log_softmax(temperature):
     torch.manual_seed(0)
-    B, T, V = 3, 7, 50
-    logits = (torch.randn(B, T, V) * 3).requires_grad_()
+    B, T, D, V = 3, 7, 8, 50
+    hidden = torch.randn(B, T, D).requires_grad_()
+    lm_head = torch.nn.Linear(D, V, bias=False)
+    lm_head.weight.data *= 3
     ids = torch.randint(V, (B, T))
-    logprobs, entropy = mg.logprobs_and_entropy(logits, ids, temperature, chunk_rows=4)  # chunks do not divide B*T
-    naive_logp = torch.log_softmax(logits.double() / temperature, -1)
+    logprobs, entropy = mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, chunk_rows=4)  # chunks do not divide B*T
+    naive_logp = torch.log_softmax(lm_head(hidden).double() / temperature, -1)  # (B, T, V), all at once
     naive_lp = naive_logp.gather(-1, ids[..., None]).squeeze(-1)
     naive_entropy = -(naive_logp.exp() * naive_logp).sum(-1)  # Eq. 4
     torch.testing.assert_close(logprobs.double(), naive_lp, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(entropy.double(), naive_entropy, atol=1e-5, rtol=1e-5)
     assert not entropy.requires_grad  # the bonus is built from a detached entropy
     weights = torch.randn(B, T)
-    (grad,) = torch.autograd.grad((logprobs * weights).sum(), logits)
-    (naive_grad,) = torch.autograd.grad((naive_lp * weights.double()).sum(), logits)
-    torch.testing.assert_close(grad.double(), naive_grad.double(), atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad((logprobs * weights).sum(), [hidden, lm_head.weight])  # through the recomputed chunks
+    naive_grads = torch.autograd.grad((naive_lp * weights.double()).sum(), [hidden, lm_head.weight])
+    for grad, naive_grad in zip(grads, naive_grads):
+        torch.testing.assert_close(grad.double(), naive_grad.double(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # no graph: the same numbers
+        torch.testing.assert_close(mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, 4)[0], logprobs.detach())
 
 
 def test_entropy_bounds():
     V = 64
-    uniform = torch.zeros(1, 1, V)
-    peaked = torch.full((1, 1, V), -1e4)
-    peaked[..., 3] = 0
-    _, h_uniform = mg.logprobs_and_entropy(uniform, torch.zeros(1, 1, dtype=torch.long))
-    _, h_peaked = mg.logprobs_and_entropy(peaked, torch.zeros(1, 1, dtype=torch.long))
+    lm_head = torch.nn.Linear(1, V, bias=False)
+    with torch.no_grad():
+        lm_head.weight.zero_()  # logits all 0: uniform
+        _, h_uniform = mg.logprobs_and_entropy(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
+        lm_head.weight.fill_(-1e4)
+        lm_head.weight[3] = 0  # one logit far above the rest
+        _, h_peaked = mg.logprobs_and_entropy(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
     assert h_uniform.item() == pytest.approx(math.log(V), rel=1e-5)
     assert h_peaked.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_models_that_transform_their_logits_are_refused(tiny):
+    model, _ = tiny
+    mg.check_output_head(model)  # a plain Llama: lm_head(hidden) is the logits
+    original = model.forward
+    model.forward = lambda *a, **k: type(original(*a, **k))(logits=0.5 * original(*a, **k).logits)
+    with pytest.raises(ValueError, match="transforms its logits"):  # e.g. Cohere's logit_scale
+        mg.check_output_head(model)
 
 
 # -----------------------------------------------------------------------------

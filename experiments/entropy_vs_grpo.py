@@ -25,7 +25,7 @@ from statistics import mean, stdev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from eval import pass_at_k  # noqa: E402
+from eval import pass_at_k
 
 METHODS = {"grpo": 0.0, "entropy_adv": 0.4}  # name: entropy_alpha
 LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy advantage"}
@@ -158,8 +158,8 @@ def plots(args, ks, rows):
 def report(args):
     ks, rows = pass_at_k_table(args)
     lines = [f"Held-out arithmetic problems, n = {args.n} samples each (eval.py defaults: temperature 0.6, top_p 0.95).",
-             f"Methods: mean over {args.seeds} seeds, +- the 95% t-interval across seeds. "
-             "Base model: mean over problems, +- the 95% t-interval across problems.", "",
+             (f"Methods: mean over {args.seeds} seeds, +- the 95% t-interval across seeds. "
+              "Base model: mean over problems, +- the 95% t-interval across problems."), "",
              "| model | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for group, row in rows.items():
         lines.append(f"| {LABELS[group]} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in ks) + " |")
