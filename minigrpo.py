@@ -45,12 +45,7 @@ from fractions import Fraction
 import torch
 import torch.utils.checkpoint
 from tqdm import tqdm
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    HfArgumentParser,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
 
 # -----------------------------------------------------------------------------
 # Config
