@@ -738,16 +738,22 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     order = torch.randperm(n)
     for start in range(0, n, mini):
         mini_rows = order[start : start + mini]
+        mini_rows = mini_rows[torch.argsort((advantages[mini_rows] == 0).int(), stable=True)]  # rows with A = 0 last
         num_tokens = batch["mask"][mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
         for i in range(0, mini, cfg.micro_batch_size):
             rows = mini_rows[i : i + cfg.micro_batch_size]
             mask = batch["mask"][rows].float()
-            logprobs, entropy = forward(model, rows)  # (b, C) each
-            old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
-            shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
-            ref = None if ref_logprobs is None else ref_logprobs[rows]
-            loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
-            loss.backward()
+            # A = 0 gives psi = 0 and a zero loss: without a KL term such rows have no gradient, so a
+            # micro-batch of only them gets a forward pass for the metrics and no backward (less work)
+            learns = cfg.kl_coef > 0 or bool(advantages[rows].any())
+            with torch.set_grad_enabled(learns):
+                logprobs, entropy = forward(model, rows)  # (b, C) each
+                old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
+                shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
+                ref = None if ref_logprobs is None else ref_logprobs[rows]
+                loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
+            if learns:
+                loss.backward()
             with torch.no_grad():  # bookkeeping for the metrics, token-weighted over the rollout
                 tokens = mask.sum()
                 psi = shaped - advantages[rows, None]

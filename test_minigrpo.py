@@ -470,6 +470,27 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
 
 
+def test_rows_without_advantage_skip_backward_but_not_the_metrics(tiny_dir):
+    """A group of equal rewards has A = 0 and no gradient: skipping its backward changes nothing."""
+    advantages = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.5, 0.5, 0.5, 0.5])  # the first group is saturated
+    results = []
+    for micro in (8, 2):  # one micro-batch of all rows (no skip) / four, two of which have A = 0 only
+        model, tokenizer = mg.load_model(tiny_dir)
+        batch = _fake_batch(tokenizer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        backwards = []
+        next(model.parameters()).register_post_accumulate_grad_hook(lambda _: backwards.append(1))
+        torch.manual_seed(0)
+        metrics = mg.update_policy(model.train(), optimizer, batch, advantages,
+                                   mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro))
+        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics, len(backwards)))
+    (full, full_metrics, full_backwards), (split, split_metrics, split_backwards) = results
+    assert (full_backwards, split_backwards) == (1, 2)  # the two micro-batches of A = 0 ran forward only
+    torch.testing.assert_close(full, split, atol=1e-6, rtol=1e-5)
+    for key in ("entropy", "entropy_bonus", "psi_over_abs_adv", "loss", "grad_norm"):
+        assert split_metrics[key] == pytest.approx(full_metrics[key], rel=1e-5, abs=1e-7), key
+
+
 def test_update_policy_metrics_and_old_logprobs(tiny):
     model, tokenizer = tiny
     batch = _fake_batch(tokenizer)
