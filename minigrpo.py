@@ -740,6 +740,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         mini_rows = order[start : start + mini]
         mini_rows = mini_rows[torch.argsort((advantages[mini_rows] == 0).int(), stable=True)]  # rows with A = 0 last
         num_tokens = batch["mask"][mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
+        finite = torch.ones((), dtype=torch.bool, device=advantages.device)  # every micro-batch's loss, backward or not
         for i in range(0, mini, cfg.micro_batch_size):
             rows = mini_rows[i : i + cfg.micro_batch_size]
             mask = batch["mask"][rows].float()
@@ -752,6 +753,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                 shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
                 ref = None if ref_logprobs is None else ref_logprobs[rows]
                 loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
+            finite &= torch.isfinite(loss.detach())
             if learns:
                 loss.backward()
             with torch.no_grad():  # bookkeeping for the metrics, token-weighted over the rollout
@@ -767,7 +769,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                 totals["approx_kl"] += stats["approx_kl"] * tokens
                 totals["loss"] += loss.detach() * num_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        if torch.isfinite(grad_norm):
+        if torch.isfinite(grad_norm) and finite:
             optimizer.step()
             grad_norms.append(grad_norm.item())
         else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
