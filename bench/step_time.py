@@ -6,6 +6,8 @@
 The same model, prompts, group size, max_new_tokens, micro-batches, one update per rollout, no KL,
 float32 and thread count for both. The floor is what any trainer must do: a bare `generate` of the
 same batch plus one forward and backward over the same tokens. Reports medians after warm-up.
+minigrpo runs no backward for a group whose rewards are all equal (its gradient is exactly zero);
+the groups it skipped are printed beside its times.
 """
 
 import argparse
@@ -37,7 +39,8 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def time_minigrpo(model, tokenizer, cfg, problem_batches):
+def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
+    """saturated collects, per step, the groups whose rewards were all equal: minigrpo runs no backward for them."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     seconds = []
     for problems in problem_batches:
@@ -47,6 +50,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                                cfg.instruction)
         advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
+        saturated.append(int((advantages.view(-1, cfg.group_size) == 0).all(dim=1).sum()))
         model.train()
         with autocast(model, cfg):
             mg.update_policy(model, optimizer, batch, advantages, cfg)
@@ -140,11 +144,18 @@ def main():
         torch.manual_seed(cfg.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer = mg.load_model(args.model, device)  # a fresh copy for each trainer
-        seconds = {"minigrpo": time_minigrpo, "floor": time_floor, "trl": time_trl}[name](
-            model, tokenizer, cfg, problem_batches)
+        saturated = []
+        if name == "minigrpo":
+            seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated)
+        else:
+            seconds = {"floor": time_floor, "trl": time_trl}[name](model, tokenizer, cfg, problem_batches)
         timed = seconds[args.warmup :]
         results[name] = {"median_s": statistics.median(timed), "steps_s": [round(s, 2) for s in timed]}
-        print(f"{name:>9}: median {results[name]['median_s']:.2f} s/step  {results[name]['steps_s']}", flush=True)
+        note = ""
+        if saturated:
+            results[name]["groups_without_backward"] = saturated[args.warmup :]
+            note = f"  (groups of {cfg.prompts_per_step} with equal rewards, no backward: {saturated[args.warmup :]})"
+        print(f"{name:>9}: median {results[name]['median_s']:.2f} s/step  {results[name]['steps_s']}{note}", flush=True)
     if {"minigrpo", "trl"} <= results.keys():
         print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
     if {"minigrpo", "floor"} <= results.keys():
