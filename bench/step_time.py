@@ -154,7 +154,7 @@ def main():
         note = ""
         if saturated:
             results[name]["groups_without_backward"] = saturated[args.warmup :]
-            note = f"  (groups of {cfg.prompts_per_step} with equal rewards, no backward: {saturated[args.warmup :]})"
+            note = f"  (groups of the {cfg.prompts_per_step} with equal rewards, so no backward: {saturated[args.warmup :]})"
         print(f"{name:>9}: median {results[name]['median_s']:.2f} s/step  {results[name]['steps_s']}{note}", flush=True)
     if {"minigrpo", "trl"} <= results.keys():
         print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
