@@ -32,6 +32,14 @@ LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy a
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t, two-sided 95%
 
 
+def t_975(df):
+    """The 97.5% quantile of Student's t: a table to df 9, then the Cornish-Fisher expansion (error < 1e-3)."""
+    if df in T_975:
+        return T_975[df]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 def run(cmd, log):
     print("$ " + " ".join(cmd), flush=True)
     with open(log, "a") as f:
@@ -84,7 +92,7 @@ def interval(values):
     """Mean and half-width of a 95% t-interval (0 for a single value)."""
     if len(values) < 2:
         return mean(values), 0.0
-    return mean(values), T_975[len(values) - 1] * stdev(values) / math.sqrt(len(values))
+    return mean(values), t_975(len(values) - 1) * stdev(values) / math.sqrt(len(values))
 
 
 def pass_at_k_table(args):
@@ -167,11 +175,13 @@ def report(args):
     for method in METHODS:
         for s, p in enumerate(rows[method]["seeds"]):
             lines.append(f"| {method} seed {s} | " + " | ".join(f"{p[k]:.3f}" for k in ks) + " |")
-    lines += ["", "Last 5 training steps (mean over steps, then over seeds):", "",
-              "| method | " + " | ".join(title for _, title in CURVES) + " |", "|---" * (len(CURVES) + 1) + "|"]
+    lines += ["", "Last 5 training steps (mean over steps, then over seeds), and greedy held-out accuracy after the last step:", "",
+              "| method | " + " | ".join(title.replace("|", "\\|") for _, title in CURVES) + " | greedy held-out |",
+              "|---" * (len(CURVES) + 2) + "|"]
     for method in METHODS:
         runs = read_metrics(args, method)
         cells = [mean(mean(r[key] for r in run[-5:]) for run in runs) for key, _ in CURVES]
+        cells.append(mean(run[-1].get("eval/accuracy", float("nan")) for run in runs))
         lines.append(f"| {LABELS[method]} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.results_dir, "results.md"), "w") as f:
