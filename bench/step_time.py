@@ -39,6 +39,11 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+def random_rewards(n):
+    """Coin flips: a random-init model earns no reward, and minigrpo would skip every backward."""
+    return torch.randint(0, 2, (n,)).float()
+
+
 def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
     """saturated collects, per step, the groups whose rewards were all equal: minigrpo runs no backward for them."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -49,6 +54,8 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
         with autocast(model, cfg):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                                cfg.instruction)
+        if cfg.random_rewards:
+            batch["rewards"] = random_rewards(len(batch["rewards"]))
         advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
         saturated.append(int((advantages.view(-1, cfg.group_size) == 0).all(dim=1).sum()))
         model.train()
@@ -92,6 +99,8 @@ def time_trl(model, tokenizer, cfg, problem_batches):
             for problems in problem_batches for p in problems]
 
     def reward(completions, answer, **_):
+        if cfg.random_rewards:
+            return random_rewards(len(completions)).tolist()
         return [mg.math_reward(c[-1]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
 
     class StepTimer(TrainerCallback):
@@ -133,11 +142,13 @@ def main():
     parser.add_argument("--prompts_per_step", type=int, default=mg.Config.prompts_per_step)
     parser.add_argument("--max_new_tokens", type=int, default=mg.Config.max_new_tokens)
     parser.add_argument("--micro_batch_size", type=int, default=mg.Config.micro_batch_size)
+    parser.add_argument("--random_rewards", action="store_true", help="coin-flip rewards, for random-init models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = mg.Config(model=args.model, dtype=args.dtype, prompts_per_step=args.prompts_per_step,
                     max_new_tokens=args.max_new_tokens, micro_batch_size=args.micro_batch_size)
     cfg.instruction = mg.default_instruction(cfg.dataset)
+    cfg.random_rewards = args.random_rewards
     problem_batches = batches(cfg, args.warmup + args.steps)
     results = {}
     for name in args.trainers.split(","):
@@ -171,7 +182,7 @@ def main():
         versions["trl"] = trl.__version__
     except ImportError:
         pass
-    sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype")
+    sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype", "random_rewards")
     print(json.dumps({"config": {k: getattr(cfg, k) for k in sizes}, "model": args.model, "versions": versions,
                       "results": results}))
 
