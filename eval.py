@@ -163,10 +163,9 @@ def sample_model(name, problems, args, device):
 
 @torch.no_grad()
 def token_entropies(model, tokenizer, batch):
-    """Each completion's tokens (as text) and the entropy (nats) of the distribution each was drawn from.
-
-    Temperature 1: the model's own distribution, as in training's policy/entropy, whatever
-    temperature sampled the completions. Returns two lists of per-completion lists.
+    """Each completion's tokens (as text) and, at each, the entropy (nats) of the next-token distribution
+    that chose it (Eq. 4). At temperature 1, the model's own distribution as in training's
+    policy/entropy, whatever temperature sampled the completions. Returns two lists of lists.
     """
     _, entropy = mg.policy_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
                                    batch["mask"], 1.0)  # (B, C)
@@ -193,6 +192,7 @@ def entropy_table(stats, min_count, rows=15):
     common = [(t, h, c) for t, (h, c) in stats.items() if c >= min_count]
     high, low = common[:rows], common[::-1][:rows]
     lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   (tokens seen >= {min_count} times; mean nats, count)"]
+
     def cell(side, i):
         return f"{side[i][0]!r:>14} {side[i][1]:5.2f} {side[i][2]:6d}  " if i < len(side) else " " * 31
 
