@@ -188,8 +188,10 @@ def token_entropy_stats(records):
 
 
 def entropy_table(stats, min_count, rows=15):
-    """The rows highest- and lowest-entropy tokens seen at least min_count times, side by side."""
+    """The rows highest- and lowest-entropy tokens seen at least min_count times, side by side
+    (with fewer than 2 * rows such tokens, the upper half and the lower half)."""
     common = [(t, h, c) for t, (h, c) in stats.items() if c >= min_count]
+    rows = min(rows, max(1, len(common) // 2))
     high, low = common[:rows], common[::-1][:rows]
     lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   (tokens seen >= {min_count} times; mean nats, count)"]
 
