@@ -31,18 +31,16 @@ def step(model, tokenizer, optimizer, cfg, problems, phases):
         return out
 
     model.eval()
-    prompts = [mg.format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
-    prompt_ids, prompt_mask, completion_ids = timed("1 generate", lambda: mg.sample_completions(
-        model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature))
-
-    def grade():
-        mask = mg.completion_mask(completion_ids, model.generation_config.eos_token_id)
-        texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
-        answers = [p["answer"] for p in problems for _ in range(cfg.group_size)]
-        return mask, torch.tensor([mg.math_reward(t, a) for t, a in zip(texts, answers)])
-
-    mask, rewards = timed("2 decode + grade", grade)
-    batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask)
+    # rollout's own code, with sample_completions timed apart: the rest of rollout is decoding and grading
+    sample = mg.sample_completions
+    mg.sample_completions = lambda *a, **k: timed("1 generate", lambda: sample(*a, **k))
+    try:
+        start, generated = time.perf_counter(), phases.get("1 generate", 0.0)
+        batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.instruction)
+        phases["2 decode + grade"] = phases.get("2 decode + grade", 0.0) + time.perf_counter() - start - (phases["1 generate"] - generated)
+    finally:
+        mg.sample_completions = sample
+    rewards, mask = batch["rewards"], batch["mask"]
     advantages = mg.group_advantages(rewards, cfg.group_size)
     model.train()
     # update_policy's optimizer.step and clip_grad_norm_ are timed apart by wrapping them
