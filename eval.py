@@ -224,13 +224,8 @@ def entropy_html(records_by_model, examples=8):
 
 def plot_pass_at_k(summary, path):
     """Pass@k against k on a log2 axis, one line per model; a one-line notice without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed, so no passk.png (pip install matplotlib)")
+    plt = mg.optional_pyplot("passk.png")
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, s in summary.items():

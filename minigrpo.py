@@ -80,6 +80,14 @@ class Config:
     clip_high: float = field(default=0.28, metadata={"help": "PPO clip-higher: ratio <= 1 + clip_high"})
     scale_rewards: bool = field(default=True, metadata={"help": "divide by the group's reward std (GRPO); false: only subtract the mean"})
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the initial model (k3 estimator); 0 loads no reference model"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy regularization: loss - c * mean entropy, with its gradient (the baseline the paper contrasts with)"})
+    # PPO (--algorithm ppo): a critic replaces the group baseline
+    algorithm: str = field(default="grpo", metadata={"help": "grpo (group-normalized advantages) or ppo (a critic and GAE, per-token advantages)"})
+    critic_lr: float = field(default=2e-5, metadata={"help": "PPO: the critic's AdamW learning rate (the paper: 2e-6, twice its policy lr)"})
+    gae_gamma: float = field(default=1.0, metadata={"help": "PPO: GAE discount per token"})
+    gae_lambda: float = field(default=1.0, metadata={"help": "PPO: GAE lambda; with gamma = lambda = 1, A_t = R - V(s_t)"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "PPO: shift and scale the advantages to mean 0, std 1 over the batch's tokens"})
+    value_clip: float = field(default=0.5, metadata={"help": "PPO: a new value stays within this distance of the rollout's value in the value loss"})
     # the entropy advantage (Cheng et al., Eq. 5)
     entropy_alpha: float = field(default=0.4, metadata={"help": "alpha in psi = min(alpha * H, |A| / kappa); 0 gives plain GRPO"})
     entropy_kappa: float = field(default=2.0, metadata={"help": "kappa (> 1): psi never exceeds |A| / kappa"})
@@ -119,7 +127,9 @@ def check_config(cfg):
     problems = [
         (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
         (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
-        (cfg.group_size < 2, f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
+        (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
+        (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
+         f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
         (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
         (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
         (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
@@ -128,6 +138,9 @@ def check_config(cfg):
         (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
         (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
         (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
+        (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
+        (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
+        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1), "gae_gamma and gae_lambda must be in [0, 1]"),
         (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
         (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
         (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
@@ -424,7 +437,7 @@ def completion_mask(completion_ids, eos_token_id):
 # Log-probs and entropy
 
 
-def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512):
+def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
     """Per-token log pi(token) and the entropy of pi over the whole vocabulary (Eq. 4).
 
     hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
@@ -432,7 +445,8 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
     The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
     and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
     chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
-    The entropy is computed without a graph: the bonus built from it is detached (Eq. 5).
+    The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
+    it is detached (Eq. 5).
     """
 
     def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
@@ -440,7 +454,7 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
         if temperature != 1.0:
             z = z / temperature
         log_norm = torch.logsumexp(z, dim=-1)  # (c,)
-        with torch.no_grad():  # H = -sum p log p = logsumexp(z) - sum p z
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # H = logsumexp(z) - sum p z
             entropy = log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
         return z.gather(-1, ids[:, None]).squeeze(-1) - log_norm, entropy
 
@@ -456,20 +470,43 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
     return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
 
 
-def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature):
-    """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens.
+def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask):
+    """Final hidden states (B, C, D) at the positions that predict each completion token.
 
+    transformer: a model without its output layer (the policy's base_model, or the critic's body).
     TRAPS 4: the same left-padded attention mask as in sampling, and position ids that
-    count only real tokens, as `generate` does, so these are the sampled sequences' log-probs.
+    count only real tokens, as `generate` does, so these are the sampled sequences' states.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
     attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
     C = completion_ids.shape[1]
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state  # (B, P+C, D), the transformer without its output layer
-    hidden = hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
-    return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature)
+    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state  # (B, P+C, D)
+    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
+
+
+def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature, entropy_grad=False):
+    """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens."""
+    hidden = completion_hidden(model.base_model, prompt_ids, prompt_mask, completion_ids, mask)  # (B, C, D)
+    return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature,
+                                entropy_grad=entropy_grad)
+
+
+class Critic(torch.nn.Module):
+    """PPO's value model V(s_t): a copy of the pretrained transformer with its own weights and a
+    scalar head on the last hidden state, as in the paper's setup. The head starts at 0 (V = 0)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.body = copy.deepcopy(model.base_model)
+        self.head = torch.nn.Linear(model.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, prompt_ids, prompt_mask, completion_ids, mask):  # -> (B, C) values
+        # TRAPS 14: V(s_t) is read where the policy reads the logits of completion token t
+        return self.head(completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask)).squeeze(-1).float()
 
 
 # -----------------------------------------------------------------------------
@@ -488,15 +525,47 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-4):
     return centered.flatten()  # (B*G,)
 
 
+def last_token_rewards(rewards, mask):
+    """PPO: each response's reward (B,) placed on its last real token (EOS included), 0 elsewhere: (B, T)."""
+    last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
+    return torch.zeros(mask.shape, device=mask.device).scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
+
+
+def gae_advantages(rewards, values, mask, gamma, lam):
+    """Generalized advantage estimation (Schulman et al. 2016) over the completion tokens.
+
+    rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
+    (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
+    response's last real token (TRAPS 14). With gamma = lam = 1: A_t = R - V(s_t).
+    """
+    mask = mask.float()
+    advantages = torch.zeros_like(values)
+    next_value = next_advantage = torch.zeros_like(values[:, 0])  # (B,): 0 after the last token
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # TD error
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def whiten(advantages, mask, eps=1e-8):
+    """PPO's batch normalization: mean 0 and std 1 over the real tokens of the batch, 0 on padding. (B, T)."""
+    mask = mask.float()
+    mean = (advantages * mask).sum() / mask.sum()
+    variance = ((advantages - mean) ** 2 * mask).sum() / mask.sum()
+    return (advantages - mean) * torch.rsqrt(variance + eps) * mask
+
+
 def entropy_advantage(advantages, entropy, alpha, kappa):
     """Eq. 5-6 of Cheng et al.: A_t + min(alpha * H_t.detach(), |A_t| / kappa), per token.
 
-    advantages: (B,) one per response; entropy: (B, T). Returns (B, T).
-    psi >= 0 and psi <= |A| / kappa with kappa > 1, so a negative advantage is softened but never
-    flips sign, and A = 0 stays 0. The entropy is detached: this rescales each token's update
-    and adds no entropy gradient (that would be entropy regularization).
+    advantages: (B,) one per response (GRPO) or (B, T) one per token (PPO); entropy: (B, T).
+    Returns (B, T). psi >= 0 and psi <= |A_t| / kappa with kappa > 1, so a negative advantage is
+    softened but never flips sign, and A_t = 0 stays 0. The entropy is detached: this rescales each
+    token's update and adds no entropy gradient (that would be entropy regularization).
     """
-    per_token = advantages[:, None].expand_as(entropy)  # (B, T)
+    per_token = advantages.expand_as(entropy) if advantages.dim() == 2 else advantages[:, None].expand_as(entropy)
     if alpha == 0:
         return per_token
     psi = torch.minimum(alpha * entropy.detach(), per_token.abs() / kappa)  # (B, T), Eq. 5
@@ -534,6 +603,28 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, n
             "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / tokens,
         }
     return loss, stats
+
+
+def value_loss(values, old_values, returns, mask, clip, num_tokens=None):
+    """PPO's clipped value loss, token-level: 0.5 * max((V - R)^2, (V_clipped - R)^2), where
+    V_clipped stays within clip of the rollout's value. All (B, T); num_tokens as in policy_loss."""
+    mask = mask.float()
+    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
+    return (per_token * mask).sum() / num_tokens
+
+
+def token_covariance(x, y, mask):
+    """Covariance of x and y over the real tokens of a batch (all (B, T)); a scalar.
+
+    With x = log pi(a_t) and y = the advantage used, a softmax policy-gradient step changes the
+    entropy by about minus this (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
+    """
+    mask = mask.float()
+    n = mask.sum().clamp(min=1)
+    x_mean, y_mean = (x * mask).sum() / n, (y * mask).sum() / n
+    return ((x - x_mean) * (y - y_mean) * mask).sum() / n
 
 
 # -----------------------------------------------------------------------------
@@ -602,9 +693,9 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
     return model.to(device), tokenizer
 
 
-def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None):
+def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None, critic_optimizer=None):
     """save_pretrained of model and tokenizer, the run's config and, to resume, the optimizer,
-    the RNG states and the step. Written under a temporary name, then renamed: a kill during
+    the RNG states, the step and (PPO) the critic with its optimizer. Written under a temporary name, then renamed: a kill during
     a save never leaves a folder that looks complete but is not."""
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -615,7 +706,9 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None):
     if optimizer is not None:
         rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng}, os.path.join(tmp, TRAINING_STATE))
+        critic_state = (critic.state_dict(), critic_optimizer.state_dict()) if critic is not None else None
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "critic": critic_state},
+                   os.path.join(tmp, TRAINING_STATE))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     for older in _checkpoints(os.path.dirname(folder))[:-1]:  # one resumable state is enough: ~2x the weights
@@ -634,10 +727,13 @@ def _checkpoints(output_dir):
     return folders + ([final] if os.path.isdir(final) else [])
 
 
-def restore_training_state(folder, optimizer):
-    """Load optimizer and RNG states saved by save_checkpoint; return the step they belong to."""
+def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None):
+    """Load optimizer, RNG and critic states saved by save_checkpoint; return the step they belong to."""
     state = torch.load(os.path.join(folder, TRAINING_STATE), weights_only=False)  # our own file
     optimizer.load_state_dict(state["optimizer"])
+    if critic is not None:
+        critic.load_state_dict(state["critic"][0])
+        critic_optimizer.load_state_dict(state["critic"][1])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -664,7 +760,7 @@ def prepare_output_dir(cfg):
         raise UsageError(f"--resume: no checkpoint of this run in {cfg.output_dir!r}")
     if other_run:  # --overwrite: remove the files minigrpo writes, nothing else
         for name in os.listdir(cfg.output_dir):
-            if re.fullmatch(r"(step_\d{6}|final)(\.tmp)?|metrics\.jsonl|run_config\.json", name):
+            if re.fullmatch(r"(step_\d{6}|final)(\.tmp)?|metrics\.jsonl|run_config\.json|training_curves\.png", name):
                 p = os.path.join(cfg.output_dir, name)
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     try:
@@ -694,6 +790,41 @@ def open_metrics(output_dir, resumed_step):
     return open(path, "a")
 
 
+def optional_pyplot(what):
+    """matplotlib.pyplot (headless), or None with a one-line notice naming what is not drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed, so no {what} (pip install matplotlib)")
+        return None
+    return plt
+
+
+CURVES = {"reward/accuracy": "training accuracy", "eval/accuracy": "held-out greedy accuracy",
+          "policy/entropy": "entropy (nats)", "policy/psi_over_abs_adv": "psi / |A|",
+          "rollout/response_length": "response length (tokens)", "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
+
+
+def plot_training_curves(metrics_path, png_path):
+    """One panel per curve in CURVES against the step, from a run's metrics.jsonl."""
+    plt = optional_pyplot(os.path.basename(png_path))
+    if plt is None:
+        return
+    rows = [json.loads(line) for line in open(metrics_path)]
+    figure, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, label) in zip(axes.flat, CURVES.items()):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), marker="." if len(points) < 30 else None) if points else None
+        ax.set(title=label, xlabel="step")
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+
+
 # -----------------------------------------------------------------------------
 # Training loop
 
@@ -713,16 +844,24 @@ def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature,
                 rewards=rewards, truncated=truncated, texts=texts, prompts=prompts)
 
 
+def batch_rows(batch, rows):
+    """The model inputs of some rows of a rollout: prompt_ids, prompt_mask, completion_ids, mask."""
+    return tuple(batch[k][rows] for k in ("prompt_ids", "prompt_mask", "completion_ids", "mask"))
+
+
 def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
-    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), step."""
-    n = batch["mask"].shape[0]
+    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), step.
+
+    advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO).
+    """
+    n, C = batch["mask"].shape
     mini = n // cfg.updates_per_rollout
     micro_slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
     advantages = advantages.to(batch["mask"].device)
+    entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy advantage never does
 
     def forward(m, rows):
-        return policy_forward(m, batch["prompt_ids"][rows], batch["prompt_mask"][rows],
-                              batch["completion_ids"][rows], batch["mask"][rows], cfg.temperature)
+        return policy_forward(m, *batch_rows(batch, rows), cfg.temperature, entropy_grad)
 
     old_logprobs = ref_logprobs = None
     with torch.no_grad():  # TRAPS 6: computed once, before the first optimizer step
@@ -731,43 +870,40 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         if cfg.kl_coef > 0:
             ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
 
-    # metric sums stay on the device; one .item() each at the end, not several syncs per micro-batch
-    names = ("entropy", "entropy_bonus", "psi_over_abs_adv", "clip_frac", "approx_kl", "loss", "nonzero_adv_tokens")
-    totals = {k: torch.zeros((), device=advantages.device) for k in names}
+    # every row's log-probs, entropy and shaped advantage, for the metrics; loss stats summed on the
+    # device and read once at the end, not several host syncs per micro-batch
+    seen = {k: torch.zeros(n, C, device=advantages.device) for k in ("logprobs", "entropy", "shaped")}
+    totals = {k: torch.zeros((), device=advantages.device) for k in ("clip_frac", "approx_kl", "loss")}
     grad_norms, skipped = [], 0
     order = torch.randperm(n)
     for start in range(0, n, mini):
         mini_rows = order[start : start + mini]
-        mini_rows = mini_rows[torch.argsort((advantages[mini_rows] == 0).int(), stable=True)]  # rows with A = 0 last
+        without_signal = (advantages[mini_rows].view(mini, -1) == 0).all(dim=1)
+        mini_rows = mini_rows[torch.argsort(without_signal.int(), stable=True)]  # rows with A = 0 last
         num_tokens = batch["mask"][mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
         finite = torch.ones((), dtype=torch.bool, device=advantages.device)  # every micro-batch's loss, backward or not
         for i in range(0, mini, cfg.micro_batch_size):
             rows = mini_rows[i : i + cfg.micro_batch_size]
             mask = batch["mask"][rows].float()
-            # A = 0 gives psi = 0 and a zero loss: without a KL term such rows have no gradient, so a
-            # micro-batch of only them gets a forward pass for the metrics and no backward (less work)
-            learns = cfg.kl_coef > 0 or bool(advantages[rows].any())
+            # A = 0 gives psi = 0 and a zero loss: without a KL or entropy term such rows have no gradient,
+            # so a micro-batch of only them gets a forward pass for the metrics and no backward (less work)
+            learns = cfg.kl_coef > 0 or entropy_grad or bool(advantages[rows].any())
             with torch.set_grad_enabled(learns):
                 logprobs, entropy = forward(model, rows)  # (b, C) each
                 old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
                 shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
                 ref = None if ref_logprobs is None else ref_logprobs[rows]
                 loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
+                if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
+                    loss = loss - cfg.entropy_coef * (entropy * mask).sum() / num_tokens
             finite &= torch.isfinite(loss.detach())
             if learns:
                 loss.backward()
-            with torch.no_grad():  # bookkeeping for the metrics, token-weighted over the rollout
-                tokens = mask.sum()
-                psi = shaped - advantages[rows, None]
-                abs_adv = advantages[rows, None].abs().expand_as(psi)
-                adv_mask = mask * (abs_adv > 0)
-                totals["entropy"] += (entropy * mask).sum()
-                totals["entropy_bonus"] += (psi * mask).sum()
-                totals["psi_over_abs_adv"] += (psi / abs_adv.clamp(min=1e-12) * adv_mask).sum()
-                totals["nonzero_adv_tokens"] += adv_mask.sum()
-                totals["clip_frac"] += stats["clip_frac"] * tokens
-                totals["approx_kl"] += stats["approx_kl"] * tokens
-                totals["loss"] += loss.detach() * num_tokens
+            for key, value in (("logprobs", logprobs), ("entropy", entropy), ("shaped", shaped)):
+                seen[key][rows] = value.detach().float()
+            totals["clip_frac"] += stats["clip_frac"] * mask.sum()
+            totals["approx_kl"] += stats["approx_kl"] * mask.sum()
+            totals["loss"] += loss.detach() * num_tokens
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if torch.isfinite(grad_norm) and finite:
             optimizer.step()
@@ -775,13 +911,68 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
             skipped += 1
         optimizer.zero_grad(set_to_none=True)
-    totals = {k: v.item() for k, v in totals.items()}
-    all_tokens = max(batch["mask"].sum().item(), 1)
-    metrics = {k: totals[k] / all_tokens for k in names[:-1]}
-    metrics["psi_over_abs_adv"] = totals["psi_over_abs_adv"] / max(totals["nonzero_adv_tokens"], 1)
+    all_tokens = batch["mask"].sum().clamp(min=1)
+    metrics = {k: (v / all_tokens).item() for k, v in totals.items()}
+    metrics.update(shaping_metrics(seen["logprobs"], seen["entropy"], advantages, seen["shaped"], batch["mask"],
+                                   batch["rewards"].to(advantages.device) == 1))
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["skipped_steps"] = skipped
     return metrics
+
+
+@torch.no_grad()
+def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
+    """What the entropy advantage did on one rollout, token-weighted: logprobs, entropy, shaped and mask
+    (N, C); advantages (N,) or (N, C) before shaping; correct (N,) bool."""
+    mask = mask.float()
+    advantages = entropy_advantage(advantages, entropy, 0, 1)  # (N, C), unshaped
+    psi = shaped - advantages
+    with_signal, right = mask * (advantages != 0), mask * correct[:, None]
+    wrong = mask - right
+    mean = lambda x, m: ((x * m).sum() / m.sum().clamp(min=1)).item()
+    return {
+        "entropy": mean(entropy, mask),
+        "entropy_bonus": mean(psi, mask),
+        "psi_over_abs_adv": mean(psi / advantages.abs().clamp(min=1e-12), with_signal),
+        "cov_logp_adv": token_covariance(logprobs, advantages, mask).item(),
+        "cov_logp_shaped_adv": token_covariance(logprobs, shaped, mask).item(),
+        "shaped_adv_correct": mean(shaped, right),
+        "shaped_adv_wrong": mean(shaped, wrong),
+    }
+
+
+def update_critic(critic, optimizer, batch, old_values, returns, cfg):
+    """PPO: fit V(s_t) to the returns with the clipped value loss, mini-batches as in update_policy."""
+    n = batch["mask"].shape[0]
+    mini = n // cfg.updates_per_rollout
+    losses = []
+    for start in range(0, n, mini):
+        num_tokens = batch["mask"][start : start + mini].sum().clamp(min=1)
+        loss = torch.zeros((), device=returns.device)
+        for i in range(start, start + mini, cfg.micro_batch_size):
+            rows = slice(i, i + cfg.micro_batch_size)
+            micro_loss = value_loss(critic(*batch_rows(batch, rows)), old_values[rows], returns[rows],
+                                    batch["mask"][rows], cfg.value_clip, num_tokens)
+            micro_loss.backward()
+            loss += micro_loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+        if torch.isfinite(grad_norm) and torch.isfinite(loss):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return {"value_loss": sum(losses) / len(losses)}
+
+
+@torch.no_grad()
+def ppo_advantages(critic, batch, cfg):
+    """PPO: the critic's values on the rollout, then GAE with the reward on the last token.
+    Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
+    mask = batch["mask"]
+    values = torch.cat([critic(*batch_rows(batch, slice(i, i + cfg.micro_batch_size)))
+                        for i in range(0, mask.shape[0], cfg.micro_batch_size)])  # (N, C)
+    rewards = last_token_rewards(batch["rewards"], mask)  # (N, C)
+    advantages, returns = gae_advantages(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
+    return (whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns, values
 
 
 @torch.no_grad()
@@ -841,7 +1032,9 @@ def main(argv=None):
         print(f"minigrpo: error: cannot load model {cfg.model!r}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start_step = restore_training_state(resume_from, optimizer) if resume_from else 0
+    critic = Critic(model) if cfg.algorithm == "ppo" else None  # from the pretrained weights; resume overwrites them
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0) if critic else None
+    start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer) if resume_from else 0
     for _ in range(start_step * cfg.prompts_per_step):  # the problems the finished steps used
         next(train_problems)
     autocast = lambda: torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
@@ -868,11 +1061,17 @@ def main(argv=None):
             with autocast():
                 batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.instruction)
             rewards = batch["rewards"]
-            advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)
+            with autocast():
+                if critic is None:  # GRPO: one advantage per response, from its group (N,)
+                    advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)
+                else:  # PPO: one advantage per token, from the critic (N, C)
+                    advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)
             t1 = time.time()
             model.train()  # training: cache off; gradient checkpointing is active only in train mode
             with autocast():
                 update = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
+                if critic is not None:
+                    update |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
             t2 = time.time()
             grouped = rewards.view(-1, cfg.group_size)
             m = {
@@ -880,7 +1079,9 @@ def main(argv=None):
                 "reward/mean": rewards.mean().item(),
                 "reward/accuracy": (rewards == 1.0).float().mean().item(),
                 "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item(),
-                **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv")},
+                **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv",
+                                                      "cov_logp_shaped_adv", "shaped_adv_correct", "shaped_adv_wrong")},
+                **({"critic/value_loss": update["value_loss"]} if critic else {}),
                 **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")},
                 "rollout/response_length": batch["mask"].sum(dim=1).float().mean().item(),
                 "rollout/truncated_frac": batch["truncated"].float().mean().item(),
@@ -897,10 +1098,12 @@ def main(argv=None):
                       f"(try a lower --lr or --dtype float32)", file=sys.stderr)
                 return 1
             if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"), optimizer, step)
+                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"), optimizer, step,
+                                critic, critic_optimizer)
     final = os.path.join(cfg.output_dir, "final")
-    save_checkpoint(model, tokenizer, cfg, final)
+    save_checkpoint(model, tokenizer, cfg, final)  # the policy alone: what eval.py loads
     tqdm.write(f"saved {final}")
+    plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"), os.path.join(cfg.output_dir, "training_curves.png"))
     tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch['texts'][0]!r} (reward {batch['rewards'][0]:.0f})")
     return 0
 

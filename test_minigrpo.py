@@ -385,6 +385,79 @@ def test_entropy_advantage_properties():
     assert torch.equal(mg.entropy_advantage(advantages, entropy, 0.0, kappa), A)  # alpha = 0: plain GRPO
 
 
+def test_group_advantages_eps_is_used():
+    rewards = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    std = rewards.std().item()
+    for eps in (1e-4, 0.5):
+        assert mg.group_advantages(rewards, 4, eps=eps)[0].item() == pytest.approx(-0.75 / (std + eps), rel=1e-6)
+
+
+def test_entropy_advantage_per_token_against_a_loop():
+    """PPO: every token has its own A_t, and Eq. 5 clips psi by that token's |A_t|."""
+    torch.manual_seed(1)
+    advantages = torch.randn(6, 9) * 1.5
+    advantages[0, :4] = 0
+    entropy = torch.rand(6, 9) * 6
+    alpha, kappa = 0.1, 2.0
+    shaped = mg.entropy_advantage(advantages, entropy, alpha, kappa)
+    for i in range(6):
+        for t in range(9):
+            a = advantages[i, t].item()
+            expected = a + min(alpha * entropy[i, t].item(), abs(a) / kappa)  # Eq. 5-6
+            assert shaped[i, t].item() == pytest.approx(expected, abs=1e-6)
+            if a != 0:
+                assert (shaped[i, t].item() > 0) == (a > 0)  # never flips a sign
+    assert torch.all(shaped[0, :4] == 0)
+
+
+def gae_loop(rewards, values, mask, gamma, lam):
+    """GAE as a textbook loop over each response's real tokens, backwards."""
+    B, T = rewards.shape
+    advantages = [[0.0] * T for _ in range(B)]
+    for i in range(B):
+        length = int(mask[i].sum())
+        running = 0.0
+        for t in reversed(range(length)):
+            next_value = values[i, t + 1].item() if t + 1 < length else 0.0
+            delta = rewards[i, t].item() + gamma * next_value - values[i, t].item()
+            running = delta + gamma * lam * running
+            advantages[i][t] = running
+    return torch.tensor(advantages)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 1.0), (1.0, 0.9), (0.9, 0.9)])
+def test_gae_against_a_loop(gamma, lam):
+    torch.manual_seed(0)
+    completion_ids = torch.randint(3, 20, (5, 7))
+    completion_ids[0, 3] = completion_ids[1, 0] = 2  # EOS mid-completion and at once; the rest are truncated
+    mask = mg.completion_mask(completion_ids, 2)
+    rewards = mg.last_token_rewards(torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]), mask)
+    values = torch.randn(5, 7)
+    advantages, returns = mg.gae_advantages(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(advantages, gae_loop(rewards, values, mask, gamma, lam), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(returns, (advantages + values) * mask)
+    assert torch.all(advantages[mask == 0] == 0)
+    if gamma == lam == 1:  # A_t = R - V(s_t): the paper's PPO setting
+        R = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])[:, None]
+        torch.testing.assert_close(advantages, (R - values) * mask)
+
+
+def test_last_token_rewards_sit_on_the_last_real_token():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])  # EOS at 2, EOS at 0, truncated
+    placed = mg.last_token_rewards(torch.tensor([0.5, 1.0, 2.0]), mask)
+    assert placed.tolist() == [[0, 0, 0.5, 0, 0], [1.0, 0, 0, 0, 0], [0, 0, 0, 0, 2.0]]
+
+
+def test_whiten_over_real_tokens():
+    torch.manual_seed(0)
+    advantages, mask = torch.randn(4, 6) * 3 + 2, (torch.rand(4, 6) > 0.3).long()
+    white = mg.whiten(advantages, mask)
+    real = white[mask == 1]
+    assert real.mean().item() == pytest.approx(0, abs=1e-5)
+    assert real.var(unbiased=False).item() == pytest.approx(1, rel=1e-4)
+    assert torch.all(white[mask == 0] == 0)
+
+
 # -----------------------------------------------------------------------------
 # loss
 
@@ -412,6 +485,64 @@ def test_policy_loss_against_a_loop():
     loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, 0.2, 0.28)
     assert loss1.item() == pytest.approx(-(advantages * mask).sum().item() / mask.sum().item(), rel=1e-5)
     assert stats1["clip_frac"].item() == 0 and stats1["approx_kl"].item() == 0
+
+
+def test_policy_loss_gradient_against_the_hand_formula():
+    """d loss / d logprob_t = -A_t * ratio_t / N where the clip is inactive, exactly 0 where it is."""
+    torch.manual_seed(0)
+    B, T = 3, 5
+    old = torch.randn(B, T) - 1
+    logprobs = (old + torch.randn(B, T) * 0.4).requires_grad_()
+    advantages = torch.randn(B, T)
+    mask = torch.rand(B, T) > 0.2  # a boolean mask
+    loss, _ = mg.policy_loss(logprobs, old, advantages, mask, clip_low=0.2, clip_high=0.28)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    N = mask.sum().item()
+    ratio = (logprobs - old).exp().detach()
+    clipped = ((advantages > 0) & (ratio > 1.28)) | ((advantages < 0) & (ratio < 0.8))
+    assert clipped.any() and (~clipped & mask).any()  # the test sees both kinds of tokens
+    expected = torch.where(clipped | ~mask, torch.zeros(B, T), -advantages * ratio / N)
+    torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
+    # ratio 1 (old = current): the REINFORCE gradient -A / N on every real token
+    at_one = logprobs.detach().clone().requires_grad_()
+    (grad1,) = torch.autograd.grad(mg.policy_loss(at_one, at_one.detach(), advantages, mask, 0.2, 0.28)[0], at_one)
+    torch.testing.assert_close(grad1, torch.where(mask, -advantages / N, torch.zeros(B, T)))
+
+
+def test_policy_loss_is_a_token_level_mean():
+    """DAPO: every token weighs the same; a per-sequence mean would weigh short responses' tokens more."""
+    logprobs = torch.zeros(2, 4)
+    advantages = torch.tensor([[1.0] * 4, [-3.0] * 4])
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])  # a 1-token and a 4-token response
+    loss, _ = mg.policy_loss(logprobs, logprobs, advantages, mask, 0.2, 0.28)
+    assert loss.item() == pytest.approx(-(1.0 - 3.0 * 4) / 5)  # token mean: 2.2
+    assert loss.item() != pytest.approx(-(1.0 - 3.0) / 2)  # per-sequence mean: 1.0
+
+
+def test_token_covariance_against_a_direct_computation():
+    torch.manual_seed(0)
+    x, y, mask = torch.randn(4, 7), torch.randn(4, 7), torch.rand(4, 7) > 0.4
+    pairs = [(x[i, t].item(), y[i, t].item()) for i in range(4) for t in range(7) if mask[i, t]]
+    mx, my = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
+    expected = sum((a - mx) * (b - my) for a, b in pairs) / len(pairs)
+    assert mg.token_covariance(x, y, mask).item() == pytest.approx(expected, abs=1e-6)
+    import numpy
+
+    assert expected == pytest.approx(numpy.cov(numpy.array(pairs).T, bias=True)[0, 1])
+
+
+def test_value_loss_against_a_loop():
+    torch.manual_seed(0)
+    values, old, returns = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    total = 0.0
+    for i in range(3):
+        for t in range(4):
+            if mask[i, t]:
+                v, o, r = values[i, t].item(), old[i, t].item(), returns[i, t].item()
+                clipped = o + min(max(v - o, -0.2), 0.2)
+                total += 0.5 * max((v - r) ** 2, (clipped - r) ** 2)
+    assert mg.value_loss(values, old, returns, mask, 0.2).item() == pytest.approx(total / 7, rel=1e-5)
 
 
 def test_policy_loss_kl_penalty_is_zero_at_the_reference():
@@ -452,7 +583,9 @@ def _fake_batch(tokenizer, n=8, C=5, seed=0):
     completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=g)
     completion_ids[0, 2:] = tokenizer.eos_token_id  # a short one
     mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
-    return dict(prompt_ids=enc.input_ids, prompt_mask=enc.attention_mask, completion_ids=completion_ids, mask=mask)
+    rewards = (torch.arange(n) % 2).float()  # graded right and wrong alternately
+    return dict(prompt_ids=enc.input_ids, prompt_mask=enc.attention_mask, completion_ids=completion_ids, mask=mask,
+                rewards=rewards)
 
 
 def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
@@ -507,6 +640,54 @@ def test_update_policy_metrics_and_old_logprobs(tiny):
     assert all(math.isfinite(v) for v in four.values())
 
 
+def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
+    model, tokenizer = tiny
+    batch = _fake_batch(tokenizer)
+    advantages = torch.linspace(-1, 1, 8)
+    with torch.no_grad():
+        logprobs, entropy = mg.policy_forward(model, *mg.batch_rows(batch, slice(None)), 1.0)
+    m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
+                         mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    mask = batch["mask"].bool()
+    shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
+    A = advantages[:, None].expand_as(logprobs)
+    for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
+        lp, a = logprobs[mask].double(), adv[mask].double()
+        assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
+    right = batch["rewards"][:, None].expand_as(mask).bool() & mask
+    assert m["shaped_adv_correct"] == pytest.approx(shaped[right].mean().item(), rel=1e-5)
+    assert m["shaped_adv_wrong"] == pytest.approx(shaped[mask & ~right].mean().item(), rel=1e-5)
+
+
+def test_entropy_regularization_raises_entropy(tiny_dir):
+    """--entropy_coef: a loss term with the entropy's gradient; one step raises H on the same batch."""
+    entropies = []
+    for coef in (0.0, 1.0):
+        model, tokenizer = mg.load_model(tiny_dir)
+        batch = _fake_batch(tokenizer)
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=8, entropy_coef=coef, entropy_alpha=0)
+        torch.manual_seed(0)
+        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.5), batch, torch.zeros(8), cfg)
+        with torch.no_grad():
+            _, entropy = mg.policy_forward(model, *mg.batch_rows(batch, slice(None)), 1.0)
+        entropies.append((entropy * batch["mask"]).sum().item() / batch["mask"].sum().item())
+    assert entropies[1] > entropies[0] + 1e-3  # with A = 0 the coefficient 0 run does not move at all
+
+
+def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
+    model, tokenizer = tiny
+    critic = mg.Critic(model)
+    batch = _fake_batch(tokenizer)
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, algorithm="ppo", value_clip=10.0)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=1e-3)
+    _, returns, values = mg.ppo_advantages(critic, batch, cfg)
+    assert torch.all(values == 0)  # the head starts at 0
+    losses = [mg.update_critic(critic, optimizer, batch, values, returns, cfg)["value_loss"] for _ in range(10)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
+    moved = [not torch.equal(a, b) for a, b in zip(model.base_model.parameters(), critic.body.parameters())]
+    assert any(moved)  # the critic has its own weights: the policy's did not move with it
+
+
 def test_all_equal_rewards_give_no_update(tiny):
     model, tokenizer = tiny
     before = [p.detach().clone() for p in model.parameters()]
@@ -546,6 +727,27 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path):
     saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
     assert saved["steps"] == 2 and saved["kl_coef"] == 0.1
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
+    args = tiny_run_args(tiny_dir, tmp_path / "ppo", sevens, steps=2) + ["--algorithm", "ppo", "--entropy_alpha", "0.1",
+                                                                         "--critic_lr", "1e-3"]
+    assert mg.main(args) == 0
+    lines = read_metrics(tmp_path / "ppo")
+    assert [m["step"] for m in lines] == [0, 1, 2]
+    for m in lines[1:]:
+        assert {"critic/value_loss", "policy/cov_logp_adv", "policy/cov_logp_shaped_adv"} <= m.keys()
+        assert all(math.isfinite(v) for v in m.values())
+    # killed in step 2, then resumed: the same metrics as the uninterrupted run, so the critic was restored
+    out = tmp_path / "killed"
+    run_and_kill(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:], "mg", "update_critic", when=2)
+    critic_weights, critic_adam = torch.load(out / "step_000001" / "training_state.pt", weights_only=False)["critic"]
+    assert "head.weight" in critic_weights and critic_adam["state"]
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:]) == 0
+    assert read_metrics(out) == lines
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "final") is not None  # the policy alone, for eval.py
 
 
 def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path):
@@ -785,6 +987,20 @@ def test_eval_plot_with_matplotlib(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_training_curves_png_or_a_notice(tmp_path, monkeypatch, capsys):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 0, "eval/accuracy": 0.5}] + [
+        {"step": s, **{k: 0.1 * s for k in mg.CURVES if k != "eval/accuracy"}} for s in (1, 2, 3)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if importlib.util.find_spec("matplotlib") is not None:
+        mg.plot_training_curves(str(metrics), str(tmp_path / "curves.png"))
+        assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    mg.plot_training_curves(str(metrics), str(tmp_path / "none.png"))
+    assert capsys.readouterr().out.strip().endswith("so no none.png (pip install matplotlib)")
+    assert not (tmp_path / "none.png").exists()
+
+
 EVAL_BAD_INPUT = [
     (["--n", "4", "--k", "8"], "k"),
     (["--n", "0"], "--n"),
@@ -986,7 +1202,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp
     assert [m["step"] for m in resumed] == [0, 1, 2, 3, 4]
     assert resumed == uninterrupted  # model, optimizer, RNG and problem stream all restored
     assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "run_config.json", "step_000001",
-                                                     "step_000002", "step_000003"]
+                                                     "step_000002", "step_000003", "training_curves.png"]
     assert not list(out.glob("*/training_state.pt"))  # a finished run keeps weights only
 
 

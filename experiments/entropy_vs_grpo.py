@@ -25,7 +25,8 @@ from statistics import mean, stdev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from eval import pass_at_k
+import minigrpo as mg  # noqa: E402
+from eval import pass_at_k  # noqa: E402
 
 METHODS = {"grpo": 0.0, "entropy_adv": 0.4}  # name: entropy_alpha
 LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy advantage"}
@@ -124,13 +125,8 @@ CURVES = [("reward/accuracy", "training accuracy"), ("policy/entropy", "mean tok
 
 
 def plots(args, ks, rows):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed, so no plots (pip install matplotlib)")
+    plt = mg.optional_pyplot("plots")
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
     for method in METHODS:

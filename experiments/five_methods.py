@@ -1,0 +1,84 @@
+"""The paper's comparison set on the default task: one seed, 20 steps each, one table.
+
+  python experiments/five_methods.py            # train what is missing, then write the table
+  python experiments/five_methods.py --report   # only the table, from the copied metrics
+
+Runs GRPO, GRPO + entropy advantage, GRPO + entropy regularization, PPO and PPO + entropy
+advantage with minigrpo's defaults otherwise (the built-in one-digit task, 4 prompts x 8 samples,
+48 tokens, lr 1e-5). A finished run is skipped and a killed one resumes (minigrpo does both when
+the output_dir holds the same config), so the script can be stopped and started again.
+Writes experiments/five_methods/metrics/NAME.jsonl and experiments/five_methods/table.md.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "experiments", "five_methods")
+METHODS = {  # name: (label, flags)
+    "grpo": ("GRPO", ["--entropy_alpha", "0"]),
+    "grpo_entropy_adv": ("GRPO + entropy advantage", ["--entropy_alpha", "0.4", "--entropy_kappa", "2"]),
+    "grpo_entropy_reg": ("GRPO + entropy regularization", ["--entropy_alpha", "0", "--entropy_coef", "0.01"]),
+    "ppo": ("PPO", ["--algorithm", "ppo", "--entropy_alpha", "0"]),
+    "ppo_entropy_adv": ("PPO + entropy advantage", ["--algorithm", "ppo", "--entropy_alpha", "0.1", "--entropy_kappa", "2"]),
+}
+COLUMNS = [("reward/accuracy", "train acc", 2), ("policy/entropy", "entropy", 2),
+           ("policy/psi_over_abs_adv", "psi/\\|A\\|", 2), ("rollout/response_length", "length", 1),
+           ("policy/cov_logp_shaped_adv", "cov(log pi, A used)", 3)]
+
+
+def train(runs_dir, seed):
+    os.makedirs(os.path.join(RESULTS, "metrics"), exist_ok=True)
+    for name, (_, flags) in METHODS.items():
+        out = os.path.join(runs_dir, name)
+        os.makedirs(out, exist_ok=True)
+        cmd = [sys.executable, "minigrpo.py", "--seed", str(seed), "--output_dir", out, *flags]
+        print("$ " + " ".join(cmd), flush=True)
+        with open(os.path.join(out, "train.log"), "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{name}.jsonl"))
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def report():
+    header = ["method"] + [f"{label}, steps 1-5 -> 16-20" for _, label, _ in COLUMNS] + ["held-out greedy, step 20"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, (label, _) in METHODS.items():
+        path = os.path.join(RESULTS, "metrics", f"{name}.jsonl")
+        if not os.path.isfile(path):
+            continue
+        rows = [json.loads(line) for line in open(path)]
+        steps = [r for r in rows if r["step"] > 0]
+        cells = [label]
+        for key, _, digits in COLUMNS:
+            first, last = mean([r[key] for r in steps[:5]]), mean([r[key] for r in steps[-5:]])
+            cells.append(f"{first:.{digits}f} -> {last:.{digits}f}")
+        evals = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+        cells.append(f"{evals[0]:.2f} -> {evals[-1]:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(RESULTS, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "five_methods"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true", help="only write the table")
+    args = parser.parse_args()
+    if not args.report:
+        train(args.runs_dir, args.seed)
+    report()
+
+
+if __name__ == "__main__":
+    main()
