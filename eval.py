@@ -133,6 +133,7 @@ def sample_model(name, problems, args, device):
     """n graded completions per problem: one record per completion."""
     model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
     model.eval()
+    shared_prefix = mg.shared_prefix_problem(model) is None  # each prompt encoded once for its n samples
     torch.manual_seed(args.seed)
     per_call = max(1, args.batch_size // args.n)  # problems per generate call
     records = []
@@ -140,7 +141,7 @@ def sample_model(name, problems, args, device):
         chunk = problems[start : start + per_call]
         with torch.autocast(device.type, dtype=mg.DTYPES[args.dtype], enabled=args.dtype != "float32"):
             batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
-                               args.instruction, args.top_p)
+                               args.instruction, args.top_p, shared_prefix)
         lengths = batch["mask"].sum(dim=1).tolist()
         if args.entropy_report:
             tokens, entropies = token_entropies(model, tokenizer, batch)
@@ -168,7 +169,7 @@ def token_entropies(model, tokenizer, batch):
     policy/entropy, whatever temperature sampled the completions. Returns two lists of lists.
     """
     _, entropy = mg.policy_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                   batch["mask"], 1.0)  # (B, C)
+                                   batch["mask"], 1.0, prompt_index=batch["prompt_index"])  # (B, C)
     tokens, entropies = [], []
     for ids, h, n in zip(batch["completion_ids"].tolist(), entropy.tolist(), batch["mask"].sum(dim=1).tolist()):
         tokens.append([tokenizer.decode([i]) for i in ids[:n]])

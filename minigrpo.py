@@ -32,6 +32,7 @@ import copy
 import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import random
@@ -44,6 +45,7 @@ from fractions import Fraction
 
 import torch
 import torch.utils.checkpoint
+from torch.profiler import record_function  # named ranges for bench/profile_step.py; free when not profiling
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
 
@@ -93,6 +95,7 @@ class Config:
     entropy_kappa: float = field(default=2.0, metadata={"help": "kappa (> 1): psi never exceeds |A| / kappa"})
     # system
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, slower)"})
+    shared_prefix: bool = field(default=True, metadata={"help": "encode each prompt once per group, in sampling and in the update (exact; off: once per row)"})
     dtype: str = field(default="float32", metadata={"help": "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
     save_every: int = field(default=10, metadata={"help": "save a resumable checkpoint every N steps (0: only at the end)"})
@@ -394,12 +397,14 @@ def format_prompt(tokenizer, question, instruction):
 
 
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0):
+def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
+                       shared_prefix=True):
     """Sample group_size completions per prompt; the rows of a group are contiguous.
 
     TRAPS 1: every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
     training), so the completions come from softmax(logits / T), the distribution the loss
-    differentiates. temperature 0 means greedy decoding (evaluation only).
+    differentiates. temperature 0 means greedy decoding (evaluation only). With shared_prefix,
+    each prompt (all but its last token) is encoded once and its cache repeated for its group.
     """
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
@@ -408,6 +413,11 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
         knobs = dict(do_sample=False)
     else:
         knobs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
+    if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:  # generate feeds the last prompt token itself
+        row_to_prompt = torch.arange(len(prompts), device=model.device).repeat_interleave(group_size)
+        _, cache = shared_prompt_cache(model.base_model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
+                                       row_to_prompt)
+        knobs[cache_argument(model)] = cache
     output = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
         repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
@@ -470,25 +480,75 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
     return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
 
 
-def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask):
+def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):
     """Final hidden states (B, C, D) at the positions that predict each completion token.
 
     transformer: a model without its output layer (the policy's base_model, or the critic's body).
     TRAPS 4: the same left-padded attention mask as in sampling, and position ids that
     count only real tokens, as `generate` does, so these are the sampled sequences' states.
+    prompt_index (B,): which distinct prompt each row continues; given, each distinct prompt is
+    encoded once (shared_prefix_hidden) instead of once per row.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
     attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
+    if prompt_index is not None:
+        return shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index)
     C = completion_ids.shape[1]
-    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=False).last_hidden_state  # (B, P+C, D)
+    hidden = transformer(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False).last_hidden_state  # (B, P+C, D)
     return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
 
 
-def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature, entropy_grad=False):
+def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index):
+    """completion_hidden with each distinct prompt encoded once (Liu et al. 2025, Prefix Grouper).
+
+    Exact, not an approximation: attention is causal, so a prompt's keys and values never depend on
+    the completion after it and are the same in every row of its group. Encoding the distinct
+    prompts once and giving each row its prompt's keys and values (an index, whose backward sums
+    the rows' gradients into the prompt) computes what the per-row forward computes, with the
+    prompt's work done once instead of group_size times.
+    """
+    P = prompt_ids.shape[1]
+    distinct, row_to_prompt = torch.unique(prompt_index, return_inverse=True)  # (U,), (B,)
+    rows = torch.arange(len(prompt_index), device=prompt_index.device)
+    first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
+    prompt_state, cache = shared_prompt_cache(transformer, prompt_ids[first_row], attention_mask[first_row, :P],
+                                              row_to_prompt)
+    completions = transformer(input_ids=completion_ids, attention_mask=attention_mask, position_ids=position_ids[:, P:],
+                              use_cache=True, **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
+    last_prompt_state = prompt_state[row_to_prompt, -1:]  # (B, 1, D): predicts completion token 0
+    return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
+
+
+def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
+    """Encode U distinct left-padded prompts (U, P) once; return their last hidden states (U, P, D)
+    and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
+    row_to_prompt[i]. TRAPS 13: built with gradients on where they are on, and the cache only
+    grows by concatenation afterwards, so autograd sees every step."""
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P), as completion_hidden counts them
+    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
+    cache = out["cache"] if "cache" in out else out.get("past_key_values")  # its name before transformers 5.2x
+    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in cache.layers):
+        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a plain "
+                                      "DynamicCache (sliding-window, static or recurrent state)")
+    for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
+        layer.keys, layer.values = layer.keys[row_to_prompt], layer.values[row_to_prompt]
+    return out.last_hidden_state, cache
+
+
+def cache_argument(model):
+    """The name of a model's cache argument: `cache` in recent transformers, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class SharedPrefixUnsupported(Exception):
+    """The model's cache cannot be shared across a group's rows (sliding-window or static caches)."""
+
+
+def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature, entropy_grad=False,
+                   prompt_index=None):
     """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens."""
-    hidden = completion_hidden(model.base_model, prompt_ids, prompt_mask, completion_ids, mask)  # (B, C, D)
+    hidden = completion_hidden(model.base_model, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
     return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature,
                                 entropy_grad=entropy_grad)
 
@@ -504,9 +564,10 @@ class Critic(torch.nn.Module):
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, prompt_ids, prompt_mask, completion_ids, mask):  # -> (B, C) values
+    def forward(self, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):  # -> (B, C) values
         # TRAPS 14: V(s_t) is read where the policy reads the logits of completion token t
-        return self.head(completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask)).squeeze(-1).float()
+        hidden = completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
+        return self.head(hidden).squeeze(-1).float()
 
 
 # -----------------------------------------------------------------------------
@@ -648,6 +709,20 @@ def model_source(name):
     if not looks_like_hub_id:
         raise UsageError(f"model {name!r} is not a folder, a .gguf file or a hub id (org/name)")
     return name, None
+
+
+@torch.no_grad()
+def shared_prefix_problem(model):
+    """Why a prompt's cache cannot be shared across its group for this model, or None if it can."""
+    new_name = hasattr(type(model), "is_activation_checkpointing")  # transformers 5 renamed it
+    if model.is_activation_checkpointing if new_name else model.is_gradient_checkpointing:
+        return "gradient checkpointing turns the model's cache off in training"
+    ones = torch.ones(1, 2, dtype=torch.long, device=model.device)
+    try:
+        shared_prompt_cache(model.base_model, ones, ones, torch.zeros(2, dtype=torch.long, device=model.device))
+    except SharedPrefixUnsupported as e:
+        return str(e)
+    return None
 
 
 @torch.no_grad()
@@ -829,24 +904,50 @@ def plot_training_curves(metrics_path, png_path):
 # Training loop
 
 
-def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0):
+def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
+            shared_prefix=True):
     """Sample a group per problem and grade it: the batch every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
-    prompt_ids, prompt_mask, completion_ids = sample_completions(
-        model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p)
+    with record_function("minigrpo.sample"):
+        prompt_ids, prompt_mask, completion_ids = sample_completions(
+            model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
     eos = model.generation_config.eos_token_id
     mask = completion_mask(completion_ids, eos)  # (B*G, C)
-    texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
-    answers = [p["answer"] for p in problems for _ in range(group_size)]
-    rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
+    with record_function("minigrpo.grade"):
+        texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
+                                       skip_special_tokens=True)
+        answers = [p["answer"] for p in problems for _ in range(group_size)]
+        rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
     truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS within max_new_tokens (TRAPS 3)
+    prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (B*G,)
     return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask,
-                rewards=rewards, truncated=truncated, texts=texts, prompts=prompts)
+                rewards=rewards, truncated=truncated, texts=texts, prompts=prompts, prompt_index=prompt_index)
 
 
-def batch_rows(batch, rows):
-    """The model inputs of some rows of a rollout: prompt_ids, prompt_mask, completion_ids, mask."""
-    return tuple(batch[k][rows] for k in ("prompt_ids", "prompt_mask", "completion_ids", "mask"))
+def model_inputs(batch, rows, shared_prefix=True):
+    """Some rows of a rollout as model inputs, without the columns that are padding in all of them:
+    prompt_ids, prompt_mask, completion_ids, mask, and prompt_index (None: no shared prefix)."""
+    prompt_mask, mask = batch["prompt_mask"][rows], batch["mask"][rows]
+    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
+    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
+    return (batch["prompt_ids"][rows][:, start:], prompt_mask[:, start:], batch["completion_ids"][rows][:, :end],
+            mask[:, :end], batch["prompt_index"][rows] if shared_prefix else None)
+
+
+def pad_to(x, width):
+    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+def micro_batch_order(rows, prompt_index, lengths, without_signal):
+    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
+    (they get no backward), each group's rows together (its prompt is encoded once), groups of
+    similar longest completion together (trimmed micro-batches)."""
+    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
+    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
+    for key in (prompt_index, longest[prompt_index], without_signal.long()):  # (N,) each; the last sort ranks first
+        rows = rows[torch.argsort(key[rows], stable=True)]
+    return rows
 
 
 def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
@@ -860,8 +961,10 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     advantages = advantages.to(batch["mask"].device)
     entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy advantage never does
 
-    def forward(m, rows):
-        return policy_forward(m, *batch_rows(batch, rows), cfg.temperature, entropy_grad)
+    def forward(m, rows):  # (b, C) log-probs and entropy; the columns past the rows' longest completion are 0
+        *inputs, prompt_index = model_inputs(batch, rows, cfg.shared_prefix)
+        logprobs, entropy = policy_forward(m, *inputs, cfg.temperature, entropy_grad, prompt_index)
+        return pad_to(logprobs, C), pad_to(entropy, C)
 
     old_logprobs = ref_logprobs = None
     with torch.no_grad():  # TRAPS 6: computed once, before the first optimizer step
@@ -878,8 +981,8 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     order = torch.randperm(n)
     for start in range(0, n, mini):
         mini_rows = order[start : start + mini]
-        without_signal = (advantages[mini_rows].view(mini, -1) == 0).all(dim=1)
-        mini_rows = mini_rows[torch.argsort(without_signal.int(), stable=True)]  # rows with A = 0 last
+        mini_rows = micro_batch_order(mini_rows, batch["prompt_index"], batch["mask"].sum(dim=1),
+                                      (advantages.view(n, -1) == 0).all(dim=1))
         num_tokens = batch["mask"][mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
         finite = torch.ones((), dtype=torch.bool, device=advantages.device)  # every micro-batch's loss, backward or not
         for i in range(0, mini, cfg.micro_batch_size):
@@ -888,7 +991,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
             # A = 0 gives psi = 0 and a zero loss: without a KL or entropy term such rows have no gradient,
             # so a micro-batch of only them gets a forward pass for the metrics and no backward (less work)
             learns = cfg.kl_coef > 0 or entropy_grad or bool(advantages[rows].any())
-            with torch.set_grad_enabled(learns):
+            with torch.set_grad_enabled(learns), record_function("minigrpo.forward"):
                 logprobs, entropy = forward(model, rows)  # (b, C) each
                 old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
                 shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
@@ -898,19 +1001,21 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                     loss = loss - cfg.entropy_coef * (entropy * mask).sum() / num_tokens
             finite &= torch.isfinite(loss.detach())
             if learns:
-                loss.backward()
+                with record_function("minigrpo.backward"):
+                    loss.backward()
             for key, value in (("logprobs", logprobs), ("entropy", entropy), ("shaped", shaped)):
                 seen[key][rows] = value.detach().float()
             totals["clip_frac"] += stats["clip_frac"] * mask.sum()
             totals["approx_kl"] += stats["approx_kl"] * mask.sum()
             totals["loss"] += loss.detach() * num_tokens
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        if torch.isfinite(grad_norm) and finite:
-            optimizer.step()
-            grad_norms.append(grad_norm.item())
-        else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
-            skipped += 1
-        optimizer.zero_grad(set_to_none=True)
+        with record_function("minigrpo.optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if torch.isfinite(grad_norm) and finite:
+                optimizer.step()
+                grad_norms.append(grad_norm.item())
+            else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
     all_tokens = batch["mask"].sum().clamp(min=1)
     metrics = {k: (v / all_tokens).item() for k, v in totals.items()}
     metrics.update(shaping_metrics(seen["logprobs"], seen["entropy"], advantages, seen["shaped"], batch["mask"],
@@ -951,8 +1056,8 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
         loss = torch.zeros((), device=returns.device)
         for i in range(start, start + mini, cfg.micro_batch_size):
             rows = slice(i, i + cfg.micro_batch_size)
-            micro_loss = value_loss(critic(*batch_rows(batch, rows)), old_values[rows], returns[rows],
-                                    batch["mask"][rows], cfg.value_clip, num_tokens)
+            values = pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), returns.shape[1])
+            micro_loss = value_loss(values, old_values[rows], returns[rows], batch["mask"][rows], cfg.value_clip, num_tokens)
             micro_loss.backward()
             loss += micro_loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
@@ -968,8 +1073,8 @@ def ppo_advantages(critic, batch, cfg):
     """PPO: the critic's values on the rollout, then GAE with the reward on the last token.
     Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
     mask = batch["mask"]
-    values = torch.cat([critic(*batch_rows(batch, slice(i, i + cfg.micro_batch_size)))
-                        for i in range(0, mask.shape[0], cfg.micro_batch_size)])  # (N, C)
+    values = torch.cat([pad_to(critic(*model_inputs(batch, slice(i, i + cfg.micro_batch_size), cfg.shared_prefix)),
+                               mask.shape[1]) for i in range(0, mask.shape[0], cfg.micro_batch_size)])  # (N, C)
     rewards = last_token_rewards(batch["rewards"], mask)  # (N, C)
     advantages, returns = gae_advantages(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
     return (whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns, values
@@ -1031,6 +1136,9 @@ def main(argv=None):
     except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
         print(f"minigrpo: error: cannot load model {cfg.model!r}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
+        print(f"note: no shared prefix: {reason}; every row is encoded in full")
+        cfg.shared_prefix = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     critic = Critic(model) if cfg.algorithm == "ppo" else None  # from the pretrained weights; resume overwrites them
     critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0) if critic else None
@@ -1059,7 +1167,8 @@ def main(argv=None):
             t0 = time.time()
             model.eval()  # sampling: no dropout, KV cache on (TRAPS 10)
             with autocast():
-                batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.instruction)
+                batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                                cfg.instruction, shared_prefix=cfg.shared_prefix)
             rewards = batch["rewards"]
             with autocast():
                 if critic is None:  # GRPO: one advantage per response, from its group (N,)

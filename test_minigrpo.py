@@ -342,6 +342,98 @@ def test_models_that_transform_their_logits_are_refused(tiny):
         mg.check_output_head(model)
 
 
+def _grouped_batch(tokenizer, group_size, C=9, seed=0):
+    """3 prompts of different lengths (left-padded), group_size rows each; EOS mid-completion in two rows."""
+    questions = ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]
+    enc = tokenizer([mg.format_prompt(tokenizer, q, "") for q in questions], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+    completion_ids = torch.randint(3, len(tokenizer), (3 * group_size, C), generator=torch.Generator().manual_seed(seed))
+    completion_ids[0, 3:] = tokenizer.eos_token_id  # EOS mid-completion, pad (== EOS) after it
+    completion_ids[-1, 0] = tokenizer.eos_token_id  # EOS first
+    return dict(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
+                prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
+                mask=mg.completion_mask(completion_ids, tokenizer.eos_token_id),
+                prompt_index=torch.arange(3).repeat_interleave(group_size), rewards=(torch.arange(3 * group_size) % 3 == 0).float())
+
+
+@pytest.mark.parametrize("group_size", [1, 8])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shared_prefix_forward_is_exact(tiny, group_size, dtype):
+    """Each prompt encoded once, its cache repeated per row: the same log-probs, entropies and gradients
+    as encoding every row in full, also for a micro-batch that takes part of a group."""
+    model, tokenizer = tiny
+    batch = _grouped_batch(tokenizer, group_size)
+    n = 3 * group_size
+    rows = torch.tensor([r for r in range(n) if r % 3 != 1]) if group_size > 1 else torch.arange(n)  # splits groups
+    results = []
+    for shared in (False, True):
+        model.zero_grad()
+        *inputs, index = mg.model_inputs(batch, rows, shared_prefix=shared)
+        assert (index is None) != shared and (inputs[1][:, 0] == 1).any()  # no all-padding column left
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logprobs, entropy = mg.policy_forward(model.train(), *inputs, 0.8, prompt_index=index)
+        (logprobs * inputs[3] * torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append((logprobs.detach() * inputs[3], entropy * inputs[3], [p.grad.clone() for p in model.parameters()]))
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == "float32" else dict(atol=5e-2, rtol=5e-2)
+    (lp0, h0, g0), (lp1, h1, g1) = results
+    torch.testing.assert_close(lp1, lp0, **tolerance)
+    torch.testing.assert_close(h1, h0, **tolerance)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, **(tolerance if dtype == "float32" else dict(atol=0.1, rtol=0.1)))
+
+
+def test_shared_prefix_update_gives_the_unshared_weights(tiny_dir):
+    """update_policy and the critic with micro-batches of 3 rows (groups of 4 split across them)."""
+    weights, values = [], []
+    for shared in (False, True):
+        model, tokenizer = mg.load_model(tiny_dir)
+        batch = _grouped_batch(tokenizer, 4)
+        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=3, shared_prefix=shared)
+        torch.manual_seed(0)
+        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, torch.linspace(-1, 1, 12), cfg)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        critic = mg.Critic(model)
+        torch.nn.init.normal_(critic.head.weight, generator=torch.Generator().manual_seed(0))
+        values.append(mg.ppo_advantages(critic, batch, cfg)[2])
+    torch.testing.assert_close(weights[1], weights[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values[1], values[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefix_sampling_draws_the_same_completions(tiny, temperature):
+    model, tokenizer = tiny
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678?"]]
+    completions = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        completions.append(mg.sample_completions(model.eval(), tokenizer, prompts, 4, 12, temperature,
+                                                 shared_prefix=shared)[2])
+    assert torch.equal(completions[0], completions[1])
+
+
+def test_models_whose_cache_cannot_be_shared_fall_back(tiny, tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model, tokenizer = tiny
+    assert mg.shared_prefix_problem(model) is None
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
+    problem = mg.shared_prefix_problem(MistralForCausalLM(config))  # a sliding-window cache drops old keys
+    assert problem is not None and "DynamicCache" in problem
+
+
+def test_micro_batch_order():
+    prompt_index = torch.arange(4).repeat_interleave(3)  # 4 groups of 3
+    lengths = torch.tensor([5, 9, 2, 1, 1, 1, 7, 7, 7, 3, 2, 8])
+    without_signal = torch.tensor([False] * 3 + [True] * 3 + [False] * 6)
+    rows = mg.micro_batch_order(torch.randperm(12, generator=torch.Generator().manual_seed(0)), prompt_index,
+                                lengths, without_signal)
+    assert sorted(rows.tolist()) == list(range(12))
+    groups = prompt_index[rows].tolist()
+    # groups with a signal by their longest completion (7, 8, 9), each group's rows together, A = 0 last
+    assert groups == [2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1]
+
+
 # -----------------------------------------------------------------------------
 # advantages
 
@@ -576,16 +668,19 @@ def test_policy_loss_moves_probability_the_right_way(tiny, sign):
     assert sign * (after.sum() - lp.sum()).item() > 0
 
 
-def _fake_batch(tokenizer, n=8, C=5, seed=0):
+def _fake_batch(tokenizer, n=8, C=5, seed=0, group_size=4):
+    """n rows in groups of group_size: prompts of different lengths (left-padded), random completions,
+    an EOS mid-completion in row 0, rewards alternately right and wrong."""
     g = torch.Generator().manual_seed(seed)
-    prompts = [mg.format_prompt(tokenizer, f"What is {i} + {i * 7}?", "") for i in range(n)]
+    prompts = [mg.format_prompt(tokenizer, f"What is {i} + {i * 7 ** (i % 5)}?", "") for i in range(n // group_size)]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=g)
     completion_ids[0, 2:] = tokenizer.eos_token_id  # a short one
     mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
-    rewards = (torch.arange(n) % 2).float()  # graded right and wrong alternately
-    return dict(prompt_ids=enc.input_ids, prompt_mask=enc.attention_mask, completion_ids=completion_ids, mask=mask,
-                rewards=rewards)
+    rewards = (torch.arange(n) % 2).float()
+    return dict(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
+                prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
+                mask=mask, rewards=rewards, prompt_index=torch.arange(n // group_size).repeat_interleave(group_size))
 
 
 def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
@@ -645,7 +740,7 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     batch = _fake_batch(tokenizer)
     advantages = torch.linspace(-1, 1, 8)
     with torch.no_grad():
-        logprobs, entropy = mg.policy_forward(model, *mg.batch_rows(batch, slice(None)), 1.0)
+        logprobs, entropy = mg.policy_forward(model, *mg.model_inputs(batch, slice(None))[:4], 1.0)
     m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
                          mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     mask = batch["mask"].bool()
@@ -669,7 +764,7 @@ def test_entropy_regularization_raises_entropy(tiny_dir):
         torch.manual_seed(0)
         mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.5), batch, torch.zeros(8), cfg)
         with torch.no_grad():
-            _, entropy = mg.policy_forward(model, *mg.batch_rows(batch, slice(None)), 1.0)
+            _, entropy = mg.policy_forward(model, *mg.model_inputs(batch, slice(None))[:4], 1.0)
         entropies.append((entropy * batch["mask"]).sum().item() / batch["mask"].sum().item())
     assert entropies[1] > entropies[0] + 1e-3  # with A = 0 the coefficient 0 run does not move at all
 
@@ -686,6 +781,21 @@ def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
     moved = [not torch.equal(a, b) for a, b in zip(model.base_model.parameters(), critic.body.parameters())]
     assert any(moved)  # the critic has its own weights: the policy's did not move with it
+
+
+def test_the_profiled_ranges_are_opened(tiny):
+    """bench/profile_step.py reads its phases from these named ranges: renaming one fails here first."""
+    from torch.profiler import profile
+
+    sys.path.insert(0, os.path.join(HERE, "bench"))
+    from profile_step import RANGES
+
+    model, tokenizer = tiny
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=4)
+    with profile() as prof:
+        batch = mg.rollout(model.eval(), tokenizer, [{"question": "What is 1 + 1?", "answer": "2"}] * 2, 4, 4, 1.0, "")
+        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.linspace(-1, 1, 8), cfg)
+    assert set(RANGES) <= {event.key for event in prof.key_averages()}
 
 
 def test_all_equal_rewards_give_no_update(tiny):
@@ -750,12 +860,14 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out / "final") is not None  # the policy alone, for eval.py
 
 
-def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path):
+def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "1", "--prompts_per_step", "2",
             "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "2", "--eval_every", "0",
             "--dtype", "bfloat16", "--gradient_checkpointing", "--no_scale_rewards", "--entropy_alpha", "0"]
     assert mg.main(argv) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: no shared prefix")]
+    assert len(notes) == 1 and "gradient checkpointing" in notes[0]  # falls back, in one line
     (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert m["policy/entropy_bonus"] == 0 and all(math.isfinite(v) for v in m.values())
     assert (out / "final" / "minigrpo_config.json").exists()
@@ -765,8 +877,9 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
     params = []
     for checkpointing in (False, True):
         model, tokenizer = mg.load_model(tiny_dir, gradient_checkpointing=checkpointing)
-        assert model.is_gradient_checkpointing == checkpointing
-        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4)
+        problem = mg.shared_prefix_problem(model)  # main falls back to the unshared forward when it is not None
+        assert (problem is not None) == checkpointing and (problem is None or "checkpointing" in problem)
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, shared_prefix=problem is None)
         mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), _fake_batch(tokenizer),
                          torch.linspace(-1, 1, 8), cfg)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))

@@ -5,9 +5,11 @@
 
 The same model, prompts, group size, max_new_tokens, micro-batches, one update per rollout, no KL,
 float32 and thread count for both. The floor is what any trainer must do: a bare `generate` of the
-same batch plus one forward and backward over the same tokens. Reports medians after warm-up.
-minigrpo runs no backward for a group whose rewards are all equal (its gradient is exactly zero);
-the groups it skipped are printed beside its times.
+same batch plus one forward and backward over the same tokens, each row encoded in full.
+Equal work by construction (the default; --no_equal_work turns it off): every trainer's sampler
+has EOS suppressed, so every completion is exactly max_new_tokens long, and every reward is a coin
+flip, so no trainer can skip a group whose rewards are all equal. Reports the median and the range
+of the timed steps after warm-up.
 """
 
 import argparse
@@ -39,6 +41,11 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+def eos_ids(model):
+    eos = model.generation_config.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
 def random_rewards(n):
     """Coin flips: a random-init model earns no reward, and minigrpo would skip every backward."""
     return torch.randint(0, 2, (n,)).float()
@@ -46,6 +53,7 @@ def random_rewards(n):
 
 def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
     """saturated collects, per step, the groups whose rewards were all equal: minigrpo runs no backward for them."""
+    cfg.shared_prefix = mg.shared_prefix_problem(model) is None and cfg.shared_prefix
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     seconds = []
     for problems in problem_batches:
@@ -53,7 +61,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
         model.eval()
         with autocast(model, cfg):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                               cfg.instruction)
+                               cfg.instruction, shared_prefix=cfg.shared_prefix)
         if cfg.random_rewards:
             batch["rewards"] = random_rewards(len(batch["rewards"]))
         advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
@@ -75,7 +83,7 @@ def time_floor(model, tokenizer, cfg, problem_batches):
         model.eval()
         with autocast(model, cfg):
             prompt_ids, prompt_mask, completion_ids = mg.sample_completions(
-                model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature)
+                model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, shared_prefix=False)
         model.train()
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
@@ -123,7 +131,8 @@ def time_trl(model, tokenizer, cfg, problem_batches):
             temperature=cfg.temperature, top_k=0, top_p=1.0, beta=0.0, loss_type="dapo", epsilon=cfg.clip_low,
             epsilon_high=cfg.clip_high, num_iterations=1, max_grad_norm=cfg.max_grad_norm, shuffle_dataset=False,
             use_cpu=not torch.cuda.is_available(), bf16=cfg.dtype == "bfloat16", save_strategy="no", report_to="none", logging_steps=1,
-            disable_tqdm=True, seed=cfg.seed, lr_scheduler_type="constant", gradient_checkpointing=False)
+            disable_tqdm=True, seed=cfg.seed, lr_scheduler_type="constant", gradient_checkpointing=False,
+            generation_kwargs={"suppress_tokens": eos_ids(model)} if cfg.equal_work else None)
         timer = StepTimer()
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer, callbacks=[timer])
@@ -142,31 +151,40 @@ def main():
     parser.add_argument("--prompts_per_step", type=int, default=mg.Config.prompts_per_step)
     parser.add_argument("--max_new_tokens", type=int, default=mg.Config.max_new_tokens)
     parser.add_argument("--micro_batch_size", type=int, default=mg.Config.micro_batch_size)
-    parser.add_argument("--random_rewards", action="store_true", help="coin-flip rewards, for random-init models")
+    parser.add_argument("--random_rewards", action="store_true", help="coin-flip rewards (implied by --equal_work)")
+    parser.add_argument("--equal_work", action=argparse.BooleanOptionalAction, default=True,
+                        help="no EOS (every completion max_new_tokens long) and coin-flip rewards, for every trainer")
+    parser.add_argument("--no_shared_prefix", action="store_true", help="minigrpo encodes every row in full")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = mg.Config(model=args.model, dtype=args.dtype, prompts_per_step=args.prompts_per_step,
                     max_new_tokens=args.max_new_tokens, micro_batch_size=args.micro_batch_size)
     cfg.instruction = mg.default_instruction(cfg.dataset)
-    cfg.random_rewards = args.random_rewards
+    cfg.random_rewards, cfg.equal_work = args.random_rewards or args.equal_work, args.equal_work
+    cfg.shared_prefix = not args.no_shared_prefix
     problem_batches = batches(cfg, args.warmup + args.steps)
     results = {}
     for name in args.trainers.split(","):
         torch.manual_seed(cfg.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model, tokenizer = mg.load_model(args.model, device)  # a fresh copy for each trainer
+        if args.equal_work:  # generate reads it from the model's config; TRL gets it in generation_kwargs
+            model.generation_config.suppress_tokens = eos_ids(model)
         saturated = []
         if name == "minigrpo":
             seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated)
         else:
             seconds = {"floor": time_floor, "trl": time_trl}[name](model, tokenizer, cfg, problem_batches)
         timed = seconds[args.warmup :]
-        results[name] = {"median_s": statistics.median(timed), "steps_s": [round(s, 2) for s in timed]}
+        results[name] = {"median_s": statistics.median(timed), "min_s": min(timed), "max_s": max(timed),
+                         "steps_s": [round(s, 2) for s in timed]}
         note = ""
         if saturated:
             results[name]["groups_without_backward"] = saturated[args.warmup :]
             note = f"  (groups of the {cfg.prompts_per_step} with equal rewards, so no backward: {saturated[args.warmup :]})"
-        print(f"{name:>9}: median {results[name]['median_s']:.2f} s/step  {results[name]['steps_s']}{note}", flush=True)
+        r = results[name]
+        print(f"{name:>9}: median {r['median_s']:.2f} s/step, range {r['min_s']:.2f}-{r['max_s']:.2f}  {r['steps_s']}{note}",
+              flush=True)
     if {"minigrpo", "trl"} <= results.keys():
         print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
     if {"minigrpo", "floor"} <= results.keys():
@@ -182,7 +200,8 @@ def main():
         versions["trl"] = trl.__version__
     except ImportError:
         pass
-    sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype", "random_rewards")
+    sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype", "random_rewards",
+             "equal_work", "shared_prefix")
     print(json.dumps({"config": {k: getattr(cfg, k) for k in sizes}, "model": args.model, "versions": versions,
                       "results": results}))
 
