@@ -943,6 +943,7 @@ def micro_batch_order(rows, prompt_index, lengths, without_signal):
     """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
     (they get no backward), each group's rows together (its prompt is encoded once), groups of
     similar longest completion together (trimmed micro-batches)."""
+    rows = rows.to(prompt_index.device)
     longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
     longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
     for key in (prompt_index, longest[prompt_index], without_signal.long()):  # (N,) each; the last sort ranks first
