@@ -142,16 +142,16 @@ def sample_model(name, problems, args, device):
         with torch.autocast(device.type, dtype=mg.DTYPES[args.dtype], enabled=args.dtype != "float32"):
             batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
                                args.instruction, args.top_p, shared_prefix)
-        lengths = batch["mask"].sum(dim=1).tolist()
+        lengths = batch.mask.sum(dim=1).tolist()
         if args.entropy_report:
             tokens, entropies = token_entropies(model, tokenizer, batch)
-        for i, text in enumerate(batch["texts"]):
+        for i, text in enumerate(batch.texts):
             problem = chunk[i // args.n]
             records.append({
-                "model": name, "problem_id": start + i // args.n, "prompt": batch["prompts"][i // args.n],
+                "model": name, "problem_id": start + i // args.n, "prompt": batch.prompts[i // args.n],
                 "completion": text, "extracted_answer": mg.extract_answer(text), "gold_answer": problem["answer"],
-                "correct": batch["rewards"][i].item() == 1.0, "num_tokens": lengths[i],
-                "truncated": bool(batch["truncated"][i]),
+                "correct": batch.rewards[i].item() == 1.0, "num_tokens": lengths[i],
+                "truncated": bool(batch.truncated[i]),
             })
             if args.entropy_report:
                 records[-1].update(tokens=tokens[i], token_entropy=entropies[i])
@@ -168,10 +168,10 @@ def token_entropies(model, tokenizer, batch):
     that chose it (Eq. 4). At temperature 1, the model's own distribution as in training's
     policy/entropy, whatever temperature sampled the completions. Returns two lists of lists.
     """
-    _, entropy = mg.policy_forward(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                   batch["mask"], 1.0, prompt_index=batch["prompt_index"])  # (B, C)
+    _, entropy = mg.policy_forward(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                   batch.mask, 1.0, prompt_index=batch.prompt_index)  # (B, C)
     tokens, entropies = [], []
-    for ids, h, n in zip(batch["completion_ids"].tolist(), entropy.tolist(), batch["mask"].sum(dim=1).tolist()):
+    for ids, h, n in zip(batch.completion_ids.tolist(), entropy.tolist(), batch.mask.sum(dim=1).tolist()):
         tokens.append([tokenizer.decode([i]) for i in ids[:n]])
         entropies.append([round(x, 4) for x in h[:n]])
     return tokens, entropies

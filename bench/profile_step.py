@@ -31,11 +31,11 @@ def step(model, tokenizer, optimizer, cfg, problems):
     with torch.autocast(model.device.type, dtype=mg.DTYPES[cfg.dtype], enabled=cfg.dtype != "float32"):
         batch = mg.rollout(model.eval(), tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                            cfg.instruction, shared_prefix=cfg.shared_prefix)
-        advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
+        advantages = mg.group_advantages(batch.rewards, cfg.group_size)
         mg.update_policy(model.train(), optimizer, batch, advantages, cfg)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
-    return int(batch["mask"].sum()), bool(advantages.any())
+    return int(batch.mask.sum()), bool(advantages.any())
 
 
 def main():

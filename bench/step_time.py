@@ -63,8 +63,8 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                                cfg.instruction, shared_prefix=cfg.shared_prefix)
         if cfg.random_rewards:
-            batch["rewards"] = random_rewards(len(batch["rewards"]))
-        advantages = mg.group_advantages(batch["rewards"], cfg.group_size)
+            batch.rewards = random_rewards(len(batch.rewards))
+        advantages = mg.group_advantages(batch.rewards, cfg.group_size)
         saturated.append(int((advantages.view(-1, cfg.group_size) == 0).all(dim=1).sum()))
         model.train()
         with autocast(model, cfg):
