@@ -18,13 +18,14 @@ highest and lowest mean entropy, and writes entropy_tokens.json and entropy_repo
 completions with each token colored by its entropy).
 """
 
-import argparse
 import html
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -49,6 +50,14 @@ def pass_at_k(n, c, k):
     return 1.0 - product
 
 
+def correct_counts(records):
+    """Correct completions per problem, in problem order, from eval's sample records."""
+    counts = {}
+    for r in records:
+        counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + r["correct"]
+    return [counts[i] for i in sorted(counts)]
+
+
 def summarize(correct_counts, n, ks):
     """Mean Pass@k over problems for each k, plus Pass@1's standard error across problems."""
     per_problem_p1 = [c / n for c in correct_counts]
@@ -64,46 +73,47 @@ def summarize(correct_counts, n, ks):
 # -----------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, instead of argparse's usage block
-        raise mg.UsageError(message)
+@dataclass
+class EvalConfig:
+    model: Optional[str] = field(default=None, metadata={
+        "action": "append", "help": "a model, as minigrpo's --model; repeat to compare"})
+    dataset: str = mg.knob("arithmetic", "'arithmetic' (its held-out split), 'gsm8k', 'math500', "
+                                         "or a .jsonl/.json/.parquet file")
+    split: str = mg.knob("test", "hub dataset split")
+    question_field: str = mg.knob("question", "file datasets: the question's field")
+    answer_field: str = mg.knob("answer", "file datasets: the gold answer's field")
+    digits: int = mg.knob(1, "arithmetic: digits of each operand")
+    operations: str = mg.knob("+*", "arithmetic: any of '+-*'")
+    instruction: str = mg.knob("", "text appended to every question; empty: the dataset's default, "
+                                   "as in training")
+    limit: int = mg.knob(500, "at most this many problems")
+    n: int = mg.knob(32, "samples per problem")
+    k: str = mg.knob("", "comma-separated k for the table (default: powers of two up to n)")
+    temperature: float = mg.knob(0.6, "sampling temperature (the paper's 0.6); 0 is greedy")
+    top_p: float = mg.knob(0.95, "nucleus sampling (the paper's 0.95)")
+    greedy: bool = mg.knob(False, "greedy decoding: temperature 0, n = 1")
+    max_new_tokens: int = mg.knob(48, "completion length limit (tokens)")
+    batch_size: int = mg.knob(64, "sequences per generate call")
+    seed: int = mg.knob(0, "sampling seed, the same for every model")
+    dtype: str = mg.knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast)")
+    device: str = mg.knob("auto", "auto, cpu, cuda, cuda:N or mps")
+    output_dir: str = mg.knob("runs/eval", "where samples.jsonl, summary.json, passk.png go")
+    trust_remote_code: bool = mg.knob(False, "allow a hub model's own Python code to run")
+    entropy_report: bool = mg.knob(False, "per-token entropy: high/low-entropy tokens and an HTML page")
+    entropy_min_count: int = mg.knob(20, "entropy report: list only tokens seen this often")
 
 
 def parse_args(argv=None):
-    defaults = mg.Config()
-    parser = _Parser(description="Pass@1 and Pass@K of one or more models, side by side.")
-    parser.add_argument("--model", action="append", required=True, help="a model, as minigrpo's --model; repeat to compare")
-    parser.add_argument("--dataset", default=defaults.dataset,
-                        help="'arithmetic' (its held-out split), 'gsm8k', 'math500', or a .jsonl/.json/.parquet file")
-    parser.add_argument("--split", default="test", help="hub dataset split")
-    parser.add_argument("--question_field", default=defaults.question_field, help="file datasets: the question's field")
-    parser.add_argument("--answer_field", default=defaults.answer_field, help="file datasets: the gold answer's field")
-    parser.add_argument("--digits", type=int, default=defaults.digits, help="arithmetic: digits of each operand")
-    parser.add_argument("--operations", default=defaults.operations, help="arithmetic: any of '+-*'")
-    parser.add_argument("--instruction", default="", help="text appended to every question; empty: the dataset's default, as in training")
-    parser.add_argument("--limit", type=int, default=500, help="at most this many problems")
-    parser.add_argument("--n", type=int, default=32, help="samples per problem")
-    parser.add_argument("--k", default="", help="comma-separated k to show in the table (default: powers of two up to n)")
-    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (the paper's 0.6); 0 is greedy")
-    parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling (the paper's 0.95)")
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding: temperature 0, n = 1")
-    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens, help="completion length limit")
-    parser.add_argument("--batch_size", type=int, default=64, help="sequences per generate call")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model")
-    parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES), help="forward-pass dtype (autocast)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--output_dir", default="runs/eval", help="where samples.jsonl, summary.json, passk.png go")
-    parser.add_argument("--trust_remote_code", action="store_true", help="allow a hub model's own Python code to run")
-    parser.add_argument("--entropy_report", action="store_true", help="per-token entropy: high/low-entropy tokens and an HTML page")
-    parser.add_argument("--entropy_min_count", type=int, default=20, help="entropy report: list only tokens seen this often")
-    args = parser.parse_args(argv)
+    """EvalConfig from the command line, checked; args.k becomes a sorted list and args.problems is added."""
+    args = mg.parse_dataclass(EvalConfig, argv)
     if args.greedy:
         args.temperature, args.n = 0.0, 1
     try:
         args.k = sorted({int(k) for k in args.k.split(",") if k.strip()})
     except ValueError:
         raise mg.UsageError(f"--k must be comma-separated integers (got {args.k!r})")
-    checks = [
+    mg.check([
+        (not args.model, "at least one --model is required"),
         (args.n < 1, f"--n must be >= 1 (got {args.n})"),
         (any(k < 1 or k > args.n for k in args.k), f"every k must be in 1..n={args.n} (got {args.k})"),
         (args.temperature < 0, f"--temperature must be >= 0 (got {args.temperature})"),
@@ -112,20 +122,15 @@ def parse_args(argv=None):
         (args.limit < 1, f"--limit must be >= 1 (got {args.limit})"),
         (args.batch_size < 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
         (args.max_new_tokens < 1, f"--max_new_tokens must be >= 1 (got {args.max_new_tokens})"),
-        (len(set(args.model)) != len(args.model), "a --model is given twice"),
+        (len(set(args.model or [])) != len(args.model or []), "a --model is given twice"),
         (args.entropy_min_count < 1, f"--entropy_min_count must be >= 1 (got {args.entropy_min_count})"),
-    ]
-    for failed, message in checks:
-        if failed:
-            raise mg.UsageError(message)
+    ])
     for name in args.model:  # a missing path or dataset file fails here, before any model loads
-        mg.check_config(mg.Config(model=name, dataset=args.dataset, digits=args.digits, operations=args.operations,
-                                  device=args.device))
+        mg.check_config(mg.Config(model=name, dataset=args.dataset, digits=args.digits,
+                                  operations=args.operations, device=args.device, dtype=args.dtype))
     args.instruction = args.instruction or mg.default_instruction(args.dataset)
-    if args.dataset == "arithmetic":
-        args.problems = mg.heldout_problems(args.limit, args.digits, args.operations)
-    else:
-        args.problems = mg.load_problems(args.dataset, args.split, args.question_field, args.answer_field)[: args.limit]
+    args.problems = mg.evaluation_problems(args.dataset, args.split, args.limit, args.digits, args.operations,
+                                           args.question_field, args.answer_field)
     return args
 
 
@@ -139,7 +144,7 @@ def sample_model(name, problems, args, device):
     records = []
     for start in tqdm(range(0, len(problems), per_call), desc=f"sampling {name}", file=sys.stderr):
         chunk = problems[start : start + per_call]
-        with torch.autocast(device.type, dtype=mg.DTYPES[args.dtype], enabled=args.dtype != "float32"):
+        with mg.autocast(device, args.dtype):
             batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
                                args.instruction, args.top_p, shared_prefix)
         lengths = batch.mask.sum(dim=1).tolist()
@@ -149,7 +154,8 @@ def sample_model(name, problems, args, device):
             problem = chunk[i // args.n]
             records.append({
                 "model": name, "problem_id": start + i // args.n, "prompt": batch.prompts[i // args.n],
-                "completion": text, "extracted_answer": mg.extract_answer(text), "gold_answer": problem["answer"],
+                "completion": text, "extracted_answer": mg.extract_answer(text),
+                "gold_answer": problem["answer"],
                 "correct": batch.rewards[i].item() == 1.0, "num_tokens": lengths[i],
                 "truncated": bool(batch.truncated[i]),
             })
@@ -178,7 +184,7 @@ def token_entropies(model, tokenizer, batch):
 
 
 def token_entropy_stats(records):
-    """{token: (mean entropy, count)} over every token of every completion, sorted by mean entropy, highest first."""
+    """{token: (mean entropy, count)} over every token of every completion, highest mean entropy first."""
     sums, counts = {}, {}
     for r in records:
         for token, h in zip(r["tokens"], r["token_entropy"]):
@@ -194,7 +200,8 @@ def entropy_table(stats, min_count, rows=15):
     common = [(t, h, c) for t, (h, c) in stats.items() if c >= min_count]
     rows = min(rows, max(1, len(common) // 2))
     high, low = common[:rows], common[::-1][:rows]
-    lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   (tokens seen >= {min_count} times; mean nats, count)"]
+    lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   "
+             f"(tokens seen >= {min_count} times; mean nats, count)"]
 
     def cell(side, i):
         return f"{side[i][0]!r:>14} {side[i][1]:5.2f} {side[i][2]:6d}  " if i < len(side) else " " * 31
@@ -206,20 +213,23 @@ def entropy_table(stats, min_count, rows=15):
 
 def entropy_html(records_by_model, examples=8):
     """An HTML page: a few completions per model, each token's background redder the higher its entropy."""
-    top = max((h for records in records_by_model.values() for r in records for h in r["token_entropy"]), default=1.0) or 1.0
+    entropies = [h for records in records_by_model.values() for r in records for h in r["token_entropy"]]
+    top = max(entropies, default=1.0) or 1.0
     parts = ["<!doctype html><meta charset='utf-8'><title>token entropy</title>",
-             ("<style>body{font-family:sans-serif;max-width:60em} .c{font-family:monospace;white-space:pre-wrap;"
-              "border:1px solid #ccc;padding:.4em;margin:.4em 0}</style>"),
-             (f"<p>Background: the entropy of the model's next-token distribution at each token, white 0 to red {top:.2f} nats. "
-              "Hover a token for its value.</p>")]
+             ("<style>body{font-family:sans-serif;max-width:60em} "
+              ".c{font-family:monospace;white-space:pre-wrap;"
+              "border:1px solid #ccc;padding:.4em;margin:.4em 0}"
+              "</style>"),
+             ("<p>Background: the entropy of the model's next-token distribution at each token, "
+              f"white 0 to red {top:.2f} nats. Hover a token for its value.</p>")]
     for name, records in records_by_model.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         for r in records[:examples]:
-            spans = "".join(
-                f"<span title='{h:.3f}' style='background:rgba(230,30,30,{min(h / top, 1):.2f})'>{html.escape(t)}</span>"
-                for t, h in zip(r["tokens"], r["token_entropy"]))
+            spans = "".join(f"<span title='{h:.3f}' style='background:rgba(230,30,30,{min(h / top, 1):.2f})'>"
+                            f"{html.escape(t)}</span>" for t, h in zip(r["tokens"], r["token_entropy"]))
             mark = "correct" if r["correct"] else "wrong"
-            parts.append(f"<p>{html.escape(r['prompt'][-120:])} <b>({mark})</b></p><div class='c'>{spans}</div>")
+            parts.append(f"<p>{html.escape(r['prompt'][-120:])} <b>({mark})</b></p>")
+            parts.append(f"<div class='c'>{spans}</div>")
     return "\n".join(parts) + "\n"
 
 
@@ -246,12 +256,14 @@ def plot_pass_at_k(summary, path):
 
 def table(summary, ks):
     name_width = max(12, *(len(name) for name in summary))
-    header = f"{'model':<{name_width}}  {'pass@1':>15}" + "".join(f"  {f'pass@{k}':>8}" for k in ks if k != 1) + f"  {'tokens':>7}"
+    others = [k for k in ks if k != 1]
+    header = f"{'model':<{name_width}}  {'pass@1':>15}" + "".join(f"  {f'pass@{k}':>8}" for k in others)
+    header += f"  {'tokens':>7}"
     lines = [header]
     for name, s in summary.items():
         p1 = f"{s['pass@k']['1']:.3f} ± {s['pass@1_stderr']:.3f}"
-        lines.append(f"{name:<{name_width}}  {p1:>15}" + "".join(f"  {s['pass@k'][str(k)]:>8.3f}" for k in ks if k != 1)
-                     + f"  {s['mean_tokens']:>7.1f}")
+        cells = "".join(f"  {s['pass@k'][str(k)]:>8.3f}" for k in others)
+        lines.append(f"{name:<{name_width}}  {p1:>15}{cells}  {s['mean_tokens']:>7.1f}")
     return "\n".join(lines)
 
 
@@ -262,7 +274,7 @@ def main(argv=None):
     except (mg.UsageError, OSError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = mg.resolve_device(args.device)
     problems = args.problems
     powers = [2**i for i in range(int(math.log2(args.n)) + 1)]
     ks = sorted(set(powers) | set(args.k) | {1})
@@ -275,15 +287,14 @@ def main(argv=None):
         except (OSError, ValueError) as e:
             print(f"eval: error: cannot load model {name!r}: {str(e).splitlines()[0]}", file=sys.stderr)
             return 2
-        counts = [0] * len(problems)
-        for r in records:
-            counts[r["problem_id"]] += r["correct"]
         summary[name] = {
-            **summarize(counts, args.n, ks),
-            "n": args.n, "problems": len(problems), "mean_tokens": sum(r["num_tokens"] for r in records) / len(records),
+            **summarize(correct_counts(records), args.n, ks),
+            "n": args.n, "problems": len(problems),
+            "mean_tokens": sum(r["num_tokens"] for r in records) / len(records),
             "truncated_frac": sum(r["truncated"] for r in records) / len(records),
-            "dataset": args.dataset, "split": args.split, "instruction": args.instruction, "temperature": args.temperature, "top_p": args.top_p,
-            "max_new_tokens": args.max_new_tokens, "seed": args.seed, "wall_s": round(time.time() - started, 1),
+            "dataset": args.dataset, "split": args.split, "instruction": args.instruction,
+            "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+            "seed": args.seed, "wall_s": round(time.time() - started, 1),
         }
         all_records += records
     # written at the end, each through a temporary name: an interrupted eval leaves no partial file
@@ -303,13 +314,15 @@ def main(argv=None):
             f.write(text)
         os.replace(path + ".tmp", path)
     plotted = plot_pass_at_k(summary, os.path.join(args.output_dir, "passk.png"))
-    print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, top_p {args.top_p}")
+    print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, "
+          f"top_p {args.top_p}")
     print(table(summary, shown))
     if args.entropy_report:
         for name in args.model:
             print(f"\n{name}: token entropy")
             print(entropy_table(stats[name], args.entropy_min_count))
-    print(f"wrote {args.output_dir}/" + ", ".join([f for f, _ in outputs] + (["passk.png"] if plotted else [])))
+    written = [f for f, _ in outputs] + (["passk.png"] if plotted else [])
+    print(f"wrote {args.output_dir}/" + ", ".join(written))
     return 0
 
 

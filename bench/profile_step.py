@@ -28,7 +28,7 @@ RANGES = {"minigrpo.sample": "sample (generate)", "minigrpo.grade": "decode + gr
 def step(model, tokenizer, optimizer, cfg, problems):
     """One training step as main() runs it; returns the number of completion tokens and whether
     any advantage was nonzero (with none, minigrpo runs no backward)."""
-    with torch.autocast(model.device.type, dtype=mg.DTYPES[cfg.dtype], enabled=cfg.dtype != "float32"):
+    with mg.autocast(model.device, cfg.dtype):
         batch = mg.rollout(model.eval(), tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                            cfg.instruction, shared_prefix=cfg.shared_prefix)
         advantages = mg.group_advantages(batch.rewards, cfg.group_size)
@@ -53,7 +53,7 @@ def main():
     cfg.instruction = mg.default_instruction(cfg.dataset)
     cfg.shared_prefix = not args.no_shared_prefix
     torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = mg.resolve_device("auto")
     model, tokenizer = mg.load_model(cfg.model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     stream = mg.arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)

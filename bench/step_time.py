@@ -32,10 +32,6 @@ def batches(cfg, count):
     return [[next(stream) for _ in range(cfg.prompts_per_step)] for _ in range(count)]
 
 
-def autocast(model, cfg):
-    return torch.autocast(model.device.type, dtype=mg.DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
-
-
 def synchronize():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -59,7 +55,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
     for problems in problem_batches:
         start = time.perf_counter()
         model.eval()
-        with autocast(model, cfg):
+        with mg.autocast(model.device, cfg.dtype):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                                cfg.instruction, shared_prefix=cfg.shared_prefix)
         if cfg.random_rewards:
@@ -67,7 +63,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
         advantages = mg.group_advantages(batch.rewards, cfg.group_size)
         saturated.append(int((advantages.view(-1, cfg.group_size) == 0).all(dim=1).sum()))
         model.train()
-        with autocast(model, cfg):
+        with mg.autocast(model.device, cfg.dtype):
             mg.update_policy(model, optimizer, batch, advantages, cfg)
         synchronize()
         seconds.append(time.perf_counter() - start)
@@ -81,7 +77,7 @@ def time_floor(model, tokenizer, cfg, problem_batches):
         prompts = [mg.format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
         start = time.perf_counter()
         model.eval()
-        with autocast(model, cfg):
+        with mg.autocast(model.device, cfg.dtype):
             prompt_ids, prompt_mask, completion_ids = mg.sample_completions(
                 model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, shared_prefix=False)
         model.train()
@@ -89,7 +85,7 @@ def time_floor(model, tokenizer, cfg, problem_batches):
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
         for i in range(0, input_ids.shape[0], cfg.micro_batch_size):
             rows = slice(i, i + cfg.micro_batch_size)
-            with autocast(model, cfg):
+            with mg.autocast(model.device, cfg.dtype):
                 loss = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], labels=input_ids[rows]).loss
             loss.backward()
         model.zero_grad(set_to_none=True)
@@ -166,8 +162,7 @@ def main():
     results = {}
     for name in args.trainers.split(","):
         torch.manual_seed(cfg.seed)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = mg.load_model(args.model, device)  # a fresh copy for each trainer
+        model, tokenizer = mg.load_model(args.model, mg.resolve_device("auto"))  # a fresh copy for each trainer
         if args.equal_work:  # generate reads it from the model's config; TRL gets it in generation_kwargs
             model.generation_config.suppress_tokens = eos_ids(model)
         saturated = []

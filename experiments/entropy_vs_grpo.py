@@ -26,7 +26,7 @@ from statistics import mean, stdev
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import minigrpo as mg  # noqa: E402
-from eval import pass_at_k  # noqa: E402
+from eval import correct_counts, pass_at_k  # noqa: E402
 
 METHODS = {"grpo": 0.0, "entropy_adv": 0.4}  # name: entropy_alpha
 LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy advantage"}
@@ -81,12 +81,8 @@ def evaluate(args):
 
 def per_problem_counts(path):
     """Correct completions per problem, from eval.py's samples.jsonl."""
-    counts = {}
     with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + r["correct"]
-    return [counts[i] for i in sorted(counts)]
+        return correct_counts([json.loads(line) for line in f])
 
 
 def interval(values):
