@@ -1,0 +1,221 @@
+"""Where the paper's effect could appear: a task the model reasons through, five methods, the entropy law.
+
+  python experiments/reasoning_task.py                    # every stage; hours of CPU, resumable
+  python experiments/reasoning_task.py --stage regime     # only the choice of task
+  python experiments/reasoning_task.py --stage report     # only the tables and plots
+
+Stages, each skipping work already on disk, so a killed run continues where it stopped (minigrpo
+resumes a run whose output_dir holds the same config; eval.py writes its files only at the end):
+
+  regime  The base model on each candidate task (eval.py, n = 32, 48 held-out problems, the
+          reasoning instruction, 128 new tokens). RULE, fixed before any method is compared: a task
+          qualifies when the base Pass@1 >= 0.05 and Pass@32 <= 0.85; among qualifying tasks the one
+          with the highest base Pass@1 is tried first, and it is kept when plain GRPO (seed 0) raises
+          its training accuracy by at least 0.10 (mean of the last 5 steps minus the first 5);
+          otherwise the next qualifying task is tried. Writes regime.md.
+  train   On the chosen task: GRPO and GRPO + entropy advantage (alpha 0.4, kappa 2), SEEDS seeds
+          each (the core comparison); GRPO + entropy regularization, PPO and PPO + entropy advantage
+          (alpha 0.1), ILLUSTRATION_SEEDS seeds each (illustrations).
+  eval    eval.py (n = 32, the regime's problems and settings) on every finished run.
+  report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
+          minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
+          over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used).
+
+Checkpoints go to --runs_dir (large, not committed); metrics, eval summaries and the report go to
+experiments/reasoning_task/.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from statistics import mean
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import minigrpo as mg  # noqa: E402
+from entropy_vs_grpo import interval, per_problem_counts, run  # noqa: E402
+from eval import pass_at_k  # noqa: E402
+
+RESULTS = os.path.join(HERE, "reasoning_task")
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+TASK_SETTINGS = ["--instruction", INSTRUCTION, "--max_new_tokens", "128"]
+CANDIDATES = {  # name: arithmetic flags, in the order they are tried
+    "add_sub_2digit": ["--digits", "2", "--operations", "+-"],
+    "add_2digit": ["--digits", "2", "--operations", "+"],
+    "mixed_2digit": ["--digits", "2", "--operations", "+-*"],
+}
+PROBLEMS, N = 48, 32
+METHODS = {  # name: (label, minigrpo flags, seeds)
+    "grpo": ("GRPO", ["--entropy_alpha", "0"], 5),
+    "entropy_adv": ("GRPO + entropy advantage", ["--entropy_alpha", "0.4", "--entropy_kappa", "2"], 5),
+    "entropy_reg": ("GRPO + entropy regularization (illustration)", ["--entropy_alpha", "0", "--entropy_coef", "0.01"], 2),
+    "ppo": ("PPO (illustration)", ["--algorithm", "ppo", "--entropy_alpha", "0"], 2),
+    "ppo_entropy_adv": ("PPO + entropy advantage (illustration)",
+                        ["--algorithm", "ppo", "--entropy_alpha", "0.1", "--entropy_kappa", "2"], 2),
+}
+TRAIN_SETTINGS = ["--steps", "20", "--eval_every", "10", "--eval_problems", "32", "--save_every", "5"]
+CURVES = [("reward/accuracy", "training accuracy"), ("rollout/response_length", "response length (tokens)"),
+          ("policy/entropy", "entropy (nats)"), ("policy/psi_over_abs_adv", "psi / |A|"),
+          ("policy/cov_logp_shaped_adv", "cov(log pi, A used)")]
+
+
+def evaluate(model, task_flags, out):
+    """eval.py on the task's held-out problems; skipped when out/summary.json exists."""
+    if os.path.isfile(os.path.join(out, "summary.json")):
+        return
+    os.makedirs(out, exist_ok=True)
+    run([sys.executable, "eval.py", "--model", model, *task_flags, *TASK_SETTINGS, "--limit", str(PROBLEMS),
+         "--n", str(N), "--output_dir", out], os.path.join(out, "eval.log"))
+
+
+def summary(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        return next(iter(json.load(f).values()))
+
+
+def train(name, seed, task_flags, runs_dir):
+    """One minigrpo run; its metrics copied to RESULTS/metrics. Returns the metrics rows."""
+    label, flags, _ = METHODS[name]
+    out = os.path.join(runs_dir, f"{name}_seed{seed}")
+    if not os.path.isdir(os.path.join(out, "final")):
+        os.makedirs(out, exist_ok=True)
+        run([sys.executable, "minigrpo.py", *task_flags, *TASK_SETTINGS, *TRAIN_SETTINGS, *flags, "--seed", str(seed),
+             "--output_dir", out], os.path.join(out, "train.log"))
+    os.makedirs(os.path.join(RESULTS, "metrics"), exist_ok=True)
+    shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl"))
+    return read_metrics(name, seed)
+
+
+def read_metrics(name, seed):
+    with open(os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl")) as f:
+        return [r for r in map(json.loads, f) if "reward/accuracy" in r]
+
+
+def rise(rows):
+    return mean(r["reward/accuracy"] for r in rows[-5:]) - mean(r["reward/accuracy"] for r in rows[:5])
+
+
+def choose_task(runs_dir):
+    """The regime stage: evaluate the candidates, apply the rule, write regime.md; the chosen name or None."""
+    lines = ["Base model (SmolLM2-135M-Instruct), eval.py: n = 32 samples on 48 held-out problems, temperature 0.6,",
+             f"top-p 0.95, 128 new tokens, instruction \"{INSTRUCTION}\".", "",
+             "Rule, fixed before any method was compared: base Pass@1 >= 0.05 and Pass@32 <= 0.85; among those, the",
+             "highest base Pass@1 first, kept when plain GRPO (seed 0) raises its training accuracy by >= 0.10",
+             "(mean of the last 5 steps minus the first 5).", "",
+             "| task | flags | Pass@1 | Pass@8 | Pass@32 | tokens | truncated | qualifies | GRPO rise |", "|---" * 9 + "|"]
+    measured = {}
+    for name, flags in CANDIDATES.items():
+        evaluate("smollm2", flags, os.path.join(RESULTS, "regime", name))
+        measured[name] = summary(os.path.join(RESULTS, "regime", name))
+    qualifying = sorted((n for n, s in measured.items() if s["pass@k"]["1"] >= 0.05 and s["pass@k"]["32"] <= 0.85),
+                        key=lambda n: -measured[n]["pass@k"]["1"])
+    chosen, rises = None, {}
+    for name in qualifying:
+        rises[name] = rise(train("grpo", 0, CANDIDATES[name], os.path.join(runs_dir, name)))
+        if rises[name] >= 0.10:
+            chosen = name
+            break
+    for name, s in measured.items():
+        p = s["pass@k"]
+        lines.append(f"| {name} | `{' '.join(CANDIDATES[name])}` | {p['1']:.3f} | {p['8']:.3f} | {p['32']:.3f} | "
+                     f"{s['mean_tokens']:.0f} | {s['truncated_frac']:.2f} | {'yes' if name in qualifying else 'no'} | "
+                     + (f"{rises[name]:+.2f}" if name in rises else "-") + " |")
+    lines += ["", f"Chosen: {chosen or 'none qualifies'}"]
+    with open(os.path.join(RESULTS, "regime.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return chosen
+
+
+def report(task):
+    ks = [2**i for i in range(int(math.log2(N)) + 1)]
+    base = per_problem_counts(os.path.join(RESULTS, "regime", task, "samples.jsonl"))
+    lines = [f"Task {task} (`{' '.join(CANDIDATES[task])}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
+             "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
+             "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
+             "| base model | - | " + " | ".join("{:.3f} ± {:.3f}".format(*interval([pass_at_k(N, c, k) for c in base]))
+                                              for k in ks) + " |"]
+    per_seed = {}
+    for name, (label, _, seeds) in METHODS.items():
+        done = [s for s in range(seeds) if os.path.isfile(os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))]
+        per_seed[name] = {s: {k: mean(pass_at_k(N, c, k) for c in per_problem_counts(
+            os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))) for k in ks} for s in done}
+        if done:
+            cells = ["{:.3f} ± {:.3f}".format(*interval([per_seed[name][s][k] for s in done])) for k in ks]
+            lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
+    paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
+    if paired:
+        lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({len(paired)} seeds):", "",
+                  "| | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|",
+                  "| difference | " + " | ".join("{:+.3f} ± {:.3f}".format(*interval(
+                      [per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in paired])) for k in ks) + " |"]
+    lines += ["", "Training metrics, mean over seeds: first 5 steps -> last 5 steps.", "",
+              "| method | seeds | " + " | ".join(t.replace("|", "\\|") for _, t in CURVES) + " |", "|---" * (len(CURVES) + 2) + "|"]
+    curves = {}
+    for name, (label, _, seeds) in METHODS.items():
+        runs = [read_metrics(name, s) for s in range(seeds)
+                if os.path.isfile(os.path.join(RESULTS, "metrics", f"{name}_seed{s}.jsonl"))]
+        runs = [r for r in runs if len(r) == int(TRAIN_SETTINGS[1])]
+        if not runs:
+            continue
+        curves[name] = runs
+        cells = [f"{mean(mean(r[key] for r in run[:5]) for run in runs):.3f} -> "
+                 f"{mean(mean(r[key] for r in run[-5:]) for run in runs):.3f}" for key, _ in CURVES]
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(RESULTS, "results.md"), "w") as f:
+        f.write(text)
+    print(text)
+    plot(curves)
+
+
+def plot(curves):
+    plt = mg.optional_pyplot("training_curves.png")
+    if plt is None or not curves:
+        return
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.3))
+    for name, runs in curves.items():
+        steps = [r["step"] for r in runs[0]]
+        for ax, (key, title) in zip(axes, CURVES):
+            values = list(zip(*[[r[key] for r in run] for run in runs]))  # (steps, seeds)
+            ax.plot(steps, [mean(v) for v in values], label=METHODS[name][0].replace(" (illustration)", "*"))
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("mean over seeds; band: min to max; * = illustration (2 seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "training_curves.png"), dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=["all", "regime", "train", "eval", "report"], default="all")
+    parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "reasoning_task"))
+    args = parser.parse_args()
+    os.makedirs(RESULTS, exist_ok=True)
+    task = choose_task(args.runs_dir)
+    if task is None or args.stage == "regime":
+        return
+    runs_dir = os.path.join(args.runs_dir, task)
+    core = [(name, s) for s in range(METHODS["grpo"][2]) for name in ("grpo", "entropy_adv")]
+    illustrations = [(name, s) for s in range(2) for name in ("entropy_reg", "ppo", "ppo_entropy_adv")]
+    if args.stage in ("all", "train", "eval"):
+        for name, seed in core + illustrations:  # seed by seed: a partial result already pairs the core methods
+            if args.stage != "eval":
+                train(name, seed, CANDIDATES[task], runs_dir)
+            final = os.path.join(runs_dir, f"{name}_seed{seed}", "final")
+            if args.stage != "train" and os.path.isdir(final):
+                evaluate(final, CANDIDATES[task], os.path.join(RESULTS, "eval", f"{name}_seed{seed}"))
+    report(task)
+
+
+if __name__ == "__main__":
+    main()
