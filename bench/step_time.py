@@ -142,7 +142,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps per trainer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--trainers", default="minigrpo,floor,trl")
+    parser.add_argument("--trainers", default="minigrpo,floor,trl", help="any of minigrpo, minigrpo_unshared, floor, trl")
     parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES))
     parser.add_argument("--prompts_per_step", type=int, default=mg.Config.prompts_per_step)
     parser.add_argument("--max_new_tokens", type=int, default=mg.Config.max_new_tokens)
@@ -166,7 +166,8 @@ def main():
         if args.equal_work:  # generate reads it from the model's config; TRL gets it in generation_kwargs
             model.generation_config.suppress_tokens = eos_ids(model)
         saturated = []
-        if name == "minigrpo":
+        if name in ("minigrpo", "minigrpo_unshared"):  # the second encodes every row in full (--no_shared_prefix)
+            cfg.shared_prefix = name == "minigrpo" and not args.no_shared_prefix
             seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated)
         else:
             seconds = {"floor": time_floor, "trl": time_trl}[name](model, tokenizer, cfg, problem_batches)
@@ -184,6 +185,8 @@ def main():
         print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
     if {"minigrpo", "floor"} <= results.keys():
         print(f"minigrpo / floor = {results['minigrpo']['median_s'] / results['floor']['median_s']:.2f}")
+    if {"minigrpo", "minigrpo_unshared"} <= results.keys():
+        print(f"shared / unshared = {results['minigrpo']['median_s'] / results['minigrpo_unshared']['median_s']:.2f}")
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
