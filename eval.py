@@ -9,6 +9,7 @@ grades them with minigrpo's grader, and prints one table.
 
 Writes to --output_dir: samples.jsonl (one line per completion), summary.json (Pass@k for
 every power of two up to n and each requested k), passk.png (when matplotlib is installed).
+A killed evaluation, run again with the same arguments, keeps every generate call it had finished.
 
   python eval.py --model smollm2 --n 8 --entropy_report   # which tokens are the "forks"?
 
@@ -18,6 +19,7 @@ highest and lowest mean entropy, and writes entropy_tokens.json and entropy_repo
 completions with each token colored by its entropy).
 """
 
+import hashlib
 import html
 import json
 import math
@@ -135,33 +137,72 @@ def parse_args(argv=None):
 
 
 def sample_model(name, problems, args, device):
-    """n graded completions per problem: one record per completion."""
-    model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
-    model.eval()
-    shared_prefix = mg.shared_prefix_problem(model) is None  # each prompt encoded once for its n samples
-    torch.manual_seed(args.seed)
+    """n graded completions per problem: one record per completion.
+
+    Each generate call's records are appended to a progress file in output_dir as soon as they
+    exist, and each call seeds its own sampling: a killed evaluation, run again with the same
+    arguments, keeps the calls it had finished and draws the same completions as an uninterrupted run.
+    """
+    path = progress_path(name, args)
+    finished = {}  # first problem of a call: its records
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    call = json.loads(line)
+                    finished[call["start"]] = call["records"]
+                except (ValueError, KeyError):  # a line cut short by the kill
+                    pass
     per_call = max(1, args.batch_size // args.n)  # problems per generate call
+    starts = range(0, len(problems), per_call)
+    if any(start not in finished for start in starts):  # else everything is on disk: no model to load
+        model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
+        model.eval()
+        shared_prefix = mg.shared_prefix_problem(model) is None  # each prompt encoded once for its n samples
     records = []
-    for start in tqdm(range(0, len(problems), per_call), desc=f"sampling {name}", file=sys.stderr):
-        chunk = problems[start : start + per_call]
-        with mg.autocast(device, args.dtype):
-            batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
-                               args.instruction, args.top_p, shared_prefix)
-        lengths = batch.mask.sum(dim=1).tolist()
-        if args.entropy_report:
-            tokens, entropies = token_entropies(model, tokenizer, batch)
-        for i, text in enumerate(batch.texts):
-            problem = chunk[i // args.n]
-            records.append({
-                "model": name, "problem_id": start + i // args.n, "prompt": batch.prompts[i // args.n],
-                "completion": text, "extracted_answer": mg.extract_answer(text),
-                "gold_answer": problem["answer"],
-                "correct": batch.rewards[i].item() == 1.0, "num_tokens": lengths[i],
-                "truncated": bool(batch.truncated[i]),
-            })
-            if args.entropy_report:
-                records[-1].update(tokens=tokens[i], token_entropy=entropies[i])
+    with open(path, "a") as progress:
+        for start in tqdm(starts, desc=f"sampling {name}", file=sys.stderr):
+            if start not in finished:
+                torch.manual_seed(args.seed + start)
+                finished[start] = sample_call(model, tokenizer, name, problems, start, per_call, args, device,
+                                              shared_prefix)
+                progress.write(json.dumps({"start": start, "records": finished[start]}) + "\n")
+                progress.flush()
+            records += finished[start]
     return records
+
+
+def sample_call(model, tokenizer, name, problems, start, per_call, args, device, shared_prefix):
+    """The records of one generate call: n completions for each of problems[start : start + per_call]."""
+    chunk = problems[start : start + per_call]
+    with mg.autocast(device, args.dtype):
+        batch = mg.rollout(model, tokenizer, chunk, args.n, args.max_new_tokens, args.temperature,
+                           args.instruction, args.top_p, shared_prefix)
+    lengths = batch.mask.sum(dim=1).tolist()
+    if args.entropy_report:
+        tokens, entropies = token_entropies(model, tokenizer, batch)
+    records = []
+    for i, text in enumerate(batch.texts):
+        problem = chunk[i // args.n]
+        records.append({
+            "model": name, "problem_id": start + i // args.n, "prompt": batch.prompts[i // args.n],
+            "completion": text, "extracted_answer": mg.extract_answer(text),
+            "gold_answer": problem["answer"],
+            "correct": batch.rewards[i].item() == 1.0, "num_tokens": lengths[i],
+            "truncated": bool(batch.truncated[i]),
+        })
+        if args.entropy_report:
+            records[-1].update(tokens=tokens[i], token_entropy=entropies[i])
+    return records
+
+
+def progress_path(name, args):
+    """output_dir/.progress-HASH.jsonl, HASH naming the model and every argument that shapes its samples."""
+    keys = ("dataset", "split", "question_field", "answer_field", "digits", "operations", "instruction", "limit",
+            "n", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "dtype", "entropy_report")
+    settings = json.dumps([name] + [getattr(args, k) for k in keys])
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    return os.path.join(args.output_dir, f".progress-{digest}.jsonl")
 
 
 # -----------------------------------------------------------------------------
@@ -313,6 +354,8 @@ def main(argv=None):
         with open(path + ".tmp", "w") as f:
             f.write(text)
         os.replace(path + ".tmp", path)
+    for name in args.model:  # the evaluation is complete: its progress files are no longer needed
+        os.remove(progress_path(name, args))
     plotted = plot_pass_at_k(summary, os.path.join(args.output_dir, "passk.png"))
     print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, "
           f"top_p {args.top_p}")

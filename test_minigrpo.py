@@ -1372,6 +1372,34 @@ def test_problem_stream_covers_every_problem_each_epoch():
         assert sorted(int(next(stream)["question"]) for _ in range(7)) == list(range(7))
 
 
+def test_a_killed_eval_resumes_with_the_same_samples(tiny_dir, tmp_path):
+    """Killed inside its third generate call and run again, eval.py keeps the two finished calls and
+    ends with the samples of an uninterrupted run; the progress file is gone once it is complete."""
+    argv = ["--model", tiny_dir, "--n", "4", "--limit", "5", "--batch_size", "8", "--max_new_tokens", "6"]
+    assert ev.main(argv + ["--output_dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    code = (f"import os, signal, sys; sys.path.insert(0, {HERE!r}); import eval as ev; import minigrpo as mg\n"
+            "real, calls = mg.rollout, [0]\n"
+            "def dies_on_call_3(*a, **k):\n"
+            "    calls[0] += 1\n"
+            "    if calls[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return real(*a, **k)\n"
+            "mg.rollout = dies_on_call_3\n"
+            f"sys.exit(ev.main({argv + ['--output_dir', str(out)]!r}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    (progress,) = out.glob(".progress-*.jsonl")
+    assert len(progress.read_text().splitlines()) == 2 and not (out / "samples.jsonl").exists()
+    calls = []
+    real = mg.rollout
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mg, "rollout", lambda *a, **k: calls.append(1) or real(*a, **k))
+        assert ev.main(argv + ["--output_dir", str(out)]) == 0
+    assert len(calls) == 1  # only the third call was sampled again
+    assert (out / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
+    assert not list(out.glob(".progress-*"))
+
+
 def test_eval_greedy_is_deterministic(tiny_dir, tmp_path):
     runs = []
     for name in ("a", "b"):
