@@ -198,8 +198,9 @@ def sample_call(model, tokenizer, name, problems, start, per_call, args, device,
 
 def progress_path(name, args):
     """output_dir/.progress-HASH.jsonl, HASH naming the model and every argument that shapes its samples."""
-    keys = ("dataset", "split", "question_field", "answer_field", "digits", "operations", "instruction", "limit",
-            "n", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "dtype", "entropy_report")
+    keys = ("dataset", "split", "question_field", "answer_field", "digits", "operations", "instruction",
+            "limit", "n", "temperature", "top_p", "max_new_tokens", "batch_size", "seed", "dtype",
+            "entropy_report")
     settings = json.dumps([name] + [getattr(args, k) for k in keys])
     digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
     return os.path.join(args.output_dir, f".progress-{digest}.jsonl")
