@@ -686,9 +686,12 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
         z = lm_head(h).float()  # (c, V)
         if temperature != 1.0:
             z = z / temperature
+        # token_logprobs and entropy_from_logits (tests hold them equal), sharing one normalization:
+        # over a vocabulary of 50k-150k the passes over (c, V), not the matmul, decide the cost
+        logp = torch.log_softmax(z, dim=-1)  # (c, V)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = entropy_from_logits(z)
-        return token_logprobs(z, ids), entropy
+            entropy = -(logp.exp() * logp).sum(dim=-1)  # Eq. 4
+        return logp.gather(-1, ids[:, None]).squeeze(-1), entropy
 
     logprobs, entropy = [], []
     for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):

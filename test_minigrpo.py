@@ -609,6 +609,26 @@ def test_logprobs_and_entropy_match_naive_log_softmax(temperature):
         torch.testing.assert_close(mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, 4)[0], logprobs.detach())
 
 
+def test_logprobs_and_entropy_equal_the_pure_units_and_their_entropy_gradient():
+    """The chunked path computes token_logprobs and entropy_from_logits, and with entropy_grad
+    (entropy regularization) the entropy's gradient matches the unit's."""
+    torch.manual_seed(1)
+    B, T, D, V = 2, 5, 6, 40
+    hidden = torch.randn(B, T, D, requires_grad=True)
+    lm_head = torch.nn.Linear(D, V, bias=False)
+    ids = torch.randint(V, (B, T))
+    logprobs, entropy = mg.logprobs_and_entropy(hidden, lm_head, ids, 0.7, chunk_rows=3, entropy_grad=True)
+    z = lm_head(hidden).flatten(0, 1) / 0.7  # (B*T, V)
+    unit_lp, unit_entropy = mg.token_logprobs(z, ids.flatten()), mg.entropy_from_logits(z)
+    torch.testing.assert_close(logprobs.flatten(), unit_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy.flatten(), unit_entropy, atol=1e-5, rtol=1e-5)
+    weights = torch.randn(B, T)
+    grads = torch.autograd.grad((entropy * weights).sum(), [hidden, lm_head.weight])
+    unit_grads = torch.autograd.grad((unit_entropy * weights.flatten()).sum(), [hidden, lm_head.weight])
+    for grad, unit_grad in zip(grads, unit_grads):
+        torch.testing.assert_close(grad, unit_grad, atol=1e-5, rtol=1e-5)
+
+
 def test_entropy_bounds():
     V = 64
     lm_head = torch.nn.Linear(1, V, bias=False)
