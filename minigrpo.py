@@ -27,6 +27,8 @@ Choices, and where they differ from the textbook:
      regularization, a loss term with a gradient, which the paper argues against).
  10. Each prompt is encoded once per group, in sampling and in the update (exact: attention
      is causal); `--no_shared_prefix` encodes every row in full.
+ 11. Several GPUs: under torchrun each process takes a share of the step's groups and the
+     gradients are summed over the processes: the same update as one process on the whole batch.
 
 Run it:
   python minigrpo.py                                  # built-in arithmetic, SmolLM2-135M, CPU
@@ -34,9 +36,11 @@ Run it:
   python minigrpo.py --algorithm ppo --entropy_alpha 0.1          # PPO + entropy advantage
   python minigrpo.py --model Qwen/Qwen2.5-0.5B-Instruct --dtype bfloat16 --dataset gsm8k --max_new_tokens 512
   python eval.py --model smollm2 --model runs/minigrpo/final   # Pass@1 and Pass@K, side by side
+  torchrun --nproc_per_node 4 minigrpo.py --model Qwen/Qwen2.5-1.5B-Instruct --dtype bfloat16  # 4 GPUs
 """
 
 import copy
+import datetime
 import functools
 import hashlib
 import importlib.util
@@ -490,7 +494,8 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         mini_rows = order[start : start + mini]
         mini_rows = micro_batch_order(mini_rows, batch.prompt_index, batch.mask.sum(dim=1),
                                       (advantages.view(n, -1) == 0).all(dim=1))
-        num_tokens = batch.mask[mini_rows].sum().clamp(min=1)  # every micro-batch divides by this
+        # every micro-batch divides by this: the mini-batch's tokens on all ranks (torchrun)
+        num_tokens = sum_over_ranks(batch.mask[mini_rows].sum()).clamp(min=1)
         # every micro-batch's loss, backward or not
         finite = torch.ones((), dtype=torch.bool, device=advantages.device)
         for i in range(0, mini, cfg.micro_batch_size):
@@ -519,17 +524,21 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
             totals["approx_kl"] += stats["approx_kl"] * mask.sum()
             totals["loss"] += loss.detach() * num_tokens
         with record_function("minigrpo.optimizer"):
+            all_reduce_gradients(model.parameters())  # several ranks: their sum is the whole batch's gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if torch.isfinite(grad_norm) and finite:
+            if torch.isfinite(grad_norm) and sum_over_ranks((~finite).int()) == 0:
                 optimizer.step()
                 grad_norms.append(grad_norm.item())
             else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
-    all_tokens = batch.mask.sum().clamp(min=1)
-    metrics = {k: (v / all_tokens).item() for k, v in totals.items()}
-    metrics.update(shaping_metrics(seen["logprobs"], seen["entropy"], advantages, seen["shaped"], batch.mask,
-                                   batch.rewards.to(advantages.device) == 1))
+    # the metrics describe the whole step: with several ranks, every rank's rows
+    rows = rows_of_all_ranks({**seen, "advantages": advantages.view(n, -1).expand(n, C), "mask": batch.mask,
+                              "correct": batch.rewards.to(advantages.device) == 1})
+    all_tokens = rows["mask"].sum().clamp(min=1)
+    metrics = {k: (sum_over_ranks(v) / all_tokens).item() for k, v in totals.items()}
+    metrics.update(shaping_metrics(rows["logprobs"], rows["entropy"], rows["advantages"], rows["shaped"],
+                                   rows["mask"], rows["correct"]))
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["skipped_steps"] = skipped
     return metrics
@@ -555,7 +564,7 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
     mini = n // cfg.updates_per_rollout
     losses = []
     for start in range(0, n, mini):
-        num_tokens = batch.mask[start : start + mini].sum().clamp(min=1)
+        num_tokens = sum_over_ranks(batch.mask[start : start + mini].sum()).clamp(min=1)
         loss = torch.zeros((), device=returns.device)
         for i in range(start, start + mini, cfg.micro_batch_size):
             rows = slice(i, i + cfg.micro_batch_size)
@@ -564,6 +573,8 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
                                     num_tokens)
             micro_loss.backward()
             loss += micro_loss.detach()
+        all_reduce_gradients(critic.parameters())
+        loss = sum_over_ranks(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
         if torch.isfinite(grad_norm) and torch.isfinite(loss):
             optimizer.step()
@@ -602,18 +613,21 @@ def main(argv=None):
     """Check the input, load the model, then one train_step after another: log, evaluate, save."""
     # a log line per step, even into a file
     getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)
+    if rank() != 0:  # torchrun: rank 0 speaks for all
+        sys.stdout = open(os.devnull, "w")
     try:
-        # nothing is loaded before the input is checked
+        # nothing is loaded before the input is checked; with torchrun, this joins the other ranks
         cfg, train_problems, heldout, resume_from = prepare_run(argv)
         if resume_from and os.path.basename(resume_from) == "final":
             print(f"{cfg.output_dir} holds this run, complete: nothing to do")
             return 0
         print("config " + json.dumps(asdict(cfg)))
         random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
         model, tokenizer, ref_model = load_models(cfg, resume_from)
     except UsageError as e:
-        print(f"minigrpo: error: {e}", file=sys.stderr)
+        if rank() == 0:
+            print(f"minigrpo: error: {e}", file=sys.stderr)
         return 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     critic = critic_optimizer = None
@@ -634,8 +648,10 @@ def main(argv=None):
             metrics_file.write(json.dumps({"step": 0, **before}) + "\n")
         failed_in_a_row = 0
         steps = range(start_step + 1, cfg.steps + 1)
-        for step in tqdm(steps, initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr):
+        for step in tqdm(steps, initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr,
+                         disable=rank() != 0):
             problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
+            problems = this_ranks_share(problems)  # torchrun: all ranks together take the step's problems
             batch, update, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic,
                                                 critic_optimizer, ref_model)
             m = {"step": step, **step_metrics(batch, update, cfg), **seconds,
@@ -647,6 +663,7 @@ def main(argv=None):
             if failed_in_a_row == 3:
                 print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; "
                       "stopping (try a lower --lr or --dtype float32)", file=sys.stderr)
+                stop_distributed()
                 return 1
             if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
                 folder = os.path.join(cfg.output_dir, f"step_{step:06d}")
@@ -654,10 +671,12 @@ def main(argv=None):
     final = os.path.join(cfg.output_dir, "final")
     save_checkpoint(model, tokenizer, cfg, final)  # the policy alone: what eval.py loads
     tqdm.write(f"saved {final}")
-    plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
-                         os.path.join(cfg.output_dir, "training_curves.png"))
+    if rank() == 0:
+        plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
+                             os.path.join(cfg.output_dir, "training_curves.png"))
     tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch.texts[0]!r} "
                f"(reward {batch.rewards[0]:.0f})")
+    stop_distributed()
     return 0
 
 
@@ -798,6 +817,121 @@ def micro_batch_order(rows, prompt_index, lengths, without_signal):
 
 
 # -----------------------------------------------------------------------------
+# Several processes: `torchrun --nproc_per_node N minigrpo.py ...`, one process (rank) per GPU
+#
+# Each rank samples and grades its own share of the step's groups and runs its own micro-batches;
+# every loss divides by the step's global token count, so the gradients summed over the ranks are
+# the gradient one process gets on the whole batch. We sum them ourselves, once per optimizer step,
+# instead of wrapping the model in DistributedDataParallel: DDP needs every rank to run the same
+# number of backward passes, while ours skip micro-batches whose advantages are all zero, and DDP
+# syncs only through its own forward, while ours goes through base_model and the output layer.
+# Without torchrun every function here is a no-op.
+
+
+def world_size():
+    """How many processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank():
+    """This process's index: 0 prints, evaluates and writes the files."""
+    return int(os.environ.get("RANK", 0))
+
+
+def start_distributed(device):
+    """Join torchrun's process group: NCCL between GPUs, gloo between CPU processes."""
+    if world_size() > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(hours=1))  # rank 0 may be evaluating
+
+
+def stop_distributed():
+    """Leave the process group together: a rank that tears down gloo while another still talks to it
+    can abort that one."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def this_ranks_share(problems):
+    """This rank's slice of the step's problems; the ranks together take all of them, whole groups each."""
+    share = len(problems) // world_size()
+    return problems[rank() * share : (rank() + 1) * share]
+
+
+def on_main_rank(fn, *args):
+    """fn(*args) run by rank 0 alone (it writes files); its result, or its UsageError, on every rank."""
+    result = error = None
+    if rank() == 0:
+        try:
+            result = fn(*args)
+        except UsageError as e:
+            error = str(e)
+    if world_size() > 1:
+        box = [result, error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        result, error = box
+    if error is not None:
+        raise UsageError(error)
+    return result
+
+
+def sum_over_ranks(x):
+    """A tensor summed over the ranks, on every rank. Like every collective, all ranks must call it."""
+    if world_size() > 1:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+    return x
+
+
+def all_reduce_gradients(parameters):
+    """Sum each gradient over the ranks. A rank whose micro-batches all had A = 0 ran no backward and
+    adds zeros."""
+    if world_size() == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+
+
+def same_weights_on_every_rank(model):
+    """Rank 0's weights on every rank (as DDP does at start): parts a loader initializes at random agree."""
+    if world_size() > 1:
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+
+
+def rows_of_all_ranks(tensors):
+    """{name: (n, ...) tensor} -> the same names, each the concatenation over the ranks in rank order;
+    (n, C) tensors padded with zeros on the right to the widest C. For the metrics of a whole step."""
+    if world_size() == 1:
+        return tensors
+    gathered = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, {k: v.cpu() for k, v in tensors.items()})
+    out = {}
+    for key, value in tensors.items():
+        parts = [g[key] for g in gathered]
+        if value.dim() == 2:
+            parts = [pad_to(x, max(x.shape[1] for x in parts)) for x in parts]
+        out[key] = torch.cat(parts).to(value.device)
+    return out
+
+
+def rng_states():
+    """This process's random states, and with several processes every rank's (a collective)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    if world_size() == 1:
+        return [state]
+    states = [None] * world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+# -----------------------------------------------------------------------------
 # Metrics, logs and plots
 
 
@@ -828,23 +962,24 @@ UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps"
 
 
 def step_metrics(batch, update, cfg):
-    """The metrics of one step, by the names the README's metric table explains."""
-    grouped = batch.rewards.view(-1, cfg.group_size)
+    """The metrics of one step (all ranks' rows), by the names the README's metric table explains."""
+    rows = rows_of_all_ranks({"rewards": batch.rewards, "mask": batch.mask, "truncated": batch.truncated})
+    grouped = rows["rewards"].view(-1, cfg.group_size)
     return {
-        "reward/mean": batch.rewards.mean().item(),
-        "reward/accuracy": (batch.rewards == 1.0).float().mean().item(),
+        "reward/mean": rows["rewards"].mean().item(),
+        "reward/accuracy": (rows["rewards"] == 1.0).float().mean().item(),
         "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.,
         **{f"policy/{k}": update[k] for k in POLICY_METRICS},
         **({"critic/value_loss": update["value_loss"]} if "value_loss" in update else {}),
         **{f"update/{k}": update[k] for k in UPDATE_METRICS},
-        "rollout/response_length": batch.mask.sum(dim=1).float().mean().item(),
-        "rollout/truncated_frac": batch.truncated.float().mean().item(),
+        "rollout/response_length": rows["mask"].sum(dim=1).float().mean().item(),
+        "rollout/truncated_frac": rows["truncated"].float().mean().item(),
     }
 
 
 def evaluate_if_due(model, tokenizer, heldout, cfg, step):
     """{'eval/accuracy': greedy held-out accuracy} at step 0, every eval_every steps and at the end; or {}."""
-    if not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
+    if rank() != 0 or not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
         return {}
     model.eval()
     with autocast(model.device, cfg.dtype):
@@ -1138,8 +1273,10 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def resolve_device(name):
-    """--device as a torch.device: 'auto' is the GPU when torch sees one, else the CPU."""
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """--device as a torch.device: 'auto' is the GPU when torch sees one, else the CPU. Under torchrun
+    'auto' and 'cuda' mean this process's own GPU (LOCAL_RANK)."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if name == "cuda" else name)
 
 
 def autocast(device, dtype):
@@ -1159,6 +1296,7 @@ def load_models(cfg, resume_from=None):
             ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
     except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
         raise UsageError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}")
+    same_weights_on_every_rank(model)
     if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
         print(f"note: no shared prefix: {reason}; every row is encoded in full")
         cfg.shared_prefix = False
@@ -1242,7 +1380,11 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
                     critic_optimizer=None):
     """save_pretrained of model and tokenizer, the run's config and, to resume, the optimizer,
     the RNG states, the step and (PPO) the critic with its optimizer. Written under a temporary
-    name, then renamed: a kill during a save never leaves a folder that looks complete but is not."""
+    name, then renamed: a kill during a save never leaves a folder that looks complete but is not.
+    With torchrun every rank calls it (each rank's random state is saved) and rank 0 writes."""
+    rng = rng_states() if optimizer is not None else None
+    if rank() != 0:
+        return
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -1250,8 +1392,6 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
     with open(os.path.join(tmp, "minigrpo_config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
     if optimizer is not None:
-        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         critic_state = (critic.state_dict(), critic_optimizer.state_dict()) if critic is not None else None
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "critic": critic_state},
                    os.path.join(tmp, TRAINING_STATE))
@@ -1280,10 +1420,11 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     if critic is not None:
         critic.load_state_dict(state["critic"][0])
         critic_optimizer.load_state_dict(state["critic"][1])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    rng = state["rng"][rank()] if isinstance(state["rng"], list) else state["rng"]  # a list: one per rank
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return state["step"]
 
 
@@ -1299,6 +1440,8 @@ def prepare_output_dir(cfg):
     """
     path = os.path.join(cfg.output_dir, "run_config.json")
     this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
+    if world_size() > 1:  # resuming needs the same ranks: each keeps its own random state
+        this_run["world_size"] = world_size()
     saved = json.load(open(path)) if os.path.isfile(path) else None
     has_metrics = os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl"))
     other_run = saved != this_run and (saved is not None or has_metrics)
@@ -1325,7 +1468,10 @@ def prepare_output_dir(cfg):
 
 
 def open_metrics(output_dir, resumed_step):
-    """metrics.jsonl, truncated to the steps up to resumed_step (a fresh file for a fresh run)."""
+    """metrics.jsonl, truncated to the steps up to resumed_step (a fresh file for a fresh run).
+    Ranks other than 0 (torchrun) write to nowhere."""
+    if rank() != 0:
+        return open(os.devnull, "w")
     path = os.path.join(output_dir, "metrics.jsonl")
     kept = []
     if resumed_step is not None and os.path.isfile(path):
@@ -1351,7 +1497,8 @@ class UsageError(Exception):
 
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
-    batch = cfg.prompts_per_step * cfg.group_size
+    ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
+    batch = cfg.prompts_per_step // ranks * cfg.group_size
     mini = batch // max(cfg.updates_per_rollout, 1)
     check([
         (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
@@ -1362,6 +1509,9 @@ def check_config(cfg):
         (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
         (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
         (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
+        (cfg.prompts_per_step % ranks != 0,
+         f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the {ranks} processes: a group "
+         "never spans two"),
         (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
         (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
         (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
@@ -1381,7 +1531,7 @@ def check_config(cfg):
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
         (batch % cfg.updates_per_rollout != 0,
          f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size "
-         f"({batch})"),
+         + (f"/ {ranks} processes " if ranks > 1 else "") + f"({batch})"),
         (mini % cfg.micro_batch_size != 0,
          f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {mini} sequences"),
         (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
@@ -1421,7 +1571,8 @@ def prepare_run(argv=None):
     checkpoint to resume from (None: a fresh run)."""
     cfg = parse_config(argv)
     train_problems, heldout = task_problems(cfg)
-    return cfg, train_problems, heldout, prepare_output_dir(cfg)
+    start_distributed(resolve_device(cfg.device))
+    return cfg, train_problems, heldout, on_main_rank(prepare_output_dir, cfg)
 
 
 def parse_config(argv=None):

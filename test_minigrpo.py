@@ -1575,6 +1575,97 @@ def test_trust_remote_code_is_off_unless_asked(tiny_dir, monkeypatch):
 
 
 # -----------------------------------------------------------------------------
+# several processes: torchrun with gloo on the CPU
+
+
+def torchrun(script_args, nproc=2, timeout=300):
+    """torchrun --standalone --nproc_per_node nproc ...; the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), *script_args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+SPLIT_UPDATE = """
+import sys, torch
+import minigrpo as mg
+from test_minigrpo import make_rollout
+torch.manual_seed(0)
+mg.start_distributed(torch.device("cpu"))
+model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
+batch = make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?", "Say 7."], 4, C=9)
+batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
+if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
+    rows = mg.this_ranks_share(torch.arange(16).view(4, 4)).flatten()
+    for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
+        setattr(batch, name, getattr(batch, name)[rows])
+cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=1e9, shared_prefix={shared})
+optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself (AdamW would hide its scale)
+model.train()
+metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
+if mg.rank() == 0:
+    torch.save({{"weights": model.state_dict(), "metrics": metrics}}, sys.argv[1])
+mg.stop_distributed()
+"""
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_path, shared):
+    """Rank 0 takes groups 0-1, rank 1 groups 2-3 whose advantages are all zero (it runs no backward):
+    the summed gradients and the global token count give the one-process update and metrics."""
+    script = tmp_path / "split_update.py"
+    script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir, shared=shared))
+    result = torchrun([str(script), str(tmp_path / "two.pt")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": HERE})
+    assert one.returncode == 0, one.stderr[-3000:]
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    before = mg.load_model(tiny_dir, "cpu")[0].state_dict()
+    assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
+    for key, weight in one["weights"].items():
+        torch.testing.assert_close(two["weights"][key], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path, uninterrupted):
+    """Two gloo processes: the same metrics layout as one process, a loadable final checkpoint, and a run
+    killed inside step 3 resumes (same world size) to the uninterrupted two-process metrics."""
+    argv = tiny_run_args(tiny_dir, tmp_path / "two", sevens, steps=3)
+    result = torchrun([os.path.join(HERE, "minigrpo.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = read_metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == [0, 1, 2, 3]
+    layout = lambda m: sorted(k for k in m if k != "eval/accuracy")  # noqa: E731
+    assert [layout(m) for m in two] == [layout(m) for m in uninterrupted[:4]]  # one line per step, same keys
+    assert ["eval/accuracy" in m for m in two] == [True, False, True, True]  # eval_every 2 and at the end
+    assert result.stdout.count("step   3/3") == 1  # rank 0 alone prints
+    assert json.loads((tmp_path / "two" / "run_config.json").read_text())["world_size"] == 2
+    model, _ = mg.load_model(str(tmp_path / "two" / "final"), "cpu")
+    assert any(m.get("update/grad_norm", 0) > 0 for m in two)  # weights moved: resuming matters
+
+    killed = tmp_path / "killed"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(here=HERE, owner="mg", name="update_policy", when=3,
+                                    argv=tiny_run_args(tiny_dir, killed, sevens, steps=3)))
+    assert torchrun([str(script)]).returncode != 0  # rank 0 died inside step 3
+    assert not (killed / "final").exists() and (killed / "step_000002" / "training_state.pt").exists()
+    result = torchrun([os.path.join(HERE, "minigrpo.py"), *tiny_run_args(tiny_dir, killed, sevens, steps=3)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_metrics(killed) == two  # each rank's random state, the weights and the optimizer restored
+
+
+def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(mg.UsageError, match=r"prompts_per_step \(4\) must be a multiple of the 3 processes"):
+        mg.parse_config(["--prompts_per_step", "4"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(mg.UsageError, match="micro_batch_size"):  # 2 groups of 8 per process
+        mg.parse_config(["--prompts_per_step", "4", "--micro_batch_size", "32"])
+    assert mg.parse_config(["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
+
+
+# -----------------------------------------------------------------------------
 # the grader under hypothesis: arbitrary text never raises and never hangs
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

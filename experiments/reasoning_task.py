@@ -13,9 +13,11 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
           with the highest base Pass@1 is tried first, and it is kept when plain GRPO (seed 0) raises
           its training accuracy by at least 0.10 (mean of the last 5 steps minus the first 5);
           otherwise the next qualifying task is tried. Writes regime.md.
-  train   On the chosen task: GRPO and GRPO + entropy advantage (alpha 0.4, kappa 2), SEEDS seeds
-          each (the core comparison); GRPO + entropy regularization, PPO and PPO + entropy advantage
-          (alpha 0.1), ILLUSTRATION_SEEDS seeds each (illustrations).
+  train   On the chosen task: GRPO and GRPO + entropy advantage (alpha 0.4, kappa 2), 5 seeds each
+          (the core comparison); GRPO + entropy regularization, PPO and PPO + entropy advantage
+          (alpha 0.1), 2 seeds each (illustrations). Entropy regularization's coefficient comes
+          from a sweep on seed 0 (ENTROPY_COEFS; the highest training accuracy over the last 5
+          steps; sweep.md), run before its first seed.
   eval    eval.py (n = 32, the regime's problems and settings) on every finished run.
   report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
           minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
@@ -54,11 +56,14 @@ PROBLEMS, N = 48, 32
 METHODS = {  # name: (label, minigrpo flags, seeds)
     "grpo": ("GRPO", ["--entropy_alpha", "0"], 5),
     "entropy_adv": ("GRPO + entropy advantage", ["--entropy_alpha", "0.4", "--entropy_kappa", "2"], 5),
-    "entropy_reg": ("GRPO + entropy regularization (illustration)", ["--entropy_alpha", "0", "--entropy_coef", "0.01"], 2),
+    "entropy_reg": ("GRPO + entropy regularization (illustration)", ["--entropy_alpha", "0"], 2),  # + the sweep's coef
     "ppo": ("PPO (illustration)", ["--algorithm", "ppo", "--entropy_alpha", "0"], 2),
     "ppo_entropy_adv": ("PPO + entropy advantage (illustration)",
                         ["--algorithm", "ppo", "--entropy_alpha", "0.1", "--entropy_kappa", "2"], 2),
 }
+# entropy regularization's coefficient: a sweep on seed 0, the highest training accuracy over the last 5
+# steps wins (the reward it is trained on; the evaluation never chooses)
+ENTROPY_COEFS = ["0.001", "0.003", "0.01"]
 TRAIN_SETTINGS = ["--steps", "20", "--eval_every", "10", "--eval_problems", "32", "--save_every", "5"]
 CURVES = [("reward/accuracy", "training accuracy"), ("rollout/response_length", "response length (tokens)"),
           ("policy/entropy", "entropy (nats)"), ("policy/psi_over_abs_adv", "psi / |A|"),
@@ -79,17 +84,47 @@ def summary(out):
         return next(iter(json.load(f).values()))
 
 
-def train(name, seed, task_flags, runs_dir):
-    """One minigrpo run; its metrics copied to RESULTS/metrics. Returns the metrics rows."""
+def run_dir(runs_dir, name, seed, coef=None):
+    return os.path.join(runs_dir, f"{name}_seed{seed}" if coef is None else f"{name}_coef{coef}_seed{seed}")
+
+
+def train(name, seed, task_flags, runs_dir, coef=None):
+    """One minigrpo run (entropy_reg: with --entropy_coef coef); its metrics copied to RESULTS/metrics.
+    Returns the metrics rows."""
     label, flags, _ = METHODS[name]
-    out = os.path.join(runs_dir, f"{name}_seed{seed}")
+    flags = flags + (["--entropy_coef", coef] if coef is not None else [])
+    out = run_dir(runs_dir, name, seed, coef)
     if not os.path.isdir(os.path.join(out, "final")):
         os.makedirs(out, exist_ok=True)
         run([sys.executable, "minigrpo.py", *task_flags, *TASK_SETTINGS, *TRAIN_SETTINGS, *flags, "--seed", str(seed),
              "--output_dir", out], os.path.join(out, "train.log"))
     os.makedirs(os.path.join(RESULTS, "metrics"), exist_ok=True)
-    shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl"))
-    return read_metrics(name, seed)
+    tag = os.path.basename(out).rsplit("_seed", 1)[0]
+    shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{tag}_seed{seed}.jsonl"))
+    if coef is not None:  # also under the method's own name, for the report
+        shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl"))
+    return read_metrics(tag, seed)
+
+
+def entropy_coef_sweep(task, runs_dir):
+    """entropy_reg on seed 0 with each of ENTROPY_COEFS; writes sweep.md, returns the chosen coefficient."""
+    lines = ["GRPO + entropy regularization, seed 0, training metrics (mean of the last 5 steps). Chosen: the",
+             "highest training accuracy (ties: the smaller coefficient).", "",
+             "| entropy_coef | training accuracy | entropy | response length |", "|---|---|---|---|"]
+    last5 = {}
+    for coef in ENTROPY_COEFS:
+        rows = train("entropy_reg", 0, CANDIDATES[task], runs_dir, coef)[-5:]
+        last5[coef] = {k: mean(r[k] for r in rows) for k in ("reward/accuracy", "policy/entropy",
+                                                              "rollout/response_length")}
+        m = last5[coef]
+        lines.append(f"| {coef} | {m['reward/accuracy']:.3f} | {m['policy/entropy']:.3f} | "
+                     f"{m['rollout/response_length']:.1f} |")
+    chosen = max(ENTROPY_COEFS, key=lambda c: (last5[c]["reward/accuracy"], -float(c)))
+    train("entropy_reg", 0, CANDIDATES[task], runs_dir, chosen)  # its metrics under the method's name
+    lines += ["", f"Chosen: {chosen}"]
+    with open(os.path.join(RESULTS, "sweep.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return chosen
 
 
 def read_metrics(name, seed):
@@ -131,6 +166,12 @@ def choose_task(runs_dir):
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return chosen
+
+
+def chosen_coef():
+    """The sweep's choice from sweep.md (None when the sweep has not run)."""
+    path = os.path.join(RESULTS, "sweep.md")
+    return open(path).read().rsplit("Chosen: ", 1)[1].strip() if os.path.isfile(path) else None
 
 
 def report(task):
@@ -209,9 +250,14 @@ def main():
     illustrations = [(name, s) for s in range(2) for name in ("entropy_reg", "ppo", "ppo_entropy_adv")]
     if args.stage in ("all", "train", "eval"):
         for name, seed in core + illustrations:  # seed by seed: a partial result already pairs the core methods
+            coef = None
+            if name == "entropy_reg":  # the sweep runs once, before the first entropy_reg run
+                coef = chosen_coef() or (entropy_coef_sweep(task, runs_dir) if args.stage != "eval" else None)
+                if coef is None:
+                    continue
             if args.stage != "eval":
-                train(name, seed, CANDIDATES[task], runs_dir)
-            final = os.path.join(runs_dir, f"{name}_seed{seed}", "final")
+                train(name, seed, CANDIDATES[task], runs_dir, coef)
+            final = os.path.join(run_dir(runs_dir, name, seed, coef), "final")
             if args.stage != "train" and os.path.isdir(final):
                 evaluate(final, CANDIDATES[task], os.path.join(RESULTS, "eval", f"{name}_seed{seed}"))
     report(task)
