@@ -697,6 +697,7 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
     The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
     and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
     chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
+    With a single chunk, its logits are kept for backward instead: the same peak, one matmul less.
     The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
     it is detached (Eq. 5).
     """
@@ -706,15 +707,16 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
         if temperature != 1.0:
             z = z / temperature
         # token_logprobs and entropy_from_logits (tests hold them equal), sharing one normalization:
-        # over a vocabulary of 50k-150k the passes over (c, V), not the matmul, decide the cost
+        # over a 50k-150k vocabulary each pass over the (c, V) logits costs a good part of the matmul
         logp = torch.log_softmax(z, dim=-1)  # (c, V)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp.exp() * logp).sum(dim=-1)  # Eq. 4
         return logp.gather(-1, ids[:, None]).squeeze(-1), entropy
 
     logprobs, entropy = [], []
+    recompute = torch.is_grad_enabled() and token_ids.numel() > chunk_rows
     for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
-        if torch.is_grad_enabled():
+        if recompute:
             lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
         else:
             lp, ent = chunk(h, ids)

@@ -585,15 +585,16 @@ def test_rollout_grades_and_counts_truncation(tiny):
 # log-probs and entropy
 
 
+@pytest.mark.parametrize("chunk_rows", [4, 64])  # several chunks, recomputed in backward; one chunk, kept
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_logprobs_and_entropy_match_naive_log_softmax(temperature):
+def test_logprobs_and_entropy_match_naive_log_softmax(temperature, chunk_rows):
     torch.manual_seed(0)
     B, T, D, V = 3, 7, 8, 50
     hidden = torch.randn(B, T, D).requires_grad_()
     lm_head = torch.nn.Linear(D, V, bias=False)
     lm_head.weight.data *= 3
     ids = torch.randint(V, (B, T))
-    logprobs, entropy = mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, chunk_rows=4)  # chunks do not divide B*T
+    logprobs, entropy = mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, chunk_rows)  # 4 does not divide B*T
     naive_logp = torch.log_softmax(lm_head(hidden).double() / temperature, -1)  # (B, T, V), all at once
     naive_lp = naive_logp.gather(-1, ids[..., None]).squeeze(-1)
     naive_entropy = -(naive_logp.exp() * naive_logp).sum(-1)  # Eq. 4
