@@ -15,9 +15,9 @@ Choices, and where they differ from the textbook:
      tokens of a mini-batch, not per response first.
   4. Clip-higher (DAPO): the ratio is clipped to [1 - clip_low, 1 + clip_high].
   5. No KL penalty and no reference model by default (kl_coef = 0), as in the paper.
-  6. Rollouts are sampled from the policy itself: temperature T, no top-k/top-p, no
-     penalties, whatever the model's generation_config says; the loss divides the
-     logits by the same T.
+  6. Rollouts are sampled from the policy itself, by our own loop: temperature T, no
+     top-k/top-p, no penalties, whatever the model's generation_config says; the loss
+     divides the logits by the same T.
   7. Weights and optimizer states stay float32; `--dtype bfloat16` runs the forward
      passes under autocast.
   8. The reward is 1 for a correct final answer, else 0 (the paper: +1/-1; the same
@@ -144,36 +144,62 @@ def format_prompt(tokenizer, question, instruction):
     return f"Question: {content}\nAnswer:"
 
 
+def sample_token(logits, temperature, top_p=1.0):
+    """One token per row from softmax(logits / T), nothing else; T = 0: the argmax. (N, V) -> (N,).
+
+    top_p < 1 (evaluation only) first drops the least likely tokens while their total
+    probability stays <= 1 - top_p, the rule transformers uses. The draw inverts the cumulative
+    distribution with one uniform number per row; torch.multinomial draws one per vocabulary entry.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
+    if top_p < 1.0:
+        ascending, order = probs.sort(dim=-1)
+        drop = ascending.cumsum(dim=-1) <= 1 - top_p  # (N, V), in ascending order
+        drop[:, -1] = False  # the most likely token always stays
+        probs = probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
+    cdf = probs.double().cumsum(dim=-1)  # (N, V); float64 so that tiny probabilities keep their share
+    u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # (N, 1) in [0, total)
+    # the first token whose cumulative probability exceeds u: never one of probability 0
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
                        shared_prefix=True):
-    """Sample group_size completions per prompt; the rows of a group are contiguous.
+    """Sample group_size completions per prompt, one token at a time; the rows of a group are contiguous.
 
-    Every sampling knob is passed explicitly (no top-k, no penalties, top_p 1.0 for
-    training), so the completions come from softmax(logits / T), the distribution the loss
-    differentiates. temperature 0 means greedy decoding (evaluation only). With shared_prefix,
-    each prompt (all but its last token) is encoded once and its cache repeated for its group.
+    Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever
+    the checkpoint's generation_config says, so the completions come from the distribution the
+    loss differentiates. A row that has sampled EOS gets padding from then on; the loop stops when
+    every row has, or after max_new_tokens. With shared_prefix, each prompt (all but its last
+    token) is encoded once and its keys and values repeated for its group.
     """
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (B*G, P), left-padded
-    prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (B*G, P)
-    if temperature == 0:
-        knobs = dict(do_sample=False)
-    else:
-        knobs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p, min_p=None)
-    # generate feeds the last prompt token itself
+    prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (N, P), left-padded
+    prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (N, P)
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (N, P): left padding does not count
+    cache, first = None, 0  # first: the first prompt column the first forward reads
     if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:
         row_to_prompt = torch.arange(len(prompts), device=model.device).repeat_interleave(group_size)
         prefix_ids, prefix_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]  # (B, P-1) each
         _, cache = shared_prompt_cache(model.base_model, prefix_ids, prefix_mask, row_to_prompt)
-        knobs[cache_argument(model)] = cache
-    output = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, use_cache=True,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0, pad_token_id=tokenizer.pad_token_id,
-        **knobs,
-    )
-    completion_ids = output[:, prompt_ids.shape[1] :]  # (B*G, C), C <= max_new_tokens
-    return prompt_ids, prompt_mask, completion_ids
+        first = prompt_ids.shape[1] - 1
+    input_ids, position_ids, attention_mask = prompt_ids[:, first:], position_ids[:, first:], prompt_mask
+    eos = model.generation_config.eos_token_id
+    done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=model.device)  # (N,) has sampled EOS
+    tokens = []
+    for _ in range(max_new_tokens):
+        logits, cache = next_token_logits(model, input_ids, attention_mask, position_ids, cache)  # (N, V)
+        token = sample_token(logits, temperature, top_p).masked_fill(done, tokenizer.pad_token_id)  # (N,)
+        tokens.append(token)
+        done |= is_eos_token(token, eos)
+        if done.all():
+            break
+        input_ids, position_ids = token[:, None], position_ids[:, -1:] + 1  # (N, 1) each
+        attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)  # (N, P + t)
+    return prompt_ids, prompt_mask, torch.stack(tokens, dim=1)  # completions: (N, C), C <= max_new_tokens
 
 
 def is_eos_token(token_ids, eos_token_id):
@@ -756,8 +782,7 @@ def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
     position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P), as completion_hidden counts them
     out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
                       use_cache=True)
-    # its name before transformers 5.2x
-    cache = out["cache"] if "cache" in out else out.get("past_key_values")
+    cache = returned_cache(out)
     layers = getattr(cache, "layers", [])
     if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in layers):
         raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a "
@@ -767,9 +792,31 @@ def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
     return out.last_hidden_state, cache
 
 
+def next_token_logits(model, input_ids, attention_mask, position_ids, cache):
+    """One forward that extends the key/value cache (None: a new one) by input_ids (N, t); returns the
+    float32 logits of the next token, (N, V), and the cache."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                **{cache_argument(model): cache}, **logits_of_last_position_only(model))
+    return out.logits[:, -1].float(), returned_cache(out)
+
+
+def returned_cache(out):
+    return out["cache"] if "cache" in out else out.get("past_key_values")  # its name before transformers 5.2x
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_class):
+    return set(inspect.signature(model_class.forward).parameters)
+
+
+def logits_of_last_position_only(model):
+    """The forward argument that skips the output layer at all positions but the last (if the model has it)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(type(model)) else {}
+
+
 def cache_argument(model):
     """The name of a model's cache argument: `cache` in recent transformers, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
 
 
 class SharedPrefixUnsupported(Exception):
@@ -1358,8 +1405,8 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
-    # Drop the checkpoint's sampling defaults (top_k, top_p, penalties) so nothing alters
-    # the policy's distribution behind our back; sample_completions passes every knob explicitly.
+    # Drop the checkpoint's sampling defaults (top_k, top_p, penalties): sample_completions never reads
+    # them, but a user's own model.generate on a minigrpo checkpoint should not inherit them either.
     model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=eos,
                                                pad_token_id=tokenizer.pad_token_id)
     for module in model.modules():  # dropout would make the training log-probs differ from sampling

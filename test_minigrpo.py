@@ -537,34 +537,78 @@ def test_arithmetic_answers_are_right():
 
 
 def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny, monkeypatch):
-    """The checkpoint's top_k/top_p/penalties are ignored, and the training
-    forward pass (left padding, position ids) gives the log-probs the sampler used."""
+    """The sampler draws from softmax(logits / T) of the sequence so far (the checkpoint's top_k,
+    top_p and penalties play no part), and the training forward pass (left padding, position ids)
+    gives the log-probs of the logits the sampler saw, for the tokens it drew."""
     model, tokenizer = tiny
     gc = model.generation_config  # the checkpoint's top_k=3, top_p=0.5, repetition_penalty=1.5 are gone
     assert gc.top_k != 3 and gc.top_p in (None, 1.0) and gc.repetition_penalty in (None, 1.0)
-    captured = {}
-    real_generate = model.generate
+    seen = []
+    real = mg.sample_token
 
-    def spy(**kwargs):
-        out = real_generate(**kwargs, output_scores=True, output_logits=True, return_dict_in_generate=True)
-        captured["out"] = out
-        return out.sequences
+    def spy(logits, temperature, top_p=1.0):
+        seen.append((logits.clone(), temperature, top_p))
+        return real(logits, temperature, top_p)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(mg, "sample_token", spy)
     temperature = 0.7
     prompts = [mg.format_prompt(tokenizer, q, "Box it.") for q in ["What is 3 + 4?", "What is 12 * 11 + 1?"]]
     torch.manual_seed(0)
     prompt_ids, prompt_mask, completion_ids = mg.sample_completions(model, tokenizer, prompts, 3, 12, temperature)
     assert prompt_ids.shape[0] == 6 and (prompt_mask[:3] == 0).any()  # the shorter prompt is left-padded
-    out = captured["out"]
-    scores = torch.stack(out.scores, dim=1)  # (B*G, C, V) what the sampler drew from
-    logits = torch.stack(out.logits, dim=1)
-    torch.testing.assert_close(scores, logits / temperature)  # nothing but the temperature
+    assert all(t == temperature and p == 1.0 for _, t, p in seen) and len(seen) == completion_ids.shape[1]
+    logits = torch.stack([z for z, _, _ in seen], dim=1)  # (B*G, C, V) what the sampler drew from
+    with torch.no_grad():  # the same logits as one plain forward over prompt + completion, row by row
+        full = model(input_ids=torch.cat([prompt_ids, completion_ids], 1),
+                     attention_mask=torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1),
+                     position_ids=(torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1).cumsum(1) - 1).clamp(min=0)
+                     ).logits[:, prompt_ids.shape[1] - 1 : -1]
     mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
-    sampler_logprobs = torch.log_softmax(scores, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    torch.testing.assert_close(logits * mask[..., None], full * mask[..., None], atol=1e-4, rtol=1e-4)
+    sampler_logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
     with torch.no_grad():
         train_logprobs, _ = mg.policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature)
     torch.testing.assert_close(train_logprobs * mask, sampler_logprobs * mask, atol=1e-4, rtol=1e-4)
+    assert torch.all(completion_ids[mask == 0] == tokenizer.pad_token_id)  # padding after EOS
+
+
+def nucleus_oracle(logits, top_p):
+    """transformers' own top-p warper: the tokens it keeps, (N, V) bool."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    return torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.6, 1.0), (0.6, 0.95), (1.3, 0.5)])
+def test_sample_token_draws_from_softmax_over_the_nucleus(temperature, top_p):
+    """Frequencies of 200,000 draws against the exact probabilities: softmax(logits / T), restricted to
+    the tokens transformers' TopPLogitsWarper keeps and renormalized."""
+    torch.manual_seed(0)
+    V, draws = 12, 200_000
+    logits = torch.randn(1, V) * 2
+    logits[0, 3] = -float("inf")  # a token that must never come
+    scaled = logits / temperature
+    keep = nucleus_oracle(scaled, top_p)
+    probs = torch.softmax(scaled.masked_fill(~keep, -float("inf")), -1)[0].double()  # (V,)
+    tokens = mg.sample_token(logits.expand(draws, V), temperature, top_p)
+    freq = torch.bincount(tokens, minlength=V).double() / draws
+    assert freq[~keep[0]].sum() == 0 and freq[3] == 0
+    sigma = (probs * (1 - probs) / draws).sqrt()
+    assert torch.all((freq - probs).abs() <= 5 * sigma + 1e-9), (freq, probs)
+
+
+def test_sample_token_keeps_rare_tokens_and_greedy_is_argmax():
+    """49,999 tokens of probability 4e-6 each keep their share together, and temperature 0 is the argmax."""
+    torch.manual_seed(0)
+    V, draws = 50_000, 4_000
+    logits = torch.zeros(draws, V)
+    logits[:, 0] = math.log(V * 4)  # token 0 about 80% likely, 49,999 others share the rest
+    tokens = mg.sample_token(logits, 1.0)
+    rare = (tokens != 0).double().mean().item()
+    assert rare == pytest.approx((V - 1) / (V - 1 + V * 4), abs=0.03)
+    assert len(set(tokens[tokens != 0].tolist())) > 500  # spread over many of them
+    z = torch.randn(5, 7)
+    assert torch.equal(mg.sample_token(z, 0), z.argmax(-1))
 
 
 def test_rollout_grades_and_counts_truncation(tiny):

@@ -4,7 +4,7 @@
   python bench/step_time.py                      # the default model, the default CPU recipe's sizes
 
 The same model, prompts, group size, max_new_tokens, micro-batches, one update per rollout, no KL,
-float32 and thread count for both. The floor is what any trainer must do: a bare `generate` of the
+float32 and thread count for both. The floor is what any trainer must do: a bare `model.generate` of the
 same batch plus one forward and backward over the same tokens, each row encoded in full.
 Equal work by construction (the default; --no_equal_work turns it off): every trainer's sampler
 has EOS suppressed, so every completion is exactly max_new_tokens long, and every reward is a coin
@@ -42,6 +42,20 @@ def eos_ids(model):
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+def suppress_eos_in_minigrpo(eos):
+    """minigrpo's own sampler never draws EOS (generate gets suppress_tokens instead)."""
+    if getattr(mg.sample_token, "suppresses", None) == eos:
+        return
+    real = getattr(mg.sample_token, "real", mg.sample_token)
+
+    def sample_token(logits, temperature, top_p=1.0):
+        logits[:, eos] = -float("inf")  # in place: the last position's logits serve nothing else
+        return real(logits, temperature, top_p)
+
+    sample_token.real, sample_token.suppresses = real, eos
+    mg.sample_token = sample_token
+
+
 def random_rewards(n):
     """Coin flips: a random-init model earns no reward, and minigrpo would skip every backward."""
     return torch.randint(0, 2, (n,)).float()
@@ -77,9 +91,14 @@ def time_floor(model, tokenizer, cfg, problem_batches):
         prompts = [mg.format_prompt(tokenizer, p["question"], cfg.instruction) for p in problems]
         start = time.perf_counter()
         model.eval()
-        with mg.autocast(model.device, cfg.dtype):
-            prompt_ids, prompt_mask, completion_ids = mg.sample_completions(
-                model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, shared_prefix=False)
+        with mg.autocast(model.device, cfg.dtype), torch.no_grad():
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            prompt_ids = batch.input_ids.repeat_interleave(cfg.group_size, dim=0)
+            prompt_mask = batch.attention_mask.repeat_interleave(cfg.group_size, dim=0)
+            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=cfg.max_new_tokens,
+                                    do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
+                                    pad_token_id=tokenizer.pad_token_id)
+            completion_ids = output[:, prompt_ids.shape[1]:]
         model.train()
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
@@ -165,6 +184,7 @@ def main():
         model, tokenizer = mg.load_model(args.model, mg.resolve_device("auto"))  # a fresh copy for each trainer
         if args.equal_work:  # generate reads it from the model's config; TRL gets it in generation_kwargs
             model.generation_config.suppress_tokens = eos_ids(model)
+            suppress_eos_in_minigrpo(eos_ids(model))
         saturated = []
         if name in ("minigrpo", "minigrpo_unshared"):  # the second encodes every row in full (--no_shared_prefix)
             cfg.shared_prefix = name == "minigrpo" and not args.no_shared_prefix
