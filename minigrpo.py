@@ -810,7 +810,7 @@ def _forward_parameters(model_class):
 
 
 def logits_of_last_position_only(model):
-    """The forward argument that skips the output layer at all positions but the last (if the model has it)."""
+    """The forward argument that skips the output layer at all positions but the last, if there is one."""
     return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(type(model)) else {}
 
 
