@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrpo as mg  # noqa: E402
 
-RANGES = {"minigrpo.sample": "sample (generate)", "minigrpo.grade": "decode + grade",
+RANGES = {"minigrpo.sample": "sample", "minigrpo.grade": "decode + grade",
           "minigrpo.forward": "update: forward passes", "minigrpo.backward": "update: backward passes",
           "minigrpo.optimizer": "update: clip + AdamW step"}
 
