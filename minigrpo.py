@@ -302,10 +302,12 @@ def gae_advantages(rewards, values, mask, gamma, lam):
 
 
 def whiten(advantages, mask, eps=1e-8):
-    """PPO's batch normalization: mean 0 and std 1 over the real tokens of the batch, 0 on padding. (B, T)."""
+    """PPO's batch normalization: mean 0 and std 1 over the real tokens of the batch, 0 on padding. (B, T).
+    With torchrun, the batch is every rank's rows."""
     mask = mask.float()
-    mean = (advantages * mask).sum() / mask.sum()
-    variance = ((advantages - mean) ** 2 * mask).sum() / mask.sum()
+    count = sum_over_ranks(mask.sum())
+    mean = sum_over_ranks((advantages * mask).sum()) / count
+    variance = sum_over_ranks(((advantages - mean) ** 2 * mask).sum()) / count
     return (advantages - mean) * torch.rsqrt(variance + eps) * mask
 
 

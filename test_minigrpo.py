@@ -1647,8 +1647,12 @@ cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_n
 optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself (AdamW would hide its scale)
 model.train()
 metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
+token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, whitened over all ranks
+if mg.world_size() > 1:
+    token_advantages = token_advantages[rows]
+white = mg.whiten(token_advantages, batch.mask)
 if mg.rank() == 0:
-    torch.save({{"weights": model.state_dict(), "metrics": metrics}}, sys.argv[1])
+    torch.save({{"weights": model.state_dict(), "metrics": metrics, "white": white}}, sys.argv[1])
 mg.stop_distributed()
 """
 
@@ -1656,7 +1660,8 @@ mg.stop_distributed()
 @pytest.mark.parametrize("shared", [True, False])
 def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_path, shared):
     """Rank 0 takes groups 0-1, rank 1 groups 2-3 whose advantages are all zero (it runs no backward):
-    the summed gradients and the global token count give the one-process update and metrics."""
+    the summed gradients and the global token count give the one-process update and metrics, and
+    PPO's whitening uses the statistics of all ranks' tokens."""
     script = tmp_path / "split_update.py"
     script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir, shared=shared))
     result = torchrun([str(script), str(tmp_path / "two.pt")])
@@ -1671,6 +1676,7 @@ def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_pat
         torch.testing.assert_close(two["weights"][key], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
 
 
 def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path, uninterrupted):
