@@ -8,11 +8,13 @@ Stages, each skipping work already on disk, so a killed run continues where it s
 resumes a run whose output_dir holds the same config; eval.py writes its files only at the end):
 
   regime  The base model on each candidate task (eval.py, n = 32, 48 held-out problems, the
-          reasoning instruction, 128 new tokens). RULE, fixed before any method is compared: a task
-          qualifies when the base Pass@1 >= 0.05 and Pass@32 <= 0.85; among qualifying tasks the one
-          with the highest base Pass@1 is tried first, and it is kept when plain GRPO (seed 0) raises
-          its training accuracy by at least 0.10 (mean of the last 5 steps minus the first 5);
-          otherwise the next qualifying task is tried. Writes regime.md.
+          reasoning instruction; round 1 with 128 new tokens). RULE, fixed before any method is
+          compared: a task qualifies when the base Pass@1 >= 0.05 and Pass@32 <= 0.85; among
+          qualifying tasks the one with the highest base Pass@1 is tried first, and it is kept when
+          plain GRPO (seed 0) raises its training accuracy by at least 0.10 (mean of the last 5
+          steps minus the first 5); otherwise the next qualifying task is tried. When no task of
+          round 1 is kept, round 2 (the two-digit tasks with 192 new tokens) goes through the same
+          rule. Writes regime.md.
   train   On the chosen task: GRPO and GRPO + entropy advantage (alpha 0.4, kappa 2), 5 seeds each
           (the core comparison); GRPO + entropy regularization, PPO and PPO + entropy advantage
           (alpha 0.1), 2 seeds each (illustrations). Entropy regularization's coefficient comes
@@ -46,12 +48,19 @@ from eval import pass_at_k  # noqa: E402
 
 RESULTS = os.path.join(HERE, "reasoning_task")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-TASK_SETTINGS = ["--instruction", INSTRUCTION, "--max_new_tokens", "128"]
-CANDIDATES = {  # name: arithmetic flags, in the order they are tried
-    "add_sub_2digit": ["--digits", "2", "--operations", "+-"],
-    "add_2digit": ["--digits", "2", "--operations", "+"],
-    "mixed_2digit": ["--digits", "2", "--operations", "+-*"],
+TASK_SETTINGS = ["--instruction", INSTRUCTION]
+CANDIDATES = {  # name: (round, task flags); a round's tasks are measured only when no earlier task was kept
+    "add_sub_2digit": (1, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "128"]),
+    "add_2digit": (1, ["--digits", "2", "--operations", "+", "--max_new_tokens", "128"]),
+    "mixed_2digit": (1, ["--digits", "2", "--operations", "+-*", "--max_new_tokens", "128"]),
+    # round 2, added when round 1's GRPO runs sampled at T = 1 were 56-81% truncated at 128 tokens
+    "add_2digit_192": (2, ["--digits", "2", "--operations", "+", "--max_new_tokens", "192"]),
+    "add_sub_2digit_192": (2, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "192"]),
 }
+
+
+def flags_of(name):
+    return CANDIDATES[name][1]
 PROBLEMS, N = 48, 32
 METHODS = {  # name: (label, minigrpo flags, seeds)
     "grpo": ("GRPO", ["--entropy_alpha", "0"], 5),
@@ -113,14 +122,14 @@ def entropy_coef_sweep(task, runs_dir):
              "| entropy_coef | training accuracy | entropy | response length |", "|---|---|---|---|"]
     last5 = {}
     for coef in ENTROPY_COEFS:
-        rows = train("entropy_reg", 0, CANDIDATES[task], runs_dir, coef)[-5:]
+        rows = train("entropy_reg", 0, flags_of(task), runs_dir, coef)[-5:]
         last5[coef] = {k: mean(r[k] for r in rows) for k in ("reward/accuracy", "policy/entropy",
                                                               "rollout/response_length")}
         m = last5[coef]
         lines.append(f"| {coef} | {m['reward/accuracy']:.3f} | {m['policy/entropy']:.3f} | "
                      f"{m['rollout/response_length']:.1f} |")
     chosen = max(ENTROPY_COEFS, key=lambda c: (last5[c]["reward/accuracy"], -float(c)))
-    train("entropy_reg", 0, CANDIDATES[task], runs_dir, chosen)  # its metrics under the method's name
+    train("entropy_reg", 0, flags_of(task), runs_dir, chosen)  # its metrics under the method's name
     lines += ["", f"Chosen: {chosen}"]
     with open(os.path.join(RESULTS, "sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -137,30 +146,40 @@ def rise(rows):
 
 
 def choose_task(runs_dir):
-    """The regime stage: evaluate the candidates, apply the rule, write regime.md; the chosen name or None."""
+    """The regime stage: evaluate the candidates round by round, apply the rule, write regime.md; the chosen
+    name or None."""
     lines = ["Base model (SmolLM2-135M-Instruct), eval.py: n = 32 samples on 48 held-out problems, temperature 0.6,",
-             f"top-p 0.95, 128 new tokens, instruction \"{INSTRUCTION}\".", "",
+             f"top-p 0.95, instruction \"{INSTRUCTION}\".", "",
              "Rule, fixed before any method was compared: base Pass@1 >= 0.05 and Pass@32 <= 0.85; among those, the",
              "highest base Pass@1 first, kept when plain GRPO (seed 0) raises its training accuracy by >= 0.10",
-             "(mean of the last 5 steps minus the first 5).", "",
-             "| task | flags | Pass@1 | Pass@8 | Pass@32 | tokens | truncated | qualifies | GRPO rise |", "|---" * 9 + "|"]
-    measured = {}
-    for name, flags in CANDIDATES.items():
-        evaluate("smollm2", flags, os.path.join(RESULTS, "regime", name))
-        measured[name] = summary(os.path.join(RESULTS, "regime", name))
-    qualifying = sorted((n for n, s in measured.items() if s["pass@k"]["1"] >= 0.05 and s["pass@k"]["32"] <= 0.85),
-                        key=lambda n: -measured[n]["pass@k"]["1"])
-    chosen, rises = None, {}
-    for name in qualifying:
-        rises[name] = rise(train("grpo", 0, CANDIDATES[name], os.path.join(runs_dir, name)))
-        if rises[name] >= 0.10:
-            chosen = name
+             "(mean of the last 5 steps minus the first 5). Round 2 (192 new tokens) is measured only when no",
+             "task of round 1 (128) was kept.", "",
+             "| round | task | flags | Pass@1 | Pass@8 | Pass@32 | tokens | truncated | qualifies | GRPO rise |",
+             "|---" * 10 + "|"]
+    measured, qualifying, chosen, rises = {}, [], None, {}
+    for round_ in sorted({r for r, _ in CANDIDATES.values()}):
+        names = [n for n, (r, _) in CANDIDATES.items() if r == round_]
+        for name in names:
+            evaluate("smollm2", flags_of(name), os.path.join(RESULTS, "regime", name))
+            measured[name] = summary(os.path.join(RESULTS, "regime", name))
+        this_round = sorted((n for n in names if measured[n]["pass@k"]["1"] >= 0.05
+                             and measured[n]["pass@k"]["32"] <= 0.85), key=lambda n: -measured[n]["pass@k"]["1"])
+        qualifying += this_round
+        for name in this_round:
+            rises[name] = rise(train("grpo", 0, flags_of(name), os.path.join(runs_dir, name)))
+            shutil.copy(os.path.join(run_dir(os.path.join(runs_dir, name), "grpo", 0), "metrics.jsonl"),
+                        os.path.join(RESULTS, "regime", name, "grpo_seed0_metrics.jsonl"))  # kept per task
+            if rises[name] >= 0.10:
+                chosen = name
+                break
+        if chosen:
             break
     for name, s in measured.items():
         p = s["pass@k"]
-        lines.append(f"| {name} | `{' '.join(CANDIDATES[name])}` | {p['1']:.3f} | {p['8']:.3f} | {p['32']:.3f} | "
-                     f"{s['mean_tokens']:.0f} | {s['truncated_frac']:.2f} | {'yes' if name in qualifying else 'no'} | "
-                     + (f"{rises[name]:+.2f}" if name in rises else "-") + " |")
+        lines.append(f"| {CANDIDATES[name][0]} | {name} | `{' '.join(flags_of(name))}` | {p['1']:.3f} | {p['8']:.3f} | "
+                     f"{p['32']:.3f} | {s['mean_tokens']:.0f} | {s['truncated_frac']:.2f} | "
+                     f"{'yes' if name in qualifying else 'no'} | " + (f"{rises[name]:+.2f}" if name in rises else "-")
+                     + " |")
     lines += ["", f"Chosen: {chosen or 'none qualifies'}"]
     with open(os.path.join(RESULTS, "regime.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -177,7 +196,7 @@ def chosen_coef():
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
     base = per_problem_counts(os.path.join(RESULTS, "regime", task, "samples.jsonl"))
-    lines = [f"Task {task} (`{' '.join(CANDIDATES[task])}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
+    lines = [f"Task {task} (`{' '.join(flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
              "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
              "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
              "| base model | - | " + " | ".join("{:.3f} ± {:.3f}".format(*interval([pass_at_k(N, c, k) for c in base]))
@@ -256,10 +275,10 @@ def main():
                 if coef is None:
                     continue
             if args.stage != "eval":
-                train(name, seed, CANDIDATES[task], runs_dir, coef)
+                train(name, seed, flags_of(task), runs_dir, coef)
             final = os.path.join(run_dir(runs_dir, name, seed, coef), "final")
             if args.stage != "train" and os.path.isdir(final):
-                evaluate(final, CANDIDATES[task], os.path.join(RESULTS, "eval", f"{name}_seed{seed}"))
+                evaluate(final, flags_of(task), os.path.join(RESULTS, "eval", f"{name}_seed{seed}"))
     report(task)
 
 
