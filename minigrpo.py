@@ -898,11 +898,16 @@ def start_distributed(device):
                                              timeout=datetime.timedelta(hours=1))  # rank 0 may be evaluating
 
 
+def wait_for_all_ranks():
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
 def stop_distributed():
     """Leave the process group together: a rank that tears down gloo while another still talks to it
     can abort that one."""
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        wait_for_all_ranks()
         torch.distributed.destroy_process_group()
 
 
@@ -1432,10 +1437,11 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
     """save_pretrained of model and tokenizer, the run's config and, to resume, the optimizer,
     the RNG states, the step and (PPO) the critic with its optimizer. Written under a temporary
     name, then renamed: a kill during a save never leaves a folder that looks complete but is not.
-    With torchrun every rank calls it (each rank's random state is saved) and rank 0 writes."""
+    With torchrun every rank calls it (each rank's random state is saved), rank 0 writes, and no rank
+    goes on before the folder is complete."""
     rng = rng_states() if optimizer is not None else None
     if rank() != 0:
-        return
+        return wait_for_all_ranks()
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -1451,6 +1457,7 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
     for older in _checkpoints(os.path.dirname(folder))[:-1]:  # one resumable state is enough: ~2x the weights
         if os.path.isfile(os.path.join(older, TRAINING_STATE)):
             os.remove(os.path.join(older, TRAINING_STATE))
+    wait_for_all_ranks()
 
 
 def _checkpoints(output_dir):
