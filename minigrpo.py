@@ -172,9 +172,10 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
 
     Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever
     the checkpoint's generation_config says, so the completions come from the distribution the
-    loss differentiates. A row that has sampled EOS gets padding from then on; the loop stops when
-    every row has, or after max_new_tokens. With shared_prefix, each prompt (all but its last
-    token) is encoded once and its keys and values repeated for its group.
+    loss differentiates. A row that samples EOS leaves the batch (its cached keys and values too) and
+    gets padding from then on; the loop stops when no row is left, or after max_new_tokens. With
+    shared_prefix, each prompt (all but its last token) is encoded once and its keys and values
+    repeated for its group.
     """
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (N, P), left-padded
@@ -187,25 +188,29 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
         _, cache = shared_prompt_cache(model.base_model, prefix_ids, prefix_mask, row_to_prompt)
         first = prompt_ids.shape[1] - 1
     input_ids, position_ids, attention_mask = prompt_ids[:, first:], position_ids[:, first:], prompt_mask
-    eos = model.generation_config.eos_token_id
-    done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=model.device)  # (N,) has sampled EOS
-    tokens = []
-    for _ in range(max_new_tokens):
-        logits, cache = next_token_logits(model, input_ids, attention_mask, position_ids, cache)  # (N, V)
-        token = sample_token(logits, temperature, top_p).masked_fill(done, tokenizer.pad_token_id)  # (N,)
-        tokens.append(token)
-        done |= is_eos_token(token, eos)
-        if done.all():
+    eos = torch.as_tensor(model.generation_config.eos_token_id, device=model.device)
+    completions = torch.full((len(prompt_ids), max_new_tokens), tokenizer.pad_token_id, device=model.device)
+    live = torch.arange(len(prompt_ids), device=model.device)  # (L,) the rows that have not sampled EOS
+    for t in range(max_new_tokens):
+        logits, cache = next_token_logits(model, input_ids, attention_mask, position_ids, cache)  # (L, V)
+        token = sample_token(logits, temperature, top_p)  # (L,)
+        completions[live, t] = token
+        going = ~is_eos_token(token, eos)  # (L,)
+        if not going.all():  # finished rows leave the batch and the cache: no compute is spent on padding
+            keep = going.nonzero().squeeze(1)  # (L',)
+            live, token, position_ids = live[keep], token[keep], position_ids[keep]
+            attention_mask = attention_mask[keep]
+            cache.batch_select_indices(keep)
+        if len(live) == 0:
             break
-        input_ids, position_ids = token[:, None], position_ids[:, -1:] + 1  # (N, 1) each
-        attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)  # (N, P + t)
-    return prompt_ids, prompt_mask, torch.stack(tokens, dim=1)  # completions: (N, C), C <= max_new_tokens
+        input_ids, position_ids = token[:, None], position_ids[:, -1:] + 1  # (L, 1) each
+        attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)  # (L, P + t)
+    return prompt_ids, prompt_mask, completions[:, : t + 1]  # completions: (N, C), C <= max_new_tokens
 
 
 def is_eos_token(token_ids, eos_token_id):
     """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
-    eos_ids = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
-    return torch.isin(token_ids, torch.tensor(eos_ids, device=token_ids.device))
+    return torch.isin(token_ids, torch.as_tensor(eos_token_id, device=token_ids.device))
 
 
 def completion_mask(completion_ids, eos_token_id):

@@ -539,16 +539,20 @@ def test_arithmetic_answers_are_right():
 def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny, monkeypatch):
     """The sampler draws from softmax(logits / T) of the sequence so far (the checkpoint's top_k,
     top_p and penalties play no part), and the training forward pass (left padding, position ids)
-    gives the log-probs of the logits the sampler saw, for the tokens it drew."""
+    gives the log-probs of the logits the sampler saw, for the tokens it drew. Rows that sample EOS
+    leave the batch: the rows still sampling keep their own keys and values."""
     model, tokenizer = tiny
     gc = model.generation_config  # the checkpoint's top_k=3, top_p=0.5, repetition_penalty=1.5 are gone
     assert gc.top_k != 3 and gc.top_p in (None, 1.0) and gc.repetition_penalty in (None, 1.0)
     seen = []
     real = mg.sample_token
+    force_eos = {2: [0], 5: [-1, 1], 7: [2]}  # step: positions in the batch of rows still sampling
 
     def spy(logits, temperature, top_p=1.0):
         seen.append((logits.clone(), temperature, top_p))
-        return real(logits, temperature, top_p)
+        token = real(logits, temperature, top_p)
+        token[force_eos.get(len(seen) - 1, [])] = tokenizer.eos_token_id
+        return token
 
     monkeypatch.setattr(mg, "sample_token", spy)
     temperature = 0.7
@@ -557,13 +561,17 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
     prompt_ids, prompt_mask, completion_ids = mg.sample_completions(model, tokenizer, prompts, 3, 12, temperature)
     assert prompt_ids.shape[0] == 6 and (prompt_mask[:3] == 0).any()  # the shorter prompt is left-padded
     assert all(t == temperature and p == 1.0 for _, t, p in seen) and len(seen) == completion_ids.shape[1]
-    logits = torch.stack([z for z, _, _ in seen], dim=1)  # (B*G, C, V) what the sampler drew from
+    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
+    assert [len(z) for z, _, _ in seen] == mask.sum(dim=0).tolist()  # finished rows were not computed
+    assert mask.sum(dim=0)[-1] <= 2  # four rows finished early, wherever they were in the batch
+    logits = torch.zeros(*completion_ids.shape, seen[0][0].shape[-1])  # (B*G, C, V) what the sampler drew from
+    for t, (z, _, _) in enumerate(seen):
+        logits[mask[:, t].bool(), t] = z
     with torch.no_grad():  # the same logits as one plain forward over prompt + completion, row by row
         full = model(input_ids=torch.cat([prompt_ids, completion_ids], 1),
                      attention_mask=torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1),
                      position_ids=(torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1).cumsum(1) - 1).clamp(min=0)
                      ).logits[:, prompt_ids.shape[1] - 1 : -1]
-    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
     torch.testing.assert_close(logits * mask[..., None], full * mask[..., None], atol=1e-4, rtol=1e-4)
     sampler_logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
     with torch.no_grad():
