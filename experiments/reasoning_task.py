@@ -193,6 +193,68 @@ def chosen_coef():
     return open(path).read().rsplit("Chosen: ", 1)[1].strip() if os.path.isfile(path) else None
 
 
+def entropy_law(runs):
+    """Does cov(log pi, A used) at step t predict the entropy change from step t to t + 1? The law of
+    policy-gradient updates: entropy falls where the covariance is positive, rises where negative.
+    runs: one list of metric rows per seed. Returns (Pearson r of cov_t and H_{t+1} - H_t, the share
+    of steps whose entropy moved against the covariance's sign, the number of steps with cov != 0)."""
+    pairs = [(a["policy/cov_logp_shaped_adv"], b["policy/entropy"] - a["policy/entropy"])
+             for run in runs for a, b in zip(run, run[1:]) if a["policy/cov_logp_shaped_adv"] != 0]
+    if len(pairs) < 3:
+        return float("nan"), float("nan"), len(pairs)
+    cov, dh = zip(*pairs)
+    mc, md = mean(cov), mean(dh)
+    sxy = sum((x - mc) * (y - md) for x, y in pairs)
+    sxx, syy = sum((x - mc) ** 2 for x in cov), sum((y - md) ** 2 for y in dh)
+    r = sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+    return r, mean((x > 0) == (y < 0) for x, y in pairs), len(pairs)
+
+
+def last5(run, key):
+    return mean(r[key] for r in run[-5:])
+
+
+def first5(run, key):
+    return mean(r[key] for r in run[:5])
+
+
+def paper_checks(curves, per_seed, ks):
+    """The paper's claims about the entropy advantage, each with this experiment's number (paired by seed
+    where both methods ran the seed). Returns markdown lines."""
+    lines = ["", "The paper's claims, measured (mean +- 95% t-interval across seeds; EA = entropy advantage):", "",
+             "| claim | measured | |", "|---|---|---|"]
+    grpo, ea = dict(curves.get("grpo", [])), dict(curves.get("entropy_adv", []))
+    seeds = sorted(set(grpo) & set(ea))
+
+    def paired(fn):
+        return "{:+.3f} +- {:.3f}".format(*interval([fn(ea[s]) - fn(grpo[s]) for s in seeds])) if seeds else "-"
+
+    length = paired(lambda run: last5(run, "rollout/response_length"))
+    lines.append(f"| EA lengthens responses | EA - GRPO, response length, last 5 steps: {length} tokens "
+                 f"({len(seeds)} seeds) | |")
+    k = ks[-1]
+    both = sorted(set(per_seed.get("grpo", {})) & set(per_seed.get("entropy_adv", {})))
+    if both:
+        d = "{:+.3f} +- {:.3f}".format(*interval([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k]
+                                                  for s in both]))
+        lines.append(f"| EA keeps Pass@K at large K | EA - GRPO, Pass@{k}: {d} ({len(both)} seeds) | |")
+    entropy = paired(lambda run: last5(run, "policy/entropy"))
+    drop = paired(lambda run: first5(run, "policy/entropy") - last5(run, "policy/entropy"))
+    lines.append(f"| EA lowers entropy faster | EA - GRPO, entropy of the last 5 steps: {entropy} nats; "
+                 f"drop from the first 5 to the last 5: {drop} | |")
+    if ea:
+        fall = "{:+.3f} +- {:.3f}".format(*interval([last5(run, "policy/psi_over_abs_adv")
+                                                     - first5(run, "policy/psi_over_abs_adv") for run in ea.values()]))
+        lines.append(f"| psi/\\|A\\| falls during training | EA, last 5 steps - first 5: {fall} | |")
+    lines += ["", "The covariance law, per method: cov(log pi, A used) at step t against the entropy change from",
+              "step t to t + 1, pooled over seeds (entropy is measured on each step's fresh samples, so it is noisy).",
+              "", "| method | steps | Pearson r | entropy moved against cov's sign |", "|---|---|---|---|"]
+    for name, runs in curves.items():
+        r, agree, n = entropy_law([run for _, run in runs])
+        lines.append(f"| {METHODS[name][0]} | {n} | {r:+.2f} | {agree:.0%} |")
+    return lines
+
+
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
     base = per_problem_counts(os.path.join(RESULTS, "regime", task, "samples.jsonl"))
@@ -217,22 +279,23 @@ def report(task):
                       [per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in paired])) for k in ks) + " |"]
     lines += ["", "Training metrics, mean over seeds: first 5 steps -> last 5 steps.", "",
               "| method | seeds | " + " | ".join(t.replace("|", "\\|") for _, t in CURVES) + " |", "|---" * (len(CURVES) + 2) + "|"]
-    curves = {}
+    seeded = {}  # name: [(seed, metric rows)] of the finished runs
     for name, (label, _, seeds) in METHODS.items():
-        runs = [read_metrics(name, s) for s in range(seeds)
+        runs = [(s, read_metrics(name, s)) for s in range(seeds)
                 if os.path.isfile(os.path.join(RESULTS, "metrics", f"{name}_seed{s}.jsonl"))]
-        runs = [r for r in runs if len(r) == int(TRAIN_SETTINGS[1])]
+        runs = [(s, r) for s, r in runs if len(r) == int(TRAIN_SETTINGS[1])]
         if not runs:
             continue
-        curves[name] = runs
-        cells = [f"{mean(mean(r[key] for r in run[:5]) for run in runs):.3f} -> "
-                 f"{mean(mean(r[key] for r in run[-5:]) for run in runs):.3f}" for key, _ in CURVES]
+        seeded[name] = runs
+        cells = [f"{mean(first5(run, key) for _, run in runs):.3f} -> {mean(last5(run, key) for _, run in runs):.3f}"
+                 for key, _ in CURVES]
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += paper_checks(seeded, per_seed, ks)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(RESULTS, "results.md"), "w") as f:
         f.write(text)
     print(text)
-    plot(curves)
+    plot({name: [run for _, run in runs] for name, runs in seeded.items()})
 
 
 def plot(curves):
