@@ -14,7 +14,8 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
           plain GRPO (seed 0) raises its training accuracy by at least 0.10 (mean of the last 5
           steps minus the first 5); otherwise the next qualifying task is tried. When no task of
           round 1 is kept, round 2 (the two-digit tasks with 192 new tokens) goes through the same
-          rule. Writes regime.md.
+          rule; when none of round 2 either, round 3 (round 2's tasks and base evaluations, sampled
+          in training at temperature 0.6 instead of 1.0). Writes regime.md.
   train   On the chosen task: GRPO and GRPO + entropy advantage (alpha 0.4, kappa 2), 5 seeds each
           (the core comparison); GRPO + entropy regularization, PPO and PPO + entropy advantage
           (alpha 0.1), 2 seeds each (illustrations). Entropy regularization's coefficient comes
@@ -49,18 +50,38 @@ from eval import pass_at_k  # noqa: E402
 RESULTS = os.path.join(HERE, "reasoning_task")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TASK_SETTINGS = ["--instruction", INSTRUCTION]
-CANDIDATES = {  # name: (round, task flags); a round's tasks are measured only when no earlier task was kept
-    "add_sub_2digit": (1, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "128"]),
-    "add_2digit": (1, ["--digits", "2", "--operations", "+", "--max_new_tokens", "128"]),
-    "mixed_2digit": (1, ["--digits", "2", "--operations", "+-*", "--max_new_tokens", "128"]),
+CANDIDATES = {  # name: (round, task flags, training-only flags); a round runs only when no earlier task was kept
+    "add_sub_2digit": (1, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "128"], []),
+    "add_2digit": (1, ["--digits", "2", "--operations", "+", "--max_new_tokens", "128"], []),
+    "mixed_2digit": (1, ["--digits", "2", "--operations", "+-*", "--max_new_tokens", "128"], []),
     # round 2, added when round 1's GRPO runs sampled at T = 1 were 56-81% truncated at 128 tokens
-    "add_2digit_192": (2, ["--digits", "2", "--operations", "+", "--max_new_tokens", "192"]),
-    "add_sub_2digit_192": (2, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "192"]),
+    "add_2digit_192": (2, ["--digits", "2", "--operations", "+", "--max_new_tokens", "192"], []),
+    "add_sub_2digit_192": (2, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "192"], []),
+    # round 3, added when round 2's GRPO runs at T = 1 were still right in only a few % of their samples:
+    # the same tasks, sampled in training at the evaluation's temperature (the base evaluations are shared)
+    "add_2digit_192_t06": (3, ["--digits", "2", "--operations", "+", "--max_new_tokens", "192"],
+                           ["--temperature", "0.6"]),
+    "add_sub_2digit_192_t06": (3, ["--digits", "2", "--operations", "+-", "--max_new_tokens", "192"],
+                               ["--temperature", "0.6"]),
 }
 
 
 def flags_of(name):
+    """The task's flags, for eval.py and minigrpo.py alike."""
     return CANDIDATES[name][1]
+
+
+def training_flags_of(name):
+    """The flags of the task's training runs: its task flags and its training-only ones."""
+    return CANDIDATES[name][1] + CANDIDATES[name][2]
+
+
+def regime_dir(name):
+    """Where the base model's evaluation on a task lives: shared by the candidates with the same task flags."""
+    first = next(n for n in CANDIDATES if flags_of(n) == flags_of(name))
+    return os.path.join(RESULTS, "regime", first)
+
+
 PROBLEMS, N = 48, 32
 METHODS = {  # name: (label, minigrpo flags, seeds)
     "grpo": ("GRPO", ["--entropy_alpha", "0"], 5),
@@ -122,14 +143,14 @@ def entropy_coef_sweep(task, runs_dir):
              "| entropy_coef | training accuracy | entropy | response length |", "|---|---|---|---|"]
     last5 = {}
     for coef in ENTROPY_COEFS:
-        rows = train("entropy_reg", 0, flags_of(task), runs_dir, coef)[-5:]
+        rows = train("entropy_reg", 0, training_flags_of(task), runs_dir, coef)[-5:]
         last5[coef] = {k: mean(r[k] for r in rows) for k in ("reward/accuracy", "policy/entropy",
                                                               "rollout/response_length")}
         m = last5[coef]
         lines.append(f"| {coef} | {m['reward/accuracy']:.3f} | {m['policy/entropy']:.3f} | "
                      f"{m['rollout/response_length']:.1f} |")
     chosen = max(ENTROPY_COEFS, key=lambda c: (last5[c]["reward/accuracy"], -float(c)))
-    train("entropy_reg", 0, flags_of(task), runs_dir, chosen)  # its metrics under the method's name
+    train("entropy_reg", 0, training_flags_of(task), runs_dir, chosen)  # its metrics under the method's name
     lines += ["", f"Chosen: {chosen}"]
     with open(os.path.join(RESULTS, "sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -152,21 +173,23 @@ def choose_task(runs_dir):
              f"top-p 0.95, instruction \"{INSTRUCTION}\".", "",
              "Rule, fixed before any method was compared: base Pass@1 >= 0.05 and Pass@32 <= 0.85; among those, the",
              "highest base Pass@1 first, kept when plain GRPO (seed 0) raises its training accuracy by >= 0.10",
-             "(mean of the last 5 steps minus the first 5). Round 2 (192 new tokens) is measured only when no",
-             "task of round 1 (128) was kept.", "",
-             "| round | task | flags | Pass@1 | Pass@8 | Pass@32 | tokens | truncated | qualifies | GRPO rise |",
-             "|---" * 10 + "|"]
+             "(mean of the last 5 steps minus the first 5). A round runs only when no task of an earlier round was",
+             "kept: round 1 with 128 new tokens, round 2 with 192, round 3 as round 2 but sampled in training at",
+             "temperature 0.6 instead of 1.0 (its base evaluations are round 2's). Training flags: beyond the task's.", "",
+             "| round | task | flags | training flags | Pass@1 | Pass@8 | Pass@32 | tokens | truncated | qualifies "
+             "| GRPO rise |", "|---" * 11 + "|"]
     measured, qualifying, chosen, rises = {}, [], None, {}
-    for round_ in sorted({r for r, _ in CANDIDATES.values()}):
-        names = [n for n, (r, _) in CANDIDATES.items() if r == round_]
+    for round_ in sorted({r for r, _, _ in CANDIDATES.values()}):
+        names = [n for n, (r, _, _) in CANDIDATES.items() if r == round_]
         for name in names:
-            evaluate("smollm2", flags_of(name), os.path.join(RESULTS, "regime", name))
-            measured[name] = summary(os.path.join(RESULTS, "regime", name))
+            evaluate("smollm2", flags_of(name), regime_dir(name))
+            measured[name] = summary(regime_dir(name))
         this_round = sorted((n for n in names if measured[n]["pass@k"]["1"] >= 0.05
                              and measured[n]["pass@k"]["32"] <= 0.85), key=lambda n: -measured[n]["pass@k"]["1"])
         qualifying += this_round
         for name in this_round:
-            rises[name] = rise(train("grpo", 0, flags_of(name), os.path.join(runs_dir, name)))
+            rises[name] = rise(train("grpo", 0, training_flags_of(name), os.path.join(runs_dir, name)))
+            os.makedirs(os.path.join(RESULTS, "regime", name), exist_ok=True)
             shutil.copy(os.path.join(run_dir(os.path.join(runs_dir, name), "grpo", 0), "metrics.jsonl"),
                         os.path.join(RESULTS, "regime", name, "grpo_seed0_metrics.jsonl"))  # kept per task
             if rises[name] >= 0.10:
@@ -176,11 +199,12 @@ def choose_task(runs_dir):
             break
     for name, s in measured.items():
         p = s["pass@k"]
-        lines.append(f"| {CANDIDATES[name][0]} | {name} | `{' '.join(flags_of(name))}` | {p['1']:.3f} | {p['8']:.3f} | "
+        lines.append(f"| {CANDIDATES[name][0]} | {name} | `{' '.join(flags_of(name))}` | "
+                     f"{' '.join(CANDIDATES[name][2]) or '-'} | {p['1']:.3f} | {p['8']:.3f} | "
                      f"{p['32']:.3f} | {s['mean_tokens']:.0f} | {s['truncated_frac']:.2f} | "
                      f"{'yes' if name in qualifying else 'no'} | " + (f"{rises[name]:+.2f}" if name in rises else "-")
                      + " |")
-    lines += ["", f"Chosen: {chosen or 'none qualifies'}"]
+    lines += ["", f"Chosen: {chosen or 'none kept'}"]
     with open(os.path.join(RESULTS, "regime.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -258,7 +282,7 @@ def paper_checks(curves, per_seed, ks):
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
     base = per_problem_counts(os.path.join(RESULTS, "regime", task, "samples.jsonl"))
-    lines = [f"Task {task} (`{' '.join(flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
+    lines = [f"Task {task} (`{' '.join(training_flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
              "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
              "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
              "| base model | - | " + " | ".join("{:.3f} ± {:.3f}".format(*interval([pass_at_k(N, c, k) for c in base]))
@@ -338,7 +362,7 @@ def main():
                 if coef is None:
                     continue
             if args.stage != "eval":
-                train(name, seed, flags_of(task), runs_dir, coef)
+                train(name, seed, training_flags_of(task), runs_dir, coef)
             final = os.path.join(run_dir(runs_dir, name, seed, coef), "final")
             if args.stage != "train" and os.path.isdir(final):
                 evaluate(final, flags_of(task), os.path.join(RESULTS, "eval", f"{name}_seed{seed}"))
