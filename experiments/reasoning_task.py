@@ -242,46 +242,61 @@ def first5(run, key):
     return mean(r[key] for r in run[:5])
 
 
+def verdict(values, expected_sign):
+    """A claim's measured value: 'mean +- half-width' and whether the 95% interval says the paper's direction."""
+    if not values:
+        return "-", "not measured yet"
+    m, h = interval(values)
+    if len(values) < 2:
+        word = "one seed: no interval"
+    elif m - h > 0 or m + h < 0:
+        word = "yes" if (m > 0) == (expected_sign > 0) else "no: the opposite, outside the interval"
+    else:
+        word = "not resolved: the interval holds 0"
+    return f"{m:+.3f} +- {h:.3f} ({len(values)} seeds)", word
+
+
 def paper_checks(curves, per_seed, ks):
-    """The paper's claims about the entropy advantage, each with this experiment's number (paired by seed
-    where both methods ran the seed). Returns markdown lines."""
-    lines = ["", "The paper's claims, measured (mean +- 95% t-interval across seeds; EA = entropy advantage):", "",
-             "| claim | measured | |", "|---|---|---|"]
+    """The paper's claims about the entropy advantage (EA), each against this experiment's number, paired by
+    seed where both methods ran it; curves: {method: [(seed, metric rows)]}. Returns markdown lines."""
     grpo, ea = dict(curves.get("grpo", [])), dict(curves.get("entropy_adv", []))
     seeds = sorted(set(grpo) & set(ea))
-
-    def paired(fn):
-        return "{:+.3f} +- {:.3f}".format(*interval([fn(ea[s]) - fn(grpo[s]) for s in seeds])) if seeds else "-"
-
-    length = paired(lambda run: last5(run, "rollout/response_length"))
-    lines.append(f"| EA lengthens responses | EA - GRPO, response length, last 5 steps: {length} tokens "
-                 f"({len(seeds)} seeds) | |")
+    paired = lambda fn: [fn(ea[s]) - fn(grpo[s]) for s in seeds]  # noqa: E731
     k = ks[-1]
     both = sorted(set(per_seed.get("grpo", {})) & set(per_seed.get("entropy_adv", {})))
-    if both:
-        d = "{:+.3f} +- {:.3f}".format(*interval([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k]
-                                                  for s in both]))
-        lines.append(f"| EA keeps Pass@K at large K | EA - GRPO, Pass@{k}: {d} ({len(both)} seeds) | |")
-    entropy = paired(lambda run: last5(run, "policy/entropy"))
-    drop = paired(lambda run: first5(run, "policy/entropy") - last5(run, "policy/entropy"))
-    lines.append(f"| EA lowers entropy faster | EA - GRPO, entropy of the last 5 steps: {entropy} nats; "
-                 f"drop from the first 5 to the last 5: {drop} | |")
-    if ea:
-        fall = "{:+.3f} +- {:.3f}".format(*interval([last5(run, "policy/psi_over_abs_adv")
-                                                     - first5(run, "policy/psi_over_abs_adv") for run in ea.values()]))
-        lines.append(f"| psi/\\|A\\| falls during training | EA, last 5 steps - first 5: {fall} | |")
-    lines += ["", "The covariance law, per method: cov(log pi, A used) at step t against the entropy change from",
-              "step t to t + 1, pooled over seeds (entropy is measured on each step's fresh samples, so it is noisy).",
-              "", "| method | steps | Pearson r | entropy moved against cov's sign |", "|---|---|---|---|"]
+    claims = [  # (claim, what is measured, values, the sign the paper expects)
+        ("EA lengthens responses", "EA - GRPO, response length (tokens), last 5 steps",
+         paired(lambda run: last5(run, "rollout/response_length")), +1),
+        ("EA keeps Pass@K at large K", f"EA - GRPO, Pass@{k}",
+         [per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in both], +1),
+        ("EA lowers entropy faster", "EA - GRPO, entropy (nats), last 5 steps",
+         paired(lambda run: last5(run, "policy/entropy")), -1),
+        ("psi/\\|A\\| falls during training", "EA, psi/\\|A\\| of the last 5 steps - the first 5",
+         [last5(run, "policy/psi_over_abs_adv") - first5(run, "policy/psi_over_abs_adv") for run in ea.values()], -1),
+    ]
+    lines = ["", "The paper's claims, measured (mean +- 95% t-interval across seeds; EA = entropy advantage):", "",
+             "| claim | measured | value | matched |", "|---|---|---|---|"]
+    for claim, what, values, sign in claims:
+        lines.append(f"| {claim} | {what} | " + " | ".join(verdict(values, sign)) + " |")
+    lines += ["", "The covariance law, per method. Over the run: the mean of cov(log pi, A used) over all steps and",
+              "seeds predicts the entropy falls (> 0) or rises (< 0); observed: the entropy of the first 5 steps ->",
+              "the last 5. Step by step: cov at step t against the entropy change from step t to t + 1, pooled over",
+              "seeds (each step's entropy is measured on its own fresh samples, so it is noisy).", "",
+              "| method | mean cov | predicted | entropy, first 5 -> last 5 | observed | steps | Pearson r "
+              "| steps whose entropy moved against cov's sign |", "|---" * 8 + "|"]
     for name, runs in curves.items():
-        r, agree, n = entropy_law([run for _, run in runs])
-        lines.append(f"| {METHODS[name][0]} | {n} | {r:+.2f} | {agree:.0%} |")
+        runs = [run for _, run in runs]
+        r, agree, n = entropy_law(runs)
+        cov = mean(row["policy/cov_logp_shaped_adv"] for run in runs for row in run)
+        before, after = mean(first5(run, "policy/entropy") for run in runs), mean(last5(run, "policy/entropy") for run in runs)
+        lines.append(f"| {METHODS[name][0]} | {cov:+.4f} | {'falls' if cov > 0 else 'rises'} | {before:.3f} -> "
+                     f"{after:.3f} | {'falls' if after < before else 'rises'} | {n} | {r:+.2f} | {agree:.0%} |")
     return lines
 
 
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
-    base = per_problem_counts(os.path.join(RESULTS, "regime", task, "samples.jsonl"))
+    base = per_problem_counts(os.path.join(regime_dir(task), "samples.jsonl"))
     lines = [f"Task {task} (`{' '.join(training_flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
              "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
              "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
