@@ -22,6 +22,8 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
           from a sweep on seed 0 (ENTROPY_COEFS; the highest training accuracy over the last 5
           steps; sweep.md), run before its first seed.
   eval    eval.py (n = 32, the regime's problems and settings) on every finished run.
+  entropy eval.py --entropy_report (16 problems x 8 samples) on the base model and seed 0 of each
+          method: which tokens each model hesitates on (entropy/NAME/).
   report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
           minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
           over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used).
@@ -94,6 +96,7 @@ METHODS = {  # name: (label, minigrpo flags, seeds)
 # entropy regularization's coefficient: a sweep on seed 0, the highest training accuracy over the last 5
 # steps wins (the reward it is trained on; the evaluation never chooses)
 ENTROPY_COEFS = ["0.001", "0.003", "0.01"]
+ENTROPY_SAMPLES = ["--limit", "16", "--n", "8"]
 TRAIN_SETTINGS = ["--steps", "20", "--eval_every", "10", "--eval_problems", "32", "--save_every", "5"]
 CURVES = [("reward/accuracy", "training accuracy"), ("rollout/response_length", "response length (tokens)"),
           ("policy/entropy", "entropy (nats)"), ("policy/psi_over_abs_adv", "psi / |A|"),
@@ -294,6 +297,41 @@ def paper_checks(curves, per_seed, ks):
     return lines
 
 
+def entropy_reports(task, runs_dir):
+    """eval.py --entropy_report on a small sample (ENTROPY_SAMPLES) of the base model and of seed 0 of each
+    finished method; skipped where entropy_tokens.json exists."""
+    models = {"base": "smollm2"}
+    models.update({name: os.path.join(run_dir(runs_dir, name, 0, chosen_coef() if name == "entropy_reg" else None),
+                                      "final") for name in METHODS})
+    for name, model in models.items():
+        out = os.path.join(RESULTS, "entropy", name)
+        if os.path.isfile(os.path.join(out, "entropy_tokens.json")) or not (model == "smollm2" or os.path.isdir(model)):
+            continue
+        os.makedirs(out, exist_ok=True)
+        run([sys.executable, "eval.py", "--model", model, *flags_of(task), *TASK_SETTINGS, *ENTROPY_SAMPLES,
+             "--entropy_report", "--output_dir", out], os.path.join(out, "eval.log"))
+
+
+def entropy_table(min_count=20, shown=5):
+    """Markdown lines: per model of entropy/, the mean token entropy and the highest- and lowest-entropy tokens
+    seen at least min_count times."""
+    lines = ["", f"Token entropy at T = 1 (eval.py --entropy_report, {' '.join(ENTROPY_SAMPLES)}, seed 0 of each method; mean "
+             f"nats of tokens seen >= {min_count} times):", "",
+             "| model | mean entropy | highest-entropy tokens | lowest-entropy tokens |", "|---|---|---|---|"]
+    for name in ["base", *METHODS]:
+        path = os.path.join(RESULTS, "entropy", name, "entropy_tokens.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            stats = next(iter(json.load(f).values()))  # {token: [mean entropy, count]}, highest first
+        overall = sum(h * c for h, c in stats.values()) / sum(c for _, c in stats.values())
+        common = [(t, h) for t, (h, c) in stats.items() if c >= min_count]
+        show = lambda tokens: ", ".join(f"`{t!r}` {h:.2f}".replace("|", "\\|") for t, h in tokens)  # noqa: E731
+        label = "base model" if name == "base" else METHODS[name][0]
+        lines.append(f"| {label} | {overall:.2f} | {show(common[:shown])} | {show(common[::-1][:shown])} |")
+    return lines if len(lines) > 5 else []
+
+
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
     base = per_problem_counts(os.path.join(regime_dir(task), "samples.jsonl"))
@@ -329,7 +367,7 @@ def report(task):
         cells = [f"{mean(first5(run, key) for _, run in runs):.3f} -> {mean(last5(run, key) for _, run in runs):.3f}"
                  for key, _ in CURVES]
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
-    lines += paper_checks(seeded, per_seed, ks)
+    lines += paper_checks(seeded, per_seed, ks) + entropy_table()
     text = "\n".join(lines) + "\n"
     with open(os.path.join(RESULTS, "results.md"), "w") as f:
         f.write(text)
@@ -359,7 +397,7 @@ def plot(curves):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["all", "regime", "train", "eval", "report"], default="all")
+    parser.add_argument("--stage", choices=["all", "regime", "train", "eval", "entropy", "report"], default="all")
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "reasoning_task"))
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
@@ -381,6 +419,8 @@ def main():
             final = os.path.join(run_dir(runs_dir, name, seed, coef), "final")
             if args.stage != "train" and os.path.isdir(final):
                 evaluate(final, flags_of(task), os.path.join(RESULTS, "eval", f"{name}_seed{seed}"))
+    if args.stage in ("all", "entropy"):
+        entropy_reports(task, runs_dir)
     report(task)
 
 
