@@ -256,7 +256,7 @@ def verdict(values, expected_sign):
         word = "yes" if (m > 0) == (expected_sign > 0) else "no: the opposite, outside the interval"
     else:
         word = "not resolved: the interval holds 0"
-    return f"{m:+.3f} +- {h:.3f} ({len(values)} seeds)", word
+    return (f"{m:+.3f} +- {h:.3f} ({len(values)} seeds)" if len(values) > 1 else f"{m:+.3f} (1 seed)"), word
 
 
 def paper_checks(curves, per_seed, ks):
@@ -332,6 +332,12 @@ def entropy_table(min_count=20, shown=5):
     return lines if len(lines) > 5 else []
 
 
+def cell(values, fmt="{:.3f}"):
+    """'mean ± half-width of the 95% interval' across seeds; the mean alone for one seed."""
+    m, h = interval(values)
+    return fmt.format(m) + (f" ± {h:.3f}" if len(values) > 1 else "")
+
+
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
     base = per_problem_counts(os.path.join(regime_dir(task), "samples.jsonl"))
@@ -346,14 +352,15 @@ def report(task):
         per_seed[name] = {s: {k: mean(pass_at_k(N, c, k) for c in per_problem_counts(
             os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))) for k in ks} for s in done}
         if done:
-            cells = ["{:.3f} ± {:.3f}".format(*interval([per_seed[name][s][k] for s in done])) for k in ks]
+            cells = [cell([per_seed[name][s][k] for s in done]) for k in ks]
             lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
     paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
     if paired:
-        lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({len(paired)} seeds):", "",
+        lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({len(paired)} seed"
+                  f"{'s' if len(paired) > 1 else ''}):", "",
                   "| | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|",
-                  "| difference | " + " | ".join("{:+.3f} ± {:.3f}".format(*interval(
-                      [per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in paired])) for k in ks) + " |"]
+                  "| difference | " + " | ".join(cell([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k]
+                                                      for s in paired], "{:+.3f}") for k in ks) + " |"]
     lines += ["", "Training metrics, mean over seeds: first 5 steps -> last 5 steps.", "",
               "| method | seeds | " + " | ".join(t.replace("|", "\\|") for _, t in CURVES) + " |", "|---" * (len(CURVES) + 2) + "|"]
     seeded = {}  # name: [(seed, metric rows)] of the finished runs
