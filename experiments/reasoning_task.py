@@ -191,10 +191,13 @@ def choose_task(runs_dir):
                              and measured[n]["pass@k"]["32"] <= 0.85), key=lambda n: -measured[n]["pass@k"]["1"])
         qualifying += this_round
         for name in this_round:
-            rises[name] = rise(train("grpo", 0, training_flags_of(name), os.path.join(runs_dir, name)))
-            os.makedirs(os.path.join(RESULTS, "regime", name), exist_ok=True)
-            shutil.copy(os.path.join(run_dir(os.path.join(runs_dir, name), "grpo", 0), "metrics.jsonl"),
-                        os.path.join(RESULTS, "regime", name, "grpo_seed0_metrics.jsonl"))  # kept per task
+            kept = os.path.join(RESULTS, "regime", name, "grpo_seed0_metrics.jsonl")  # committed per task
+            if not os.path.isfile(kept):  # else decided already, maybe on another machine: not run again
+                train("grpo", 0, training_flags_of(name), os.path.join(runs_dir, name))
+                os.makedirs(os.path.dirname(kept), exist_ok=True)
+                shutil.copy(os.path.join(run_dir(os.path.join(runs_dir, name), "grpo", 0), "metrics.jsonl"), kept)
+            with open(kept) as f:
+                rises[name] = rise([r for r in map(json.loads, f) if "reward/accuracy" in r])
             if rises[name] >= 0.10:
                 chosen = name
                 break
@@ -421,7 +424,8 @@ def main():
                 coef = chosen_coef() or (entropy_coef_sweep(task, runs_dir) if args.stage != "eval" else None)
                 if coef is None:
                     continue
-            if args.stage != "eval":
+            done = os.path.isfile(os.path.join(RESULTS, "eval", f"{name}_seed{seed}", "summary.json"))
+            if args.stage != "eval" and not done:  # a run evaluated and committed is not trained again
                 train(name, seed, training_flags_of(task), runs_dir, coef)
             final = os.path.join(run_dir(runs_dir, name, seed, coef), "final")
             if args.stage != "train" and os.path.isdir(final):
