@@ -160,13 +160,18 @@ def entropy_coef_sweep(task, runs_dir):
     return chosen
 
 
-def read_metrics(name, seed):
-    with open(os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl")) as f:
+def training_rows(path):
+    """The per-step training rows of a metrics.jsonl (not the evaluation-only lines)."""
+    with open(path) as f:
         return [r for r in map(json.loads, f) if "reward/accuracy" in r]
 
 
+def read_metrics(name, seed):
+    return training_rows(os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl"))
+
+
 def rise(rows):
-    return mean(r["reward/accuracy"] for r in rows[-5:]) - mean(r["reward/accuracy"] for r in rows[:5])
+    return last5(rows, "reward/accuracy") - first5(rows, "reward/accuracy")
 
 
 def choose_task(runs_dir):
@@ -196,8 +201,7 @@ def choose_task(runs_dir):
                 train("grpo", 0, training_flags_of(name), os.path.join(runs_dir, name))
                 os.makedirs(os.path.dirname(kept), exist_ok=True)
                 shutil.copy(os.path.join(run_dir(os.path.join(runs_dir, name), "grpo", 0), "metrics.jsonl"), kept)
-            with open(kept) as f:
-                rises[name] = rise([r for r in map(json.loads, f) if "reward/accuracy" in r])
+            rises[name] = rise(training_rows(kept))
             if rises[name] >= 0.10:
                 chosen = name
                 break
