@@ -26,7 +26,8 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
           method: which tokens each model hesitates on (entropy/NAME/).
   report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
           minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
-          over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used).
+          over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used); passk.png (Pass@k
+          of every model, and the paired difference by k).
 
 Checkpoints go to --runs_dir (large, not committed); metrics, eval summaries and the report go to
 experiments/reasoning_task/.
@@ -351,8 +352,8 @@ def report(task):
     lines = [f"Task {task} (`{' '.join(training_flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
              "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
              "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
-             "| base model | - | " + " | ".join("{:.3f} ± {:.3f}".format(*interval([pass_at_k(N, c, k) for c in base]))
-                                              for k in ks) + " |"]
+             "| base model | - | " + " | ".join("{:.3f} ± {:.3f}".format(*pass_at_k_across_problems(base, k)) for k in ks)
+             + " |"]
     per_seed = {}
     for name, (label, _, seeds) in METHODS.items():
         done = [s for s in range(seeds) if os.path.isfile(os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))]
@@ -363,8 +364,7 @@ def report(task):
             lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
     paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
     if paired:
-        lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({len(paired)} seed"
-                  f"{'s' if len(paired) > 1 else ''}):", "",
+        lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({seed_count(len(paired))}):", "",
                   "| | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|",
                   "| difference | " + " | ".join(cell([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k]
                                                       for s in paired], "{:+.3f}") for k in ks) + " |"]
@@ -387,6 +387,47 @@ def report(task):
         f.write(text)
     print(text)
     plot({name: [run for _, run in runs] for name, runs in seeded.items()})
+    plot_passk(ks, [pass_at_k_across_problems(base, k) for k in ks], per_seed)
+
+
+def pass_at_k_across_problems(counts, k):
+    """Mean and 95% half-width of Pass@k across problems, from their correct counts out of N."""
+    return interval([pass_at_k(N, c, k) for c in counts])
+
+
+def seed_count(n):
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
+def plot_passk(ks, base, per_seed):
+    """passk.png: left, Pass@k of the base model and each method (mean and 95% interval across seeds; the base
+    model's across problems); right, the per-seed paired difference, entropy advantage minus GRPO."""
+    plt = mg.optional_pyplot("passk.png")
+    if plt is None:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.errorbar(ks, [m for m, _ in base], yerr=[h for _, h in base], marker="o", capsize=3, label="base model")
+    for name, seeds in per_seed.items():
+        if seeds:
+            rows = [interval([seeds[s][k] for s in seeds]) for k in ks]
+            left.errorbar(ks, [m for m, _ in rows], yerr=[h for _, h in rows], marker="o", capsize=3,
+                          label=f"{METHODS[name][0].replace(' (illustration)', '*')} ({seed_count(len(seeds))})")
+    paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
+    diffs = [interval([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in paired]) for k in ks] \
+        if paired else []
+    if diffs:
+        right.errorbar(ks, [m for m, _ in diffs], yerr=[h for _, h in diffs], marker="o", capsize=3, color="C2")
+    right.axhline(0, color="grey", lw=0.8)
+    right.set_title(f"entropy advantage - GRPO, paired by seed ({seed_count(len(paired))}), 95% interval", fontsize=10)
+    left.set_title(f"Pass@k, n = {N} on {PROBLEMS} held-out problems; * = illustration", fontsize=10)
+    left.legend(fontsize=7)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "passk.png"), dpi=110)
+    plt.close(fig)
 
 
 def plot(curves):
