@@ -446,6 +446,8 @@ def token_covariance(x, y, mask):
 
     With x = log pi(a_t) and y = the advantage used, a softmax policy-gradient step changes the
     entropy by about minus this (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
+    The law's covariance is over the actions of one state; this one also pools states, so a term that
+    grows with a state's entropy (where sampled log-probs are low) pulls it down: see cov_in_state.
     """
     mask = mask.float()
     n = mask.sum().clamp(min=1)
@@ -1012,13 +1014,16 @@ def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
         "psi_over_abs_adv": mean(psi / advantages.abs().clamp(min=1e-12), with_signal),
         "cov_logp_adv": token_covariance(logprobs, advantages, mask).item(),
         "cov_logp_shaped_adv": token_covariance(logprobs, shaped, mask).item(),
+        # E_pi[log pi] = -H at each position, so log pi(a_t) + H_t is centred within its own state: this
+        # estimates the law's Cov_a(log pi, A) state by state, blind to what differs between states
+        "cov_in_state": mean((logprobs + entropy) * shaped, mask),
         "shaped_adv_correct": mean(shaped, right),
         "shaped_adv_wrong": mean(shaped, wrong),
     }
 
 
 POLICY_METRICS = ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv", "cov_logp_shaped_adv",
-                  "shaped_adv_correct", "shaped_adv_wrong")
+                  "cov_in_state", "shaped_adv_correct", "shaped_adv_wrong")
 UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")
 
 

@@ -961,9 +961,35 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
         lp, a = logprobs[mask].double(), adv[mask].double()
         assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
+    assert m["cov_in_state"] == pytest.approx(((logprobs + entropy) * shaped)[mask].mean().item(), rel=1e-4, abs=1e-7)
     right = batch.rewards[:, None].expand_as(mask).bool() & mask
     assert m["shaped_adv_correct"] == pytest.approx(shaped[right].mean().item(), rel=1e-5)
     assert m["shaped_adv_wrong"] == pytest.approx(shaped[mask & ~right].mean().item(), rel=1e-5)
+
+
+def test_cov_in_state_estimates_the_laws_covariance_state_by_state():
+    """Oracle: states with known distributions p_s and advantages A_s(a). The law's quantity is the mean over
+    states of Cov_{a ~ p_s}(log p_s(a), A_s(a)), exact here; cov_in_state must estimate it from sampled
+    tokens, and a term constant within each state but growing with its entropy must not move it (it moves
+    the pooled covariance, which mixes states)."""
+    g = torch.Generator().manual_seed(0)
+    S, M, V = 6, 40_000, 5  # states, sampled tokens per state, actions
+    logits = torch.randn(S, V, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3.0, S, dtype=torch.float64)[:, None]
+    logp = torch.log_softmax(logits, dim=-1)  # (S, V)
+    H = -(logp.exp() * logp).sum(-1)  # (S,)
+    A = torch.randn(S, V, generator=g, dtype=torch.float64)  # (S, V)
+    p = logp.exp()
+    exact = ((p * logp * A).sum(-1) - (p * logp).sum(-1) * (p * A).sum(-1)).mean().item()
+    actions = torch.multinomial(p, M, replacement=True, generator=g)  # (S, M)
+    lp, adv = logp.gather(1, actions), A.gather(1, actions)  # (S, M)
+    shaped = adv + 0.5 * H[:, None]  # constant within a state, larger where the state is uncertain
+    mask, correct = torch.ones(S, M), torch.zeros(S, dtype=torch.bool)
+    m = mg.shaping_metrics(lp, H[:, None].expand(S, M), adv, shaped, mask, correct)
+    spread = (((lp + H[:, None]) * adv).std() / math.sqrt(S * M)).item()  # the estimate's standard error
+    assert m["cov_in_state"] == pytest.approx(exact, abs=5 * spread)
+    plain = mg.shaping_metrics(lp, H[:, None].expand(S, M), adv, adv, mask, correct)
+    assert plain["cov_in_state"] == pytest.approx(m["cov_in_state"], abs=5 * spread)  # the constant drops out
+    assert m["cov_logp_shaped_adv"] < plain["cov_logp_shaped_adv"] - 20 * spread  # the pooled one moves
 
 
 def test_entropy_regularization_raises_entropy(tiny_dir):
