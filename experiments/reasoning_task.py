@@ -101,7 +101,13 @@ ENTROPY_SAMPLES = ["--limit", "16", "--n", "8"]
 TRAIN_SETTINGS = ["--steps", "20", "--eval_every", "10", "--eval_problems", "32", "--save_every", "5"]
 CURVES = [("reward/accuracy", "training accuracy"), ("rollout/response_length", "response length (tokens)"),
           ("policy/entropy", "entropy (nats)"), ("policy/psi_over_abs_adv", "psi / |A|"),
-          ("policy/cov_logp_shaped_adv", "cov(log pi, A used)")]
+          ("policy/cov_logp_shaped_adv", "cov(log pi, A used)"), ("policy/cov_in_state", "the same, state by state")]
+COVARIANCES = [("policy/cov_logp_shaped_adv", "pooled over the batch"), ("policy/cov_in_state", "state by state")]
+
+
+def having(runs, key):
+    """The runs whose rows log key (policy/cov_in_state exists from commit 10bdabc on)."""
+    return [run for run in runs if key in run[0]]
 
 
 def evaluate(model, task_flags, out):
@@ -228,13 +234,14 @@ def chosen_coef():
     return open(path).read().rsplit("Chosen: ", 1)[1].strip() if os.path.isfile(path) else None
 
 
-def entropy_law(runs):
-    """Does cov(log pi, A used) at step t predict the entropy change from step t to t + 1? The law of
-    policy-gradient updates: entropy falls where the covariance is positive, rises where negative.
-    runs: one list of metric rows per seed. Returns (Pearson r of cov_t and H_{t+1} - H_t, the share
-    of steps whose entropy moved against the covariance's sign, the number of steps with cov != 0)."""
-    pairs = [(a["policy/cov_logp_shaped_adv"], b["policy/entropy"] - a["policy/entropy"])
-             for run in runs for a, b in zip(run, run[1:]) if a["policy/cov_logp_shaped_adv"] != 0]
+def entropy_law(runs, key):
+    """Does the covariance key (of log pi and A used) at step t predict the entropy change from step t to
+    t + 1? The law of policy-gradient updates: entropy falls where the covariance is positive, rises where
+    negative. runs: one list of metric rows per seed. Returns (Pearson r of cov_t and H_{t+1} - H_t, the
+    share of steps whose entropy moved as the law predicts (down where cov > 0, up where cov < 0), the
+    number of steps with cov != 0)."""
+    pairs = [(a[key], b["policy/entropy"] - a["policy/entropy"])
+             for run in runs for a, b in zip(run, run[1:]) if a[key] != 0]
     if len(pairs) < 3:
         return float("nan"), float("nan"), len(pairs)
     cov, dh = zip(*pairs)
@@ -289,19 +296,26 @@ def paper_checks(curves, per_seed, ks):
              "| claim | measured | value | matched |", "|---|---|---|---|"]
     for claim, what, values, sign in claims:
         lines.append(f"| {claim} | {what} | " + " | ".join(verdict(values, sign)) + " |")
-    lines += ["", "The covariance law, per method. Over the run: the mean of cov(log pi, A used) over all steps and",
-              "seeds predicts the entropy falls (> 0) or rises (< 0); observed: the entropy of the first 5 steps ->",
-              "the last 5. Step by step: cov at step t against the entropy change from step t to t + 1, pooled over",
-              "seeds (each step's entropy is measured on its own fresh samples, so it is noisy).", "",
-              "| method | mean cov | predicted | entropy, first 5 -> last 5 | observed | steps | Pearson r "
-              "| steps whose entropy moved against cov's sign |", "|---" * 8 + "|"]
+    lines += ["", "The covariance law, per method and covariance: pooled over the batch's tokens (cov_logp_shaped_adv)",
+              "or state by state (cov_in_state, the law's own; logged from commit 10bdabc on, so from fewer seeds).",
+              "Over the run: its mean over all steps and seeds predicts the entropy falls (> 0) or rises (< 0);",
+              "observed: the entropy of the first 5 steps -> the last 5, over the same seeds. Step by step: cov at",
+              "step t against the entropy change from step t to t + 1, pooled over seeds (each step's entropy is",
+              "measured on its own fresh samples, so it is noisy).", "",
+              "| method | covariance | seeds | mean cov | predicted | entropy, first 5 -> last 5 | observed | steps "
+              "| Pearson r | steps moving as the law predicts |", "|---" * 10 + "|"]
     for name, runs in curves.items():
-        runs = [run for _, run in runs]
-        r, agree, n = entropy_law(runs)
-        cov = mean(row["policy/cov_logp_shaped_adv"] for run in runs for row in run)
-        before, after = mean(first5(run, "policy/entropy") for run in runs), mean(last5(run, "policy/entropy") for run in runs)
-        lines.append(f"| {METHODS[name][0]} | {cov:+.4f} | {'falls' if cov > 0 else 'rises'} | {before:.3f} -> "
-                     f"{after:.3f} | {'falls' if after < before else 'rises'} | {n} | {r:+.2f} | {agree:.0%} |")
+        for key, how in COVARIANCES:
+            logged = having([run for _, run in runs], key)
+            if not logged:
+                continue
+            r, agree, n = entropy_law(logged, key)
+            cov = mean(row[key] for run in logged for row in run)
+            before = mean(first5(run, "policy/entropy") for run in logged)
+            after = mean(last5(run, "policy/entropy") for run in logged)
+            lines.append(f"| {METHODS[name][0]} | {how} | {len(logged)} | {cov:+.4f} | {'falls' if cov > 0 else 'rises'} "
+                         f"| {before:.3f} -> {after:.3f} | {'falls' if after < before else 'rises'} | {n} | {r:+.2f} "
+                         f"| {agree:.0%} |")
     return lines
 
 
@@ -378,8 +392,7 @@ def report(task):
         if not runs:
             continue
         seeded[name] = runs
-        cells = [f"{mean(first5(run, key) for _, run in runs):.3f} -> {mean(last5(run, key) for _, run in runs):.3f}"
-                 for key, _ in CURVES]
+        cells = [trend(having([run for _, run in runs], key), key, len(runs)) for key, _ in CURVES]
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += paper_checks(seeded, per_seed, ks) + entropy_table()
     text = "\n".join(lines) + "\n"
@@ -430,21 +443,35 @@ def plot_passk(ks, base, per_seed):
     plt.close(fig)
 
 
+def trend(runs, key, of):
+    """'first 5 -> last 5' of key, mean over runs; how many runs, when fewer than of."""
+    if not runs:
+        return "-"
+    return (f"{mean(first5(run, key) for run in runs):.3f} -> {mean(last5(run, key) for run in runs):.3f}"
+            + (f" ({seed_count(len(runs))})" if len(runs) < of else ""))
+
+
 def plot(curves):
     plt = mg.optional_pyplot("training_curves.png")
     if plt is None or not curves:
         return
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.3))
+    fig, axes = plt.subplots(2, math.ceil(len(CURVES) / 2), figsize=(2 * len(CURVES), 6.4))
+    axes = list(axes.flat)
     for name, runs in curves.items():
         steps = [r["step"] for r in runs[0]]
         for ax, (key, title) in zip(axes, CURVES):
-            values = list(zip(*[[r[key] for r in run] for run in runs]))  # (steps, seeds)
-            ax.plot(steps, [mean(v) for v in values], label=METHODS[name][0].replace(" (illustration)", "*"))
-            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("step")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("mean over seeds; band: min to max; * = illustration (2 seeds)", fontsize=9)
+            values = list(zip(*[[r[key] for r in run] for run in having(runs, key)]))  # (steps, seeds)
+            if not values:
+                continue
+            ax.plot(steps, [mean(v) for v in values], color=f"C{list(curves).index(name)}",
+                    label=METHODS[name][0].replace(" (illustration)", "*"))
+            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15,
+                            color=f"C{list(curves).index(name)}")
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle("mean over seeds; band: min to max; * = illustration (2 seeds); the last panel from commit 10bdabc "
+                 "on (fewer seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "training_curves.png"), dpi=110)
     plt.close(fig)
