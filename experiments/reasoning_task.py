@@ -389,6 +389,7 @@ def report(task):
         if done:
             cells = [cell([per_seed[name][s][k] for s in done]) for k in ks]
             lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
+    lines += per_seed_table(per_seed, ks)
     paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
     if paired:
         lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({seed_count(len(paired))}):", "",
@@ -414,6 +415,18 @@ def report(task):
     print(text)
     plot({name: [run for _, run in runs] for name, runs in seeded.items()})
     plot_passk(ks, [pass_at_k_across_problems(base, k) for k in ks], per_seed)
+
+
+def per_seed_table(per_seed, ks):
+    """Markdown lines: each evaluated run's Pass@1, Pass@max and mean completion length, seed by seed."""
+    lines = ["", "Per run (eval.py; tokens: mean completion length):", "",
+             "| method | seed | Pass@1 | " + f"Pass@{ks[-1]} | tokens | truncated |", "|---|---|---|---|---|---|"]
+    for name, seeds in per_seed.items():
+        for s in sorted(seeds):
+            run = summary(os.path.join(RESULTS, "eval", f"{name}_seed{s}"))
+            lines.append(f"| {METHODS[name][0]} | {s} | {seeds[s][1]:.3f} | {seeds[s][ks[-1]]:.3f} | "
+                         f"{run['mean_tokens']:.0f} | {run['truncated_frac']:.2f} |")
+    return lines
 
 
 def pass_at_k_across_problems(counts, k):
