@@ -483,7 +483,7 @@ def plot(curves):
         return
     fig, axes = plt.subplots(2, math.ceil(len(CURVES) / 2), figsize=(2 * len(CURVES), 6.4))
     axes = list(axes.flat)
-    for name, runs in curves.items():
+    for i, (name, runs) in enumerate(curves.items()):
         steps = [r["step"] for r in runs[0]]
         for ax, (key, title) in zip(axes, CURVES):
             ax.set_title(title, fontsize=10)
@@ -491,10 +491,10 @@ def plot(curves):
             values = list(zip(*[[r[key] for r in run] for run in having(runs, key)]))  # (steps, seeds)
             if not values:
                 continue
-            ax.plot(steps, [mean(v) for v in values], color=f"C{list(curves).index(name)}",
+            ax.plot(steps, [mean(v) for v in values], color=f"C{i}",
                     label=METHODS[name][0].replace(" (illustration)", "*"))
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15,
-                            color=f"C{list(curves).index(name)}")
+                            color=f"C{i}")
     fig.axes[0].legend(fontsize=7)
     fig.suptitle("mean over seeds; band: min to max; * = illustration (2 seeds); the last panel from commit 10bdabc "
                  "on (fewer seeds)", fontsize=9)
