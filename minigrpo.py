@@ -242,14 +242,16 @@ def extract_answer(text):
 def math_reward(completion, answer):
     """1.0 when the completion's final answer equals the gold answer, else 0.0.
 
-    Numbers compare as numbers; other answers (LaTeX) through Math-Verify when it is installed,
-    else as normalized strings. Never evaluates or executes the text.
+    A numeric gold answer needs a number (or an equation ending in one); other answers (LaTeX)
+    go through Math-Verify when it is installed, else normalized strings. Never executes the text.
     """
     predicted = extract_answer(completion)
     if predicted is None:
         return 0.0
     a, b = parse_number(predicted), parse_number(answer)
-    if a is not None and b is not None:
+    if b is not None:  # a number is matched only by a number, never by an expression: \boxed{35 + 77}
+        if a is None:  # restates the question; Math-Verify would evaluate it to the gold answer
+            a = parse_number(predicted.rsplit("=", 1)[-1])  # "35 + 77 = 112", "x = 5": the last side
         return float(a == b)
     if _normalize_latex(predicted) == _normalize_latex(answer):
         return 1.0

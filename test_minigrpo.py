@@ -139,6 +139,10 @@ REWARD_CASES = [  # (completion, gold, reward); numeric cases never need math-ve
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", 1.0),  # a GSM8K answer line
     ("#### 1,234", "1234", 1.0),
     ("She has \\boxed{\\boxed{5}}", "5", 1.0),  # nested boxes
+    ("\\boxed{35 + 77}", "112", 0.0),  # the question restated is no answer (Math-Verify would add it up)
+    ("\\boxed{35 + 77 = 112}", "112", 1.0),  # an equation: its last side is the answer
+    ("\\boxed{35 + 77 = 111}", "112", 0.0),
+    ("\\boxed{x = 5}", "5", 1.0),
     ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric: normalized string comparison first
     ("\\boxed{\\left( 1, 2 \\right)}", "(1,2)", 1.0),
     ("\\boxed{}", "0", 0.0),

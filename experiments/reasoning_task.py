@@ -27,7 +27,8 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
   report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
           minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
           over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used); passk.png (Pass@k
-          of every model, and the paired difference by k).
+          of every model, and the paired difference by k). Every completion is graded again by the
+          current grader (samples.jsonl keeps them all), with a table of what that changed.
 
 Checkpoints go to --runs_dir (large, not committed); metrics, eval summaries and the report go to
 experiments/reasoning_task/.
@@ -48,7 +49,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import minigrpo as mg  # noqa: E402
 from entropy_vs_grpo import interval, per_problem_counts, run  # noqa: E402
-from eval import pass_at_k  # noqa: E402
+from eval import correct_counts, pass_at_k  # noqa: E402
 
 RESULTS = os.path.join(HERE, "reasoning_task")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -367,6 +368,31 @@ def entropy_table(min_count=20, shown=5):
     return lines if len(lines) > 5 else []
 
 
+def regraded_counts(path):
+    """Correct completions per problem, graded again by the current math_reward from samples.jsonl (which keeps
+    every completion and gold answer). The runs before the grader's fix were graded by a math_reward that
+    let Math-Verify add up a boxed expression, so that \\boxed{35 + 77}, the question restated, was right."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    for r in records:
+        r["correct"] = int(mg.math_reward(r["completion"], r["gold_answer"]))
+    return correct_counts(records)
+
+
+def regrading_table(paths, ks):
+    """Markdown lines: the models whose Pass@1 or Pass@max changed when graded again, then and now."""
+    lines = ["", "Graded at evaluation -> graded again by the fixed grader (a boxed expression such as "
+             "`\\boxed{35 + 77}` is no longer an answer); models not listed did not change:", "",
+             f"| model | Pass@1 | Pass@{ks[-1]} | completions graded differently |", "|---|---|---|---|"]
+    for label, path in paths:
+        then, now = per_problem_counts(path), regraded_counts(path)
+        if then != now:
+            p = [[mean(pass_at_k(N, c, k) for c in counts) for k in (1, ks[-1])] for counts in (then, now)]
+            lines.append(f"| {label} | {p[0][0]:.3f} -> {p[1][0]:.3f} | {p[0][1]:.3f} -> {p[1][1]:.3f} | "
+                         f"{sum(then) - sum(now)} of {N * len(then)} |")
+    return lines
+
+
 def cell(values, fmt="{:.3f}"):
     """'mean ± half-width of the 95% interval' across seeds; the mean alone for one seed."""
     m, h = interval(values)
@@ -375,7 +401,7 @@ def cell(values, fmt="{:.3f}"):
 
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
-    base = per_problem_counts(os.path.join(regime_dir(task), "samples.jsonl"))
+    base = regraded_counts(os.path.join(regime_dir(task), "samples.jsonl"))
     lines = [f"Task {task} (`{' '.join(training_flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
              "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
              "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
@@ -384,12 +410,15 @@ def report(task):
     per_seed = {}
     for name, (label, _, seeds) in METHODS.items():
         done = [s for s in range(seeds) if os.path.isfile(os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))]
-        per_seed[name] = {s: {k: mean(pass_at_k(N, c, k) for c in per_problem_counts(
+        per_seed[name] = {s: {k: mean(pass_at_k(N, c, k) for c in regraded_counts(
             os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))) for k in ks} for s in done}
         if done:
             cells = [cell([per_seed[name][s][k] for s in done]) for k in ks]
             lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
     lines += per_seed_table(per_seed, ks)
+    lines += regrading_table([("base model", os.path.join(regime_dir(task), "samples.jsonl"))] + [
+        (f"{METHODS[name][0]}, seed {s}", os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))
+        for name, seeds in per_seed.items() for s in sorted(seeds)], ks)
     paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
     if paired:
         lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({seed_count(len(paired))}):", "",
