@@ -249,8 +249,8 @@ def math_reward(completion, answer):
     if predicted is None:
         return 0.0
     a, b = parse_number(predicted), parse_number(answer)
-    if b is not None:  # a number is matched only by a number, never by an expression: \boxed{35 + 77}
-        if a is None:  # restates the question; Math-Verify would evaluate it to the gold answer
+    if b is not None:  # a number needs a number: Math-Verify would add up \boxed{35 + 77}, the question
+        if a is None:
             a = parse_number(predicted.rsplit("=", 1)[-1])  # "35 + 77 = 112", "x = 5": the last side
         return float(a == b)
     if _normalize_latex(predicted) == _normalize_latex(answer):

@@ -379,13 +379,14 @@ def regraded_counts(path):
     return correct_counts(records)
 
 
-def regrading_table(paths, ks):
-    """Markdown lines: the models whose Pass@1 or Pass@max changed when graded again, then and now."""
+def regrading_table(runs, ks):
+    """Markdown lines: of runs [(label, samples.jsonl, counts graded again)], those whose Pass@1 or Pass@max
+    changed when graded again, then and now."""
     lines = ["", "Graded at evaluation -> graded again by the fixed grader (a boxed expression such as "
              "`\\boxed{35 + 77}` is no longer an answer); models not listed did not change:", "",
              f"| model | Pass@1 | Pass@{ks[-1]} | completions graded differently |", "|---|---|---|---|"]
-    for label, path in paths:
-        then, now = per_problem_counts(path), regraded_counts(path)
+    for label, path, now in runs:
+        then = per_problem_counts(path)
         if then != now:
             p = [[mean(pass_at_k(N, c, k) for c in counts) for k in (1, ks[-1])] for counts in (then, now)]
             lines.append(f"| {label} | {p[0][0]:.3f} -> {p[1][0]:.3f} | {p[0][1]:.3f} -> {p[1][1]:.3f} | "
@@ -401,24 +402,25 @@ def cell(values, fmt="{:.3f}"):
 
 def report(task):
     ks = [2**i for i in range(int(math.log2(N)) + 1)]
-    base = regraded_counts(os.path.join(regime_dir(task), "samples.jsonl"))
+    base_samples = os.path.join(regime_dir(task), "samples.jsonl")
+    base = regraded_counts(base_samples)
     lines = [f"Task {task} (`{' '.join(training_flags_of(task))}`), n = {N} on {PROBLEMS} held-out problems. Methods: mean over "
              "seeds +- the 95% t-interval across seeds; base model: across problems.", "",
              "| model | seeds | " + " | ".join(f"Pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|",
              "| base model | - | " + " | ".join("{:.3f} ± {:.3f}".format(*pass_at_k_across_problems(base, k)) for k in ks)
              + " |"]
-    per_seed = {}
+    per_seed, regraded = {}, [("base model", base_samples, base)]
     for name, (label, _, seeds) in METHODS.items():
-        done = [s for s in range(seeds) if os.path.isfile(os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))]
-        per_seed[name] = {s: {k: mean(pass_at_k(N, c, k) for c in regraded_counts(
-            os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))) for k in ks} for s in done}
+        samples = {s: os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl") for s in range(seeds)}
+        done = [s for s in range(seeds) if os.path.isfile(samples[s])]
+        counts = {s: regraded_counts(samples[s]) for s in done}  # graded once per run
+        regraded += [(f"{label}, seed {s}", samples[s], counts[s]) for s in done]
+        per_seed[name] = {s: {k: mean(pass_at_k(N, c, k) for c in counts[s]) for k in ks} for s in done}
         if done:
             cells = [cell([per_seed[name][s][k] for s in done]) for k in ks]
             lines.append(f"| {label} | {len(done)} | " + " | ".join(cells) + " |")
     lines += per_seed_table(per_seed, ks)
-    lines += regrading_table([("base model", os.path.join(regime_dir(task), "samples.jsonl"))] + [
-        (f"{METHODS[name][0]}, seed {s}", os.path.join(RESULTS, "eval", f"{name}_seed{s}", "samples.jsonl"))
-        for name, seeds in per_seed.items() for s in sorted(seeds)], ks)
+    lines += regrading_table(regraded, ks)
     paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
     if paired:
         lines += ["", f"Paired difference, entropy advantage minus GRPO, same seed ({seed_count(len(paired))}):", "",
