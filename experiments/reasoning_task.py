@@ -24,6 +24,13 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
   eval    eval.py (n = 32, the regime's problems and settings) on every finished run.
   entropy eval.py --entropy_report (16 problems x 8 samples) on the base model and seed 0 of each
           method: which tokens each model hesitates on (entropy/NAME/).
+  replicate  The replication (REPLICATION.md, committed before its first run): GRPO and GRPO + entropy
+          advantage on seeds 5-9, trained and evaluated seed by seed with today's grader; each run's
+          provenance.json names the commit and CPU it ran on, and every path of this machine in its
+          files is replaced by the run's name. Then replication.md: the primary claim (paired Pass@32,
+          95% t-interval over the 5 new pairs; the sign test beside it), the secondary claims, the
+          length split at the first statement of the answer, and the ten seeds together, is written by
+          the report stage.
   report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
           minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
           over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used); passk.png (Pass@k
@@ -41,6 +48,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from statistics import mean
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -534,13 +542,67 @@ def plot(curves):
     plt.close(fig)
 
 
+REPLICATION_SEEDS = range(5, 10)
+
+
+def provenance(name, seed, started):
+    """Write eval/NAME_seedS/provenance.json: the commit and CPU a replication run ran on (not overwritten)."""
+    path = os.path.join(RESULTS, "eval", f"{name}_seed{seed}", "provenance.json")
+    if os.path.isfile(path):
+        return
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                         capture_output=True, text=True).stdout.strip()
+    with open(path, "w") as f:
+        json.dump({"run": f"{name}_seed{seed}", "commit": commit, "torch_cpu_capability": cpu,
+                   "wall_s_train_and_eval": round(time.time() - started, 1)}, f, indent=2)
+
+
+def scrub_paths(folder, path, name):
+    """Replace every appearance of this machine's path (a run's folder) by the run's name in the text files of
+    folder, each rewritten through a temporary file."""
+    for file in os.listdir(folder):
+        full = os.path.join(folder, file)
+        if not file.endswith((".json", ".jsonl", ".log", ".md")):
+            continue
+        with open(full) as f:
+            text = f.read()
+        if path in text:
+            with open(full + ".tmp", "w") as f:
+                f.write(text.replace(path, name))
+            os.replace(full + ".tmp", full)
+
+
+def replicate(task, runs_dir):
+    """The replication's runs, seed by seed (GRPO, then the entropy advantage; each trained, then evaluated),
+    skipping what is done."""
+    for seed in REPLICATION_SEEDS:
+        for name in ("grpo", "entropy_adv"):
+            out = os.path.join(RESULTS, "eval", f"{name}_seed{seed}")
+            if os.path.isfile(os.path.join(out, "provenance.json")):
+                continue
+            started = time.time()
+            train(name, seed, training_flags_of(task), runs_dir)
+            final = os.path.join(run_dir(runs_dir, name, seed), "final")
+            evaluate(final, flags_of(task), out)
+            scrub_paths(out, final, f"{name}_seed{seed}")
+            provenance(name, seed, started)
+
+
 def main():
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["all", "regime", "train", "eval", "entropy", "report"], default="all")
+    parser.add_argument("--stage", choices=["all", "regime", "train", "eval", "entropy", "report", "replicate"],
+                        default="all")
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "reasoning_task"))
+    parser.add_argument("--results_dir", default=RESULTS, help="where metrics, evaluations and reports go")
     args = parser.parse_args()
+    RESULTS = args.results_dir
     os.makedirs(RESULTS, exist_ok=True)
     task = choose_task(args.runs_dir)
+    if task is not None and args.stage == "replicate":
+        replicate(task, os.path.join(args.runs_dir, task))
+        return
     if task is None or args.stage == "regime":
         return
     runs_dir = os.path.join(args.runs_dir, task)
