@@ -45,6 +45,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -448,6 +449,7 @@ def report(task):
         cells = [trend(having([run for _, run in runs], key), key, len(runs)) for key, _ in CURVES]
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += paper_checks(seeded, per_seed, ks) + entropy_table()
+    replication_report()
     text = "\n".join(lines) + "\n"
     with open(os.path.join(RESULTS, "results.md"), "w") as f:
         f.write(text)
@@ -587,6 +589,116 @@ def replicate(task, runs_dir):
             evaluate(final, flags_of(task), out)
             scrub_paths(out, final, f"{name}_seed{seed}")
             provenance(name, seed, started)
+
+
+def length_split(completion, answer):
+    """REPLICATION.md's split of a completion at the first statement of its final answer: (characters up to
+    the end of the first place the answer's text appears not inside a longer number, characters after it,
+    whether it was found). Not found (or no answer): the whole completion counts as before."""
+    if answer:
+        found = re.search(r"(?<![\d.])" + re.escape(answer) + r"(?!\d)", completion)
+        if found:
+            return found.end(), len(completion) - found.end(), True
+    return len(completion), 0, False
+
+
+def length_split_of(path):
+    """Mean characters before and after the first statement of the answer over a samples.jsonl, the share of
+    all characters that come after, and the share of completions where no statement was found."""
+    with open(path) as f:
+        splits = [length_split(r["completion"], r["extracted_answer"]) for r in map(json.loads, f)]
+    before, after, found = zip(*splits)
+    return {"before": mean(before), "after": mean(after), "after_share": sum(after) / max(sum(before) + sum(after), 1),
+            "not_found": 1 - mean(found)}
+
+
+def sign_test(differences):
+    """Two-sided sign test p-value of the nonzero differences (exact binomial, p = 1/2)."""
+    signs = [d > 0 for d in differences if d != 0]
+    n, k = len(signs), max(sum(signs), len(signs) - sum(signs))
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n) if n else 1.0
+
+
+def replication_verdict(differences):
+    """REPLICATION.md's primary verdict on the paired Pass@32 differences of the new seeds."""
+    if len(differences) < len(REPLICATION_SEEDS):
+        return f"pending: {len(differences)} of {len(REPLICATION_SEEDS)} pairs evaluated"
+    m, h = interval(differences)
+    if m - h > 0:
+        return "replicated: the 95% interval lies above 0"
+    if m + h < 0:
+        return "contradicted: the 95% interval lies below 0"
+    return "not replicated: the 95% interval holds 0"
+
+
+def replication_report():
+    """replication.md: the replication's verdict and secondary measures (REPLICATION.md), then the ten seeds
+    together. Pass@k of the new seeds from the grades stored at evaluation; of seeds 0-4, re-graded."""
+    k = N
+    passk, rows = {}, {}  # (name, seed): Pass@k; metric rows
+    for name in ("grpo", "entropy_adv"):
+        for seed in range(10):
+            samples = os.path.join(RESULTS, "eval", f"{name}_seed{seed}", "samples.jsonl")
+            if os.path.isfile(samples) and (seed < 5 or os.path.isfile(os.path.join(os.path.dirname(samples),
+                                                                                     "provenance.json"))):
+                counts = per_problem_counts(samples) if seed >= 5 else regraded_counts(samples)
+                passk[name, seed] = mean(pass_at_k(N, c, k) for c in counts)
+                rows[name, seed] = read_metrics(name, seed)
+
+    def paired(seeds, value=lambda name, seed: passk[name, seed]):
+        """The seeds both methods have, and the differences EA - GRPO of value on them."""
+        both = [s for s in seeds if ("grpo", s) in passk and ("entropy_adv", s) in passk]
+        return both, [value("entropy_adv", s) - value("grpo", s) for s in both]
+
+    new, diffs = paired(REPLICATION_SEEDS)
+    lines = ["# Replication: the paired Pass@32, seeds 5-9 (the rule: REPLICATION.md)", "",
+             f"Primary claim, entropy advantage minus GRPO, Pass@{k}, same seed, grades stored at evaluation:", "",
+             "| seed | GRPO | GRPO + entropy advantage | difference |", "|---|---|---|---|"]
+    lines += [f"| {s} | {passk['grpo', s]:.3f} | {passk['entropy_adv', s]:.3f} | {d:+.3f} |" for s, d in zip(new, diffs)]
+    if diffs:
+        m, h = interval(diffs)
+        lines += ["", f"Mean difference {m:+.3f} ± {h:.3f} (95% t-interval, {len(diffs)} pairs); "
+                      f"{sum(d > 0 for d in diffs)} of {len(diffs)} positive, sign test p = {sign_test(diffs):.4f} "
+                      "(two-sided).", "", f"**Verdict: {replication_verdict(diffs)}.**"]
+    else:
+        lines += ["", f"**Verdict: {replication_verdict(diffs)}.**"]
+    lines += ["", "Secondary claims, new seeds (mean ± 95% t-interval; never the verdict):", "",
+              "| claim | measured | value |", "|---|---|---|"]
+    secondary = [("EA lengthens responses", "EA - GRPO, response length in training (tokens), last 5 steps",
+                  lambda n, s: last5(rows[n, s], "rollout/response_length")),
+                 ("EA lowers entropy faster", "EA - GRPO, entropy in training (nats), last 5 steps",
+                  lambda n, s: last5(rows[n, s], "policy/entropy"))]
+    for claim, what, fn in secondary:
+        _, values = paired(new, fn)
+        lines.append(f"| {claim} | {what} | {cell(values, '{:+.3f}') if values else '-'} |")
+    falls = [last5(rows["entropy_adv", s], "policy/psi_over_abs_adv") - first5(rows["entropy_adv", s],
+             "policy/psi_over_abs_adv") for s in REPLICATION_SEEDS if ("entropy_adv", s) in rows]
+    lines.append(f"| psi/\\|A\\| falls | EA, psi/\\|A\\| of the last 5 steps - the first 5 | "
+                 f"{cell(falls, '{:+.3f}') if falls else '-'} |")
+    lines += ["", "Response length split at the first statement of the final answer (evaluation samples, "
+              "characters; REPLICATION.md defines it):", "",
+              "| method | seed | before | after | share after | no statement found |", "|---|---|---|---|---|---|"]
+    before = {}
+    for name, seed in sorted(passk, key=lambda x: (x[0] != "grpo", x[1])):
+        split = length_split_of(os.path.join(RESULTS, "eval", f"{name}_seed{seed}", "samples.jsonl"))
+        before[name, seed] = split["before"]
+        lines.append(f"| {METHODS[name][0]} | {seed} | {split['before']:.0f} | {split['after']:.0f} | "
+                     f"{split['after_share']:.2f} | {split['not_found']:.2f} |")
+    _, values = paired(new, lambda n, s: before[n, s])
+    if values:
+        lines += ["", f"EA - GRPO, characters before the answer, new seeds: {cell(values, '{:+.1f}')}."]
+    every, diffs10 = paired(range(10))
+    if diffs10:
+        m, h = interval(diffs10)
+        lines += ["", f"Secondary view, the seeds together ({len(every)} pairs: {', '.join(map(str, every))}): "
+                      f"Pass@{k} difference {m:+.3f} ± {h:.3f}, {sum(d > 0 for d in diffs10)} of {len(diffs10)} "
+                      f"positive, sign test p = {sign_test(diffs10):.4f}. Seeds 0-4 were trained with the old "
+                      "grader's reward (which paid a boxed restated question) and are graded again by the fixed "
+                      "one; seeds 5-9 were trained and graded with the fixed grader."]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(RESULTS, "replication.md"), "w") as f:
+        f.write(text)
+    print(text)
 
 
 def main():
