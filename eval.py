@@ -216,8 +216,7 @@ def token_entropies(model, tokenizer, batch):
     that chose it (Eq. 4). At temperature 1, the model's own distribution as in training's
     policy/entropy, whatever temperature sampled the completions. Returns two lists of lists.
     """
-    _, entropy = mg.policy_forward(model, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
-                                   batch.mask, 1.0, prompt_index=batch.prompt_index)  # (B, C)
+    _, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None)), 1.0)  # (B, C)
     tokens, entropies = [], []
     for ids, h, n in zip(batch.completion_ids.tolist(), entropy.tolist(), batch.mask.sum(dim=1).tolist()):
         tokens.append([tokenizer.decode([i]) for i in ids[:n]])
@@ -351,10 +350,7 @@ def main(argv=None):
                                                         for name, s in stats.items()}, indent=1) + "\n"),
                     ("entropy_report.html", entropy_html(examples))]
     for filename, text in outputs:
-        path = os.path.join(args.output_dir, filename)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        mg.write_then_rename(os.path.join(args.output_dir, filename), text)
     for name in args.model:  # the evaluation is complete: its progress files are no longer needed
         os.remove(progress_path(name, args))
     plotted = plot_pass_at_k(summary, os.path.join(args.output_dir, "passk.png"))

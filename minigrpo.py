@@ -1,42 +1,20 @@
 """minigrpo: GRPO with the entropy-based advantage, in one file.
 
-Trains a causal language model on math problems with a rule-based reward, following
-GRPO (Shao et al. 2024, DeepSeekMath Sec. 4.1.2) plus the entropy advantage of
-Cheng et al., "Reasoning with Exploration: An Entropy Perspective" (arXiv 2506.14758).
-Read it top to bottom: Config, sampling, reward, advantages, log-probs and entropy, the loss,
-one training step, main. Everything after the PLUMBING banner can be skipped on a first read.
+Trains a causal language model on math problems with a rule-based reward: GRPO (Shao et al.
+2024, DeepSeekMath Sec. 4.1.2) plus the entropy advantage of Cheng et al., "Reasoning with
+Exploration: An Entropy Perspective" (arXiv 2506.14758, Eq. 4-7).
 
-Choices, and where they differ from the textbook:
-  1. Group-normalized advantages, one per response, shared by all its tokens (GRPO).
-     `--no_scale_rewards` skips the division by the group std (Dr. GRPO).
-  2. Entropy advantage (Eq. 4-6 of Cheng et al.): every token's advantage gets
-     psi = min(alpha * H_t.detach(), |A_t| / kappa). alpha = 0 is plain GRPO.
-  3. Token-level loss (DAPO): the clipped surrogate is averaged over all completion
-     tokens of a mini-batch, not per response first.
-  4. Clip-higher (DAPO): the ratio is clipped to [1 - clip_low, 1 + clip_high].
-  5. No KL penalty and no reference model by default (kl_coef = 0), as in the paper.
-  6. Rollouts are sampled from the policy itself, by our own loop: temperature T, no
-     top-k/top-p, no penalties, whatever the model's generation_config says; the loss
-     divides the logits by the same T.
-  7. Weights and optimizer states stay float32; `--dtype bfloat16` runs the forward
-     passes under autocast.
-  8. The reward is 1 for a correct final answer, else 0 (the paper: +1/-1; the same
-     advantages once divided by the group std).
-  9. The paper's comparison set: `--algorithm ppo` (a critic copied from the pretrained
-     model, GAE, whitened per-token advantages) and `--entropy_coef` (entropy
-     regularization, a loss term with a gradient, which the paper argues against).
- 10. Each prompt is encoded once per group, in sampling and in the update (exact: attention
-     is causal); `--no_shared_prefix` encodes every row in full.
- 11. Several GPUs: under torchrun each process takes a share of the step's groups and the
-     gradients are summed over the processes: the same update as one process on the whole batch.
+Read it top to bottom, in the order one step runs: Config, sampling, reward, GRPO's advantages,
+log-probs and entropy (Eq. 4), the entropy advantage (Eq. 5-6) and the loss (Eq. 7), one training
+step, main. The story ends with main. Then PPO, the paper's second algorithm, in one section; then
+the PLUMBING banner: speed, several GPUs, metrics, grader hardening, data, model loading,
+checkpoints and argument checks, which a first read can skip. The README's "Design choices" lists
+where this GRPO differs from the textbook (token-level loss, clip-higher, no KL, our own sampler).
 
 Run it:
   python minigrpo.py                                  # built-in arithmetic, SmolLM2-135M, CPU
   python minigrpo.py --entropy_alpha 0                # plain GRPO, for comparison
-  python minigrpo.py --algorithm ppo --entropy_alpha 0.1          # PPO + entropy advantage
-  python minigrpo.py --model Qwen/Qwen2.5-0.5B-Instruct --dtype bfloat16 --dataset gsm8k --max_new_tokens 512
   python eval.py --model smollm2 --model runs/minigrpo/final   # Pass@1 and Pass@K, side by side
-  torchrun --nproc_per_node 4 minigrpo.py --model Qwen/Qwen2.5-1.5B-Instruct --dtype bfloat16  # 4 GPUs
 """
 
 import copy
@@ -97,7 +75,7 @@ class Config:
     temperature: float = knob(1.0, "rollout temperature; the loss divides the logits by the same")
     # optimization
     lr: float = knob(1e-5, "AdamW learning rate")
-    max_grad_norm: float = knob(1.0, "gradient clipping (global L2 norm)")
+    max_grad_norm: float = knob(1.0, "gradient clipping (global L2 norm); inf: none")
     updates_per_rollout: int = knob(1, "optimizer steps per rollout, one per mini-batch of the rollout")
     micro_batch_size: int = knob(8, "sequences per forward/backward (gradient accumulation)")
     clip_low: float = knob(0.2, "PPO clip: ratio >= 1 - clip_low")
@@ -147,18 +125,14 @@ def format_prompt(tokenizer, question, instruction):
 def sample_token(logits, temperature, top_p=1.0):
     """One token per row from softmax(logits / T), nothing else; T = 0: the argmax. (N, V) -> (N,).
 
-    top_p < 1 (evaluation only) first drops the least likely tokens while their total
-    probability stays <= 1 - top_p, the rule transformers uses. The draw inverts the cumulative
+    top_p < 1 (evaluation only) keeps the nucleus (nucleus_only). The draw inverts the cumulative
     distribution with one uniform number per row; torch.multinomial draws one per vocabulary entry.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
     if top_p < 1.0:
-        ascending, order = probs.sort(dim=-1)
-        drop = ascending.cumsum(dim=-1) <= 1 - top_p  # (N, V), in ascending order
-        drop[:, -1] = False  # the most likely token always stays
-        probs = probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
+        probs = nucleus_only(probs, top_p)
     cdf = probs.double().cumsum(dim=-1)  # (N, V); float64 so that tiny probabilities keep their share
     u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]  # (N, 1) in [0, total)
     # the first token whose cumulative probability exceeds u: never one of probability 0
@@ -170,47 +144,35 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
                        shared_prefix=True):
     """Sample group_size completions per prompt, one token at a time; the rows of a group are contiguous.
 
-    Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever
-    the checkpoint's generation_config says, so the completions come from the distribution the
-    loss differentiates. A row that samples EOS leaves the batch (its cached keys and values too) and
-    gets padding from then on; the loop stops when no row is left, or after max_new_tokens. With
-    shared_prefix, each prompt (all but its last token) is encoded once and its keys and values
-    repeated for its group.
+    Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever the
+    checkpoint's generation_config says: the distribution the loss differentiates. A row that samples
+    EOS leaves the batch and gets padding from then on. Returns prompt_ids, prompt_mask (N, P), the
+    completions (N, C).
     """
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    prompt_ids = batch.input_ids.repeat_interleave(group_size, dim=0)  # (N, P), left-padded
-    prompt_mask = batch.attention_mask.repeat_interleave(group_size, dim=0)  # (N, P)
-    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (N, P): left padding does not count
-    cache, first = None, 0  # first: the first prompt column the first forward reads
-    if shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1:
-        row_to_prompt = torch.arange(len(prompts), device=model.device).repeat_interleave(group_size)
-        prefix_ids, prefix_mask = batch.input_ids[:, :-1], batch.attention_mask[:, :-1]  # (B, P-1) each
-        _, cache = shared_prompt_cache(model.base_model, prefix_ids, prefix_mask, row_to_prompt)
-        first = prompt_ids.shape[1] - 1
-    input_ids, position_ids, attention_mask = prompt_ids[:, first:], position_ids[:, first:], prompt_mask
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    prompt_ids = encoded.input_ids.repeat_interleave(group_size, dim=0)  # (N, P), left-padded
+    prompt_mask = encoded.attention_mask.repeat_interleave(group_size, dim=0)  # (N, P)
+    positions = position_ids(prompt_mask)  # (N, P)
+    # the prompt's keys and values, encoded once per group (shared_prefix), and the first column left to read
+    cache, decode_start = prompt_cache(model, encoded, group_size, shared_prefix)
+    input_ids, positions = prompt_ids[:, decode_start:], positions[:, decode_start:]  # (N, P - decode_start)
+    attention_mask = prompt_mask  # (N, P), one column longer after each token
     eos = torch.as_tensor(model.generation_config.eos_token_id, device=model.device)
     completions = torch.full((len(prompt_ids), max_new_tokens), tokenizer.pad_token_id, device=model.device)
     live = torch.arange(len(prompt_ids), device=model.device)  # (L,) the rows that have not sampled EOS
     for t in range(max_new_tokens):
-        logits, cache = next_token_logits(model, input_ids, attention_mask, position_ids, cache)  # (L, V)
+        logits, cache = next_token_logits(model, input_ids, attention_mask, positions, cache)  # (L, V)
         token = sample_token(logits, temperature, top_p)  # (L,)
         completions[live, t] = token
-        going = ~is_eos_token(token, eos)  # (L,)
-        if not going.all():  # finished rows leave the batch and the cache: no compute is spent on padding
-            keep = going.nonzero().squeeze(1)  # (L',)
-            live, token, position_ids = live[keep], token[keep], position_ids[keep]
-            attention_mask = attention_mask[keep]
-            cache.batch_select_indices(keep)
+        not_done = ~is_eos_token(token, eos)  # (L,)
+        if not not_done.all():  # finished rows leave the batch and the cache: no compute is spent on padding
+            live, token, positions, attention_mask = keep_rows(not_done, cache, live, token, positions,
+                                                               attention_mask)
         if len(live) == 0:
             break
-        input_ids, position_ids = token[:, None], position_ids[:, -1:] + 1  # (L, 1) each
+        input_ids, positions = token[:, None], positions[:, -1:] + 1  # (L, 1) each
         attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)  # (L, P + t)
     return prompt_ids, prompt_mask, completions[:, : t + 1]  # completions: (N, C), C <= max_new_tokens
-
-
-def is_eos_token(token_ids, eos_token_id):
-    """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
-    return torch.isin(token_ids, torch.as_tensor(eos_token_id, device=token_ids.device))
 
 
 def completion_mask(completion_ids, eos_token_id):
@@ -253,22 +215,11 @@ def math_reward(completion, answer):
         if a is None:
             a = parse_number(predicted.rsplit("=", 1)[-1])  # "35 + 77 = 112", "x = 5": the last side
         return float(a == b)
-    if _normalize_latex(predicted) == _normalize_latex(answer):
-        return 1.0
-    # never right; slow for sympy
-    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)
-    checker = None if huge else _math_verify()
-    if checker is None:
-        return 0.0
-    parse, verify = checker
-    try:
-        return float(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
-    except Exception:  # its parser on arbitrary model text: a failure is a wrong answer, never a crash
-        return 0.0
+    return float(latex_answers_match(predicted, answer))
 
 
 # -----------------------------------------------------------------------------
-# Advantages: GRPO's group baseline; PPO's critic and GAE
+# GRPO's advantages: each response against its own group
 
 
 def group_advantages(rewards, group_size, scale=True, eps=1e-4):
@@ -283,105 +234,49 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-4):
     return centered.flatten()  # (B*G,)
 
 
-def last_token_rewards(rewards, mask):
-    """PPO: each response's reward (B,) placed on its last real token (EOS included), 0 elsewhere: (B, T)."""
-    last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
-    placed = torch.zeros(mask.shape, device=mask.device)  # (B, T)
-    return placed.scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
-
-
-def gae_advantages(rewards, values, mask, gamma, lam):
-    """Generalized advantage estimation (Schulman et al. 2016) over the completion tokens.
-
-    rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
-    (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
-    response's last real token, never from padding. With gamma = lam = 1: A_t = R - V(s_t).
-    """
-    mask = mask.float()
-    advantages = torch.zeros_like(values)
-    next_value = next_advantage = torch.zeros_like(values[:, 0])  # (B,): 0 after the last token
-    for t in reversed(range(values.shape[1])):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # TD error
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
-        next_value = values[:, t] * mask[:, t]
-        advantages[:, t] = next_advantage
-    return advantages, (advantages + values) * mask
-
-
-def whiten(advantages, mask, eps=1e-8):
-    """PPO's batch normalization: mean 0 and std 1 over the real tokens of the batch, 0 on padding. (B, T).
-    With torchrun, the batch is every rank's rows."""
-    mask = mask.float()
-    count = sum_over_ranks(mask.sum())
-    mean = sum_over_ranks((advantages * mask).sum()) / count
-    variance = sum_over_ranks(((advantages - mean) ** 2 * mask).sum()) / count
-    return (advantages - mean) * torch.rsqrt(variance + eps) * mask
-
-
 # -----------------------------------------------------------------------------
 # Log-probs and entropy (Eq. 4) on the training forward pass
 
 
-def token_logprobs(logits, token_ids):
-    """log pi(a_t) under pi = softmax(logits): z[a_t] - logsumexp(z).
+def logprobs_and_entropy(logits, token_ids):
+    """log pi(a_t) of the sampled tokens and Eq. 4's entropy H = -sum_v pi(v) log pi(v) over the whole
+    vocabulary, both from one log_softmax of the logits (no log 0, no overflow for large logits).
 
-    logits: (N, V) float32, already divided by the temperature; token_ids: (N,). Returns (N,).
+    logits: (N, V) float32, already divided by the temperature; token_ids: (N,). Returns (N,), (N,).
     """
-    return logits.gather(-1, token_ids[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1)  # (N, V)
+    entropy = -(logp.exp() * logp).sum(dim=-1)  # (N,) Eq. 4
+    return logp.gather(-1, token_ids[:, None]).squeeze(-1), entropy
 
 
-def entropy_from_logits(logits):
-    """Eq. 4: H = -sum_v pi(v) log pi(v) over the whole vocabulary, for pi = softmax(logits).
-
-    Computed as logsumexp(z) - sum_v pi(v) z_v (the same thing, without log 0). (N, V) -> (N,).
-    """
-    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-
-
-def completion_hidden(transformer, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):
+def completion_hidden(transformer, inputs):
     """Final hidden states (B, C, D) at the positions that predict each completion token.
 
-    transformer: a model without its output layer (the policy's base_model, or the critic's body).
-    The same left-padded attention mask as in sampling, and position ids that
-    count only real tokens, as `generate` does, so these are the sampled sequences' states.
-    prompt_index (B,): which distinct prompt each row continues; given, each distinct prompt is
-    encoded once (shared_prefix_hidden) instead of once per row.
+    transformer: a model without its output layer (the policy's base_model, or the critic's body);
+    inputs: a ModelInputs (some rows of a rollout). The same left-padded attention mask as in
+    sampling, and position ids that count only real tokens, so these are the sampled sequences' states.
     """
-    attention_mask = torch.cat([prompt_mask, mask], dim=1)  # (B, P+C)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P+C)
-    if prompt_index is not None:
-        return shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids,
-                                    prompt_index)
-    C = completion_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
-    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    attention_mask = torch.cat([inputs.prompt_mask, inputs.mask], dim=1)  # (B, P+C)
+    positions = position_ids(attention_mask)  # (B, P+C)
+    if inputs.prompt_index is not None:  # each distinct prompt encoded once: the same states, less work
+        return shared_prefix_hidden(transformer, inputs, attention_mask, positions)
+    C = inputs.completion_ids.shape[1]
+    input_ids = torch.cat([inputs.prompt_ids, inputs.completion_ids], dim=1)  # (B, P+C)
+    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                          use_cache=False).last_hidden_state  # (B, P+C, D)
     return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
 
 
-def policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature, entropy_grad=False,
-                   prompt_index=None):
-    """Training forward pass over prompt + completion; log-probs and entropy of the completion tokens."""
-    hidden = completion_hidden(model.base_model, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
-    return logprobs_and_entropy(hidden, model.get_output_embeddings(), completion_ids, temperature,
-                                entropy_grad=entropy_grad)
+def policy_forward(model, inputs, temperature, entropy_grad=False):
+    """The training forward pass: log pi(a_t) and H_t of every completion token, (B, width) each.
 
-
-class Critic(torch.nn.Module):
-    """PPO's value model V(s_t): a copy of the pretrained transformer with its own weights and a
-    scalar head on the last hidden state, as in the paper's setup. The head starts at 0 (V = 0)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.body = copy.deepcopy(model.base_model)
-        self.head = torch.nn.Linear(model.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, prompt_ids, prompt_mask, completion_ids, mask, prompt_index=None):  # -> (B, C) values
-        # V(s_t) is read at the position that predicts completion token t, as the policy's log-probs are
-        hidden = completion_hidden(self.body, prompt_ids, prompt_mask, completion_ids, mask, prompt_index)
-        return self.head(hidden).squeeze(-1).float()
+    The output layer and logprobs_and_entropy run a chunk of positions at a time (chunked_logprobs),
+    so the (B*C, V) logits never exist at once; columns past the rows' longest completion are 0.
+    """
+    hidden = completion_hidden(model.base_model, inputs)  # (B, C, D)
+    logprobs, entropy = chunked_logprobs(hidden, model.get_output_embeddings(), inputs.completion_ids,
+                                         temperature, entropy_grad=entropy_grad)  # (B, C) each
+    return pad_to(logprobs, inputs.width), pad_to(entropy, inputs.width)
 
 
 # -----------------------------------------------------------------------------
@@ -409,8 +304,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
 
     logprobs, old_logprobs, advantages, mask: (B, T). num_tokens: the token count of the whole
     mini-batch when this is one of several micro-batches: a token mean over the mini-batch is not
-    the mean of the micro-batches' means. Default: mask.sum().
-    Returns the loss and stats (clip fraction, approximate KL to the rollout policy).
+    the mean of the micro-batches' means. Default: mask.sum(). Returns the loss and stats.
     """
     mask = mask.float()
     num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
@@ -425,36 +319,9 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
         per_token = per_token + kl_coef * (torch.exp(ref_diff) - ref_diff - 1)
     loss = (per_token * mask).sum() / num_tokens
     with torch.no_grad():
-        tokens = mask.sum().clamp(min=1)
-        stats = {
-            "clip_frac": ((clipped < unclipped).float() * mask).sum() / tokens,
-            "approx_kl": (((ratio - 1) - log_ratio) * mask).sum() / tokens,
-        }
+        stats = {"clip_frac": masked_mean((clipped < unclipped).float(), mask),
+                 "approx_kl": masked_mean((ratio - 1) - log_ratio, mask)}
     return loss, stats
-
-
-def value_loss(values, old_values, returns, mask, clip, num_tokens=None):
-    """PPO's clipped value loss, token-level: 0.5 * max((V - R)^2, (V_clipped - R)^2), where
-    V_clipped stays within clip of the rollout's value. All (B, T); num_tokens as in policy_loss."""
-    mask = mask.float()
-    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
-    clipped = old_values + (values - old_values).clamp(-clip, clip)
-    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
-    return (per_token * mask).sum() / num_tokens
-
-
-def token_covariance(x, y, mask):
-    """Covariance of x and y over the real tokens of a batch (all (B, T)); a scalar.
-
-    With x = log pi(a_t) and y = the advantage used, a softmax policy-gradient step changes the
-    entropy by about minus this (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
-    The law's covariance is over the actions of one state; this one also pools states, so a term that
-    grows with a state's entropy (where sampled log-probs are low) pulls it down: see cov_in_state.
-    """
-    mask = mask.float()
-    n = mask.sum().clamp(min=1)
-    x_mean, y_mean = (x * mask).sum() / n, (y * mask).sum() / n
-    return ((x - x_mean) * (y - y_mean) * mask).sum() / n
 
 
 # -----------------------------------------------------------------------------
@@ -481,143 +348,50 @@ def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature,
             shared_prefix=True):
     """Sample a group per problem and grade it: what every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
-    with record_function("minigrpo.sample"):
+    with profiled("sample"):
         prompt_ids, prompt_mask, completion_ids = sample_completions(
             model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
     eos = model.generation_config.eos_token_id
-    mask = completion_mask(completion_ids, eos)  # (B*G, C)
-    with record_function("minigrpo.grade"):
+    mask = completion_mask(completion_ids, eos)  # (N, C)
+    with profiled("grade"):
         texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
                                        skip_special_tokens=True)
         answers = [p["answer"] for p in problems for _ in range(group_size)]
-        rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (B*G,)
-    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (B*G,) no EOS: every token is trained on
-    prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (B*G,)
+        rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (N,)
+    truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (N,) no EOS: every token is trained on
+    prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (N,)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, prompt_index, rewards, truncated, texts,
                    prompts)
 
 
 def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
-    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), step.
+    """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), backward, step.
 
-    advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO).
+    advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO). With one update per
+    rollout (the default) the policy is its own pi_old: old = logprobs.detach(), the ratio is exactly 1.
     """
-    n, C = batch.mask.shape
-    mini = n // cfg.updates_per_rollout
-    micro_slices = [slice(i, i + cfg.micro_batch_size) for i in range(0, n, cfg.micro_batch_size)]
     advantages = advantages.to(batch.mask.device)
-    # entropy regularization differentiates H; the entropy advantage never does
-    entropy_grad = cfg.entropy_coef > 0
-
-    def forward(m, rows):  # (b, C) log-probs and entropy; the columns past the rows' longest completion are 0
-        *inputs, prompt_index = model_inputs(batch, rows, cfg.shared_prefix)
-        logprobs, entropy = policy_forward(m, *inputs, cfg.temperature, entropy_grad, prompt_index)
-        return pad_to(logprobs, C), pad_to(entropy, C)
-
-    old_logprobs = ref_logprobs = None
-    with torch.no_grad():  # pi_old is the rollout's policy: computed once, before the first optimizer step
-        if cfg.updates_per_rollout > 1:
-            old_logprobs = torch.cat([forward(model, s)[0] for s in micro_slices])
-        if cfg.kl_coef > 0:
-            ref_logprobs = torch.cat([forward(ref_model, s)[0] for s in micro_slices])
-
-    # every row's log-probs, entropy and shaped advantage, for the metrics; loss stats summed on the
-    # device and read once at the end, not several host syncs per micro-batch
-    seen = {k: torch.zeros(n, C, device=advantages.device) for k in ("logprobs", "entropy", "shaped")}
-    totals = {k: torch.zeros((), device=advantages.device) for k in ("clip_frac", "approx_kl", "loss")}
-    grad_norms, skipped = [], 0
-    order = torch.randperm(n)
-    for start in range(0, n, mini):
-        mini_rows = order[start : start + mini]
-        mini_rows = micro_batch_order(mini_rows, batch.prompt_index, batch.mask.sum(dim=1),
-                                      (advantages.view(n, -1) == 0).all(dim=1))
-        # every micro-batch divides by this: the mini-batch's tokens on all ranks (torchrun)
-        num_tokens = sum_over_ranks(batch.mask[mini_rows].sum()).clamp(min=1)
-        # every micro-batch's loss, backward or not
-        finite = torch.ones((), dtype=torch.bool, device=advantages.device)
-        for i in range(0, mini, cfg.micro_batch_size):
-            rows = mini_rows[i : i + cfg.micro_batch_size]
-            mask = batch.mask[rows].float()
-            # A = 0 gives psi = 0 and a zero loss: without a KL or entropy term such rows have no gradient,
-            # so a micro-batch of only them gets a forward pass for the metrics and no backward (less work)
-            learns = cfg.kl_coef > 0 or entropy_grad or bool(advantages[rows].any())
-            with torch.set_grad_enabled(learns), record_function("minigrpo.forward"):
-                logprobs, entropy = forward(model, rows)  # (b, C) each
-                old = logprobs.detach() if old_logprobs is None else old_logprobs[rows]
-                shaped = entropy_advantage(advantages[rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
-                ref = None if ref_logprobs is None else ref_logprobs[rows]
-                loss, stats = policy_loss(logprobs, old, shaped, mask, clip_low=cfg.clip_low,
-                                          clip_high=cfg.clip_high, num_tokens=num_tokens, ref_logprobs=ref,
-                                          kl_coef=cfg.kl_coef)
-                if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
-                    loss = loss - cfg.entropy_coef * (entropy * mask).sum() / num_tokens
-            finite &= torch.isfinite(loss.detach())
-            if learns:
-                with record_function("minigrpo.backward"):
-                    loss.backward()
-            for key, value in (("logprobs", logprobs), ("entropy", entropy), ("shaped", shaped)):
-                seen[key][rows] = value.detach().float()
-            totals["clip_frac"] += stats["clip_frac"] * mask.sum()
-            totals["approx_kl"] += stats["approx_kl"] * mask.sum()
-            totals["loss"] += loss.detach() * num_tokens
-        with record_function("minigrpo.optimizer"):
-            all_reduce_gradients(model.parameters())  # several ranks: their sum is the whole batch's gradient
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if torch.isfinite(grad_norm) and sum_over_ranks((~finite).int()) == 0:
-                optimizer.step()
-                grad_norms.append(grad_norm.item())
-            else:  # a NaN/inf loss or gradient: skip this step rather than poison the weights
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-    # the metrics describe the whole step: with several ranks, every rank's rows
-    rows = rows_of_all_ranks({**seen, "advantages": advantages.view(n, -1).expand(n, C), "mask": batch.mask,
-                              "correct": batch.rewards.to(advantages.device) == 1})
-    all_tokens = rows["mask"].sum().clamp(min=1)
-    metrics = {k: (sum_over_ranks(v) / all_tokens).item() for k, v in totals.items()}
-    metrics.update(shaping_metrics(rows["logprobs"], rows["entropy"], rows["advantages"], rows["shaped"],
-                                   rows["mask"], rows["correct"]))
-    metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-    metrics["skipped_steps"] = skipped
-    return metrics
-
-
-@torch.no_grad()
-def ppo_advantages(critic, batch, cfg):
-    """PPO: the critic's values on the rollout, then GAE with the reward on the last token.
-    Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
-    mask = batch.mask
-    size = cfg.micro_batch_size
-    micro_batches = [slice(i, i + size) for i in range(0, mask.shape[0], size)]
-    values = torch.cat([pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), mask.shape[1])
-                        for rows in micro_batches])  # (N, C)
-    rewards = last_token_rewards(batch.rewards, mask)  # (N, C)
-    advantages, returns = gae_advantages(rewards, values, mask, cfg.gae_gamma, cfg.gae_lambda)
-    return (whiten(advantages, mask) if cfg.whiten_advantages else advantages), returns, values
-
-
-def update_critic(critic, optimizer, batch, old_values, returns, cfg):
-    """PPO: fit V(s_t) to the returns with the clipped value loss, mini-batches as in update_policy."""
-    n = batch.mask.shape[0]
-    mini = n // cfg.updates_per_rollout
-    losses = []
-    for start in range(0, n, mini):
-        num_tokens = sum_over_ranks(batch.mask[start : start + mini].sum()).clamp(min=1)
-        loss = torch.zeros((), device=returns.device)
-        for i in range(start, start + mini, cfg.micro_batch_size):
-            rows = slice(i, i + cfg.micro_batch_size)
-            values = pad_to(critic(*model_inputs(batch, rows, cfg.shared_prefix)), returns.shape[1])
-            micro_loss = value_loss(values, old_values[rows], returns[rows], batch.mask[rows], cfg.value_clip,
-                                    num_tokens)
-            micro_loss.backward()
-            loss += micro_loss.detach()
-        all_reduce_gradients(critic.parameters())
-        loss = sum_over_ranks(loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-        if torch.isfinite(grad_norm) and torch.isfinite(loss):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return {"value_loss": sum(losses) / len(losses)}
+    entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy bonus never
+    old_logprobs, ref_logprobs = frozen_logprobs(model, ref_model, batch, cfg)  # (N, C) each, or None
+    tally = UpdateTally(batch, advantages)
+    for micro in micro_batches(batch, cfg, advantages):  # shuffled mini-batches, cut into micro-batches
+        with torch.set_grad_enabled(micro.has_gradient), profiled("forward"):
+            inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
+            logprobs, entropy = policy_forward(model, inputs, cfg.temperature, entropy_grad)  # (b, C) each
+            old = logprobs.detach() if old_logprobs is None else old_logprobs[micro.rows]
+            shaped = entropy_advantage(advantages[micro.rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
+            ref = None if ref_logprobs is None else ref_logprobs[micro.rows]
+            loss, stats = policy_loss(logprobs, old, shaped, micro.mask, clip_low=cfg.clip_low,
+                                      clip_high=cfg.clip_high, num_tokens=micro.num_tokens, ref_logprobs=ref,
+                                      kl_coef=cfg.kl_coef)
+            if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
+                loss = loss - cfg.entropy_coef * (entropy * micro.mask).sum() / micro.num_tokens
+        backward(loss, micro.has_gradient)
+        tally.add(micro, loss, stats, logprobs=logprobs, entropy=entropy, shaped=shaped)
+        if micro.ends_minibatch:  # sum over ranks, clip, skip if not finite, step
+            grad_norm = gradient_step(model.parameters(), optimizer, cfg.max_grad_norm, tally.losses_finite)
+            tally.stepped(grad_norm)
+    return tally.metrics()
 
 
 def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_optimizer=None,
@@ -631,15 +405,15 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
                         cfg.instruction, shared_prefix=cfg.shared_prefix)
         if critic is None:  # GRPO: one advantage per response, from its group
             advantages = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (N,)
-        else:  # PPO: one advantage per token, from the critic
+        else:  # PPO (its section follows main): one advantage per token, from the critic
             advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)  # (N, C) each
     sampled = time.time()
     model.train()  # training: no cache (gradient checkpointing, when on, works only in train mode)
     with autocast(model.device, cfg.dtype):
-        update = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
+        update_metrics = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
         if critic is not None:
-            update |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
-    return batch, update, {"time/sample_s": sampled - started, "time/update_s": time.time() - sampled}
+            update_metrics |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
+    return batch, update_metrics, {"time/sample_s": sampled - started, "time/update_s": time.time() - sampled}
 
 
 # -----------------------------------------------------------------------------
@@ -648,73 +422,130 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
 
 def main(argv=None):
     """Check the input, load the model, then one train_step after another: log, evaluate, save."""
-    # a log line per step, even into a file
-    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)
-    if rank() != 0:  # torchrun: rank 0 speaks for all
-        sys.stdout = open(os.devnull, "w")
-    try:
-        # nothing is loaded before the input is checked; with torchrun, this joins the other ranks
-        cfg, train_problems, heldout, resume_from = prepare_run(argv)
-        if resume_from and os.path.basename(resume_from) == "final":
-            print(f"{cfg.output_dir} holds this run, complete: nothing to do")
+    try:  # nothing is loaded before the input is checked; with torchrun, this joins the other ranks
+        run = prepare_run(argv)  # logs the config, seeds; None: output_dir holds this run, complete
+        if run is None:
             return 0
-        print("config " + json.dumps(asdict(cfg)))
-        random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
+        cfg, train_problems, heldout, resume_from = run
         model, tokenizer, ref_model = load_models(cfg, resume_from)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        critic, critic_optimizer = make_critic(model, cfg) if cfg.algorithm == "ppo" else (None, None)
+        start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems, cfg)
     except UsageError as e:
-        if rank() == 0:
-            print(f"minigrpo: error: {e}", file=sys.stderr)
-        return 2
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    critic = critic_optimizer = None
-    if cfg.algorithm == "ppo":  # a critic from the pretrained weights (resume overwrites them)
-        critic = Critic(model)
-        critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
-    start_step = 0
-    if resume_from:
-        start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer)
-    for _ in range(start_step * cfg.prompts_per_step):  # the problems the finished steps used
-        next(train_problems)
-    with open_metrics(cfg.output_dir, start_step if resume_from else None) as metrics_file:
-        if resume_from:
-            tqdm.write(f"resumed from {resume_from} (step {start_step})")
-        elif before := evaluate_if_due(model, tokenizer, heldout, cfg, step=0):
-            tqdm.write(f"step   0/{cfg.steps} | eval {before['eval/accuracy']:.3f} "
-                       f"(greedy, {len(heldout)} held-out problems)")
-            metrics_file.write(json.dumps({"step": 0, **before}) + "\n")
-        failed_in_a_row = 0
-        steps = range(start_step + 1, cfg.steps + 1)
-        for step in tqdm(steps, initial=start_step, total=cfg.steps, desc="steps", file=sys.stderr,
-                         disable=rank() != 0):
-            problems = [next(train_problems) for _ in range(cfg.prompts_per_step)]
-            problems = this_ranks_share(problems)  # torchrun: all ranks together take the step's problems
-            batch, update, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic,
-                                                critic_optimizer, ref_model)
-            m = {"step": step, **step_metrics(batch, update, cfg), **seconds,
-                 **evaluate_if_due(model, tokenizer, heldout, cfg, step)}
-            tqdm.write(log_line(step, cfg.steps, m))
-            metrics_file.write(json.dumps(m) + "\n")
-            metrics_file.flush()
-            failed_in_a_row = failed_in_a_row + 1 if update["skipped_steps"] == cfg.updates_per_rollout else 0
-            if failed_in_a_row == 3:
-                print(f"minigrpo: error: steps {step - 2}-{step} had non-finite losses or gradients; "
-                      "stopping (try a lower --lr or --dtype float32)", file=sys.stderr)
-                stop_distributed()
+        return report_usage_error(e)
+    with MetricsLog(cfg, start_step, resumed=resume_from is not None) as log:
+        if not resume_from:
+            log.write(0, evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
+        for step in log.steps_left():
+            problems = this_ranks_share([next(train_problems) for _ in range(cfg.prompts_per_step)])
+            batch, update_metrics, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic,
+                                                        critic_optimizer, ref_model)
+            log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds,
+                             **evaluate_if_due(model, tokenizer, heldout, cfg, step)})
+            if log.too_many_skipped_steps(update_metrics):
                 return 1
-            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                folder = os.path.join(cfg.output_dir, f"step_{step:06d}")
-                save_checkpoint(model, tokenizer, cfg, folder, optimizer, step, critic, critic_optimizer)
-    final = os.path.join(cfg.output_dir, "final")
-    save_checkpoint(model, tokenizer, cfg, final)  # the policy alone: what eval.py loads
-    tqdm.write(f"saved {final}")
-    if rank() == 0:
-        plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
-                             os.path.join(cfg.output_dir, "training_curves.png"))
-    tqdm.write(f"last step's first sample: {problems[0]['question']} -> {batch.texts[0]!r} "
-               f"(reward {batch.rewards[0]:.0f})")
-    stop_distributed()
+            save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic, critic_optimizer)
+    finish_run(model, tokenizer, cfg, problems[0], batch)
     return 0
+
+
+# -----------------------------------------------------------------------------
+# PPO, the paper's second algorithm (--algorithm ppo): a critic replaces the group baseline
+
+
+class Critic(torch.nn.Module):
+    """PPO's value model V(s_t): a copy of the pretrained transformer with its own weights and a
+    scalar head on the last hidden state, as in the paper's setup. The head starts at 0 (V = 0)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.body = copy.deepcopy(model.base_model)
+        self.head = torch.nn.Linear(model.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, inputs):  # a ModelInputs -> (B, width) values
+        # V(s_t) is read at the position that predicts completion token t, as the policy's log-probs are
+        hidden = completion_hidden(self.body, inputs)  # (B, C, D)
+        return pad_to(self.head(hidden).squeeze(-1).float(), inputs.width)
+
+
+def make_critic(model, cfg):
+    """The critic, from the pretrained weights (resuming overwrites them), and its AdamW."""
+    critic = Critic(model)
+    return critic, torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
+
+
+def last_token_rewards(rewards, mask):
+    """Each response's reward (B,) placed on its last real token (EOS included), 0 elsewhere: (B, T)."""
+    last = mask.sum(dim=1).clamp(min=1) - 1  # (B,)
+    placed = torch.zeros(mask.shape, device=mask.device)  # (B, T)
+    return placed.scatter(1, last[:, None], rewards[:, None].float().to(mask.device))
+
+
+def gae_advantages(rewards, values, mask, gamma, lam):
+    """Generalized advantage estimation (Schulman et al. 2016) over the completion tokens.
+
+    rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
+    (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
+    response's last real token, never from padding. With gamma = lam = 1: A_t = R - V(s_t).
+    """
+    mask = mask.float()
+    advantages = torch.zeros_like(values)
+    next_value = next_advantage = torch.zeros_like(values[:, 0])  # (B,): 0 after the last token
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # TD error
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t] * mask[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def whiten(advantages, mask, eps=1e-8):
+    """Mean 0 and std 1 over the real tokens of the whole batch (every rank's rows), 0 on padding. (B, T)."""
+    mask = mask.float()
+    mean = masked_mean(advantages, mask, all_ranks=True)
+    variance = masked_mean((advantages - mean) ** 2, mask, all_ranks=True)
+    return (advantages - mean) * torch.rsqrt(variance + eps) * mask
+
+
+def value_loss(values, old_values, returns, mask, clip, num_tokens=None):
+    """PPO's clipped value loss, token-level: 0.5 * max((V - R)^2, (V_clipped - R)^2), where
+    V_clipped stays within clip of the rollout's value. All (B, T); num_tokens as in policy_loss."""
+    mask = mask.float()
+    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
+    return (per_token * mask).sum() / num_tokens
+
+
+@torch.no_grad()
+def ppo_advantages(critic, batch, cfg):
+    """The critic's values on the rollout, then GAE with the reward on the last token.
+    Returns advantages (whitened if cfg says so), returns and the values, (N, C) each."""
+    values = torch.zeros(batch.mask.shape, device=batch.mask.device)  # (N, C)
+    for micro in micro_batches(batch, cfg, shuffle=False):
+        values[micro.rows] = critic(model_inputs(batch, micro.rows, cfg.shared_prefix))
+    rewards = last_token_rewards(batch.rewards, batch.mask)  # (N, C)
+    advantages, returns = gae_advantages(rewards, values, batch.mask, cfg.gae_gamma, cfg.gae_lambda)
+    return (whiten(advantages, batch.mask) if cfg.whiten_advantages else advantages), returns, values
+
+
+def update_critic(critic, optimizer, batch, old_values, returns, cfg):
+    """Fit V(s_t) to the returns with the clipped value loss, on mini-batches made as the policy's are."""
+    losses, loss = [], 0.0
+    for micro in micro_batches(batch, cfg):
+        values = critic(model_inputs(batch, micro.rows, cfg.shared_prefix))  # (b, C)
+        old, target = old_values[micro.rows], returns[micro.rows]  # (b, C) each
+        micro_loss = value_loss(values, old, target, micro.mask, cfg.value_clip, micro.num_tokens)
+        micro_loss.backward()
+        loss = loss + micro_loss.detach()
+        if micro.ends_minibatch:
+            loss = sum_over_ranks(loss)  # the whole mini-batch's, with torchrun
+            gradient_step(critic.parameters(), optimizer, cfg.max_grad_norm, torch.isfinite(loss))
+            losses.append(loss.item())
+            loss = 0.0
+    return {"value_loss": sum(losses) / len(losses)}
 
 
 # =============================================================================
@@ -723,11 +554,172 @@ def main(argv=None):
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# Speed and memory: the chunked output layer, the shared prompt prefix, micro-batch packing
+# Sampling's helpers: the nucleus, position ids, the prompt's cache, finished rows
 
 
-def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
-    """token_logprobs and entropy_from_logits (Eq. 4) of every position, without the full logits.
+def nucleus_only(probs, top_p):
+    """probs (N, V) with the least likely tokens set to 0 while their total stays <= 1 - top_p (the
+    rule transformers uses); the most likely token always stays. Not renormalized: sample_token's
+    draw scales by the total."""
+    ascending, order = probs.sort(dim=-1)
+    drop = ascending.cumsum(dim=-1) <= 1 - top_p  # (N, V), in ascending order
+    drop[:, -1] = False  # the most likely token always stays
+    return probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
+
+
+def position_ids(attention_mask):
+    """(B, L) position of each token counting only real ones, as `generate` does: left padding does not
+    count, so a left-padded prompt gets the positions it would have alone."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def prompt_cache(model, encoded, group_size, shared_prefix):
+    """Sampling's start: with shared_prefix, each prompt (all but its last token) encoded once and its
+    keys and values repeated for its group's rows; returns the cache and the first prompt column still to
+    be read (the last). Without: (None, 0), and the first forward reads the whole prompt."""
+    prompt_ids = encoded.input_ids  # (B, P), the distinct prompts, left-padded
+    if not (shared_prefix and group_size > 1 and prompt_ids.shape[1] > 1):
+        return None, 0
+    row_to_prompt = torch.arange(len(prompt_ids), device=model.device).repeat_interleave(group_size)
+    prefix_ids, prefix_mask = prompt_ids[:, :-1], encoded.attention_mask[:, :-1]  # (B, P-1) each
+    _, cache = shared_prompt_cache(model.base_model, prefix_ids, prefix_mask, row_to_prompt)
+    return cache, prompt_ids.shape[1] - 1
+
+
+def keep_rows(keep_mask, cache, *tensors):
+    """Drop the rows whose keep_mask (L,) is False from the cache (in place) and from each tensor."""
+    keep = keep_mask.nonzero().squeeze(1)  # (L',)
+    cache.batch_select_indices(keep)
+    return [x[keep] for x in tensors]
+
+
+def is_eos_token(token_ids, eos_token_id):
+    """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
+    return torch.isin(token_ids, torch.as_tensor(eos_token_id, device=token_ids.device))
+
+
+# -----------------------------------------------------------------------------
+# The update's helpers: inputs, mini- and micro-batches, the chunked output layer, the gradient step
+
+
+def profiled(name):
+    """A named range for torch.profiler (bench/profile_step.py reads them); free when not profiling."""
+    return record_function(f"minigrpo.{name}")
+
+
+@dataclass
+class ModelInputs:
+    """Some rows of a rollout as model inputs, without the columns that are padding in all of them."""
+
+    prompt_ids: torch.Tensor  # (b, P') left-padded
+    prompt_mask: torch.Tensor  # (b, P')
+    completion_ids: torch.Tensor  # (b, C') up to the rows' longest completion
+    mask: torch.Tensor  # (b, C')
+    prompt_index: torch.Tensor = None  # (b,) which distinct prompt each row continues; None: no shared prefix
+    width: int = None  # the rollout's C, to which outputs are padded back; None: C'
+
+    def __post_init__(self):
+        self.width = self.completion_ids.shape[1] if self.width is None else self.width
+
+
+def model_inputs(batch, rows, shared_prefix=True):
+    """Rows (an index or a slice) of a rollout as a ModelInputs; with shared_prefix, their prompt_index."""
+    prompt_mask, mask = batch.prompt_mask[rows], batch.mask[rows]
+    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
+    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
+    return ModelInputs(batch.prompt_ids[rows][:, start:], prompt_mask[:, start:],
+                       batch.completion_ids[rows][:, :end], mask[:, :end],
+                       batch.prompt_index[rows] if shared_prefix else None, batch.mask.shape[1])
+
+
+def pad_to(x, width):
+    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+@dataclass
+class MicroBatch:
+    rows: torch.Tensor  # (b,) rows of the rollout
+    mask: torch.Tensor  # (b, C) float, the completion mask of those rows
+    num_tokens: torch.Tensor  # real tokens of the whole mini-batch (every rank's): each loss divides by it
+    has_gradient: bool  # False: every advantage is 0 and no loss term has a gradient, so no backward
+    ends_minibatch: bool  # the last micro-batch before an optimizer step
+
+
+def micro_batches(batch, cfg, advantages=None, shuffle=True):
+    """The rollout's rows as updates_per_rollout mini-batches (shuffled, or in order), each cut into
+    micro-batches of micro_batch_size rows packed by micro_batch_order. Serves the policy's update, the
+    critic's values and the critic's update."""
+    n = batch.mask.shape[0]
+    minibatch_size = n // cfg.updates_per_rollout
+    without_signal = torch.zeros(n, dtype=torch.bool, device=batch.mask.device)
+    if advantages is not None:
+        without_signal = (advantages.view(n, -1) == 0).all(dim=1)
+    always = cfg.kl_coef > 0 or cfg.entropy_coef > 0  # a loss term with a gradient even where A = 0
+    order = torch.randperm(n) if shuffle else torch.arange(n)
+    for start in range(0, n, minibatch_size):
+        rows = micro_batch_order(order[start : start + minibatch_size], batch.prompt_index,
+                                 batch.mask.sum(dim=1), without_signal)
+        num_tokens = sum_over_ranks(batch.mask[rows].sum()).clamp(min=1)
+        for i in range(0, minibatch_size, cfg.micro_batch_size):
+            micro = rows[i : i + cfg.micro_batch_size]
+            yield MicroBatch(micro, batch.mask[micro].float(), num_tokens,
+                             always or bool(advantages is None or advantages[micro].any()),
+                             i + cfg.micro_batch_size >= minibatch_size)
+
+
+def micro_batch_order(rows, prompt_index, lengths, without_signal):
+    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
+    (they get no backward), each group's rows together (its prompt is encoded once), groups of
+    similar longest completion together (trimmed micro-batches)."""
+    rows = rows.to(prompt_index.device)
+    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
+    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
+    # (N,) each; the last sort ranks first
+    for key in (prompt_index, longest[prompt_index], without_signal.long()):
+        rows = rows[torch.argsort(key[rows], stable=True)]
+    return rows
+
+
+@torch.no_grad()
+def frozen_logprobs(model, ref_model, batch, cfg):
+    """(N, C) log-probs of the rollout under pi_old (the policy before its first optimizer step; only
+    with several updates per rollout) and under the KL term's reference model; None where not needed."""
+    def logprobs_of(m):
+        out = torch.zeros(batch.mask.shape, device=batch.mask.device)  # (N, C)
+        for micro in micro_batches(batch, cfg, shuffle=False):
+            out[micro.rows] = policy_forward(m, model_inputs(batch, micro.rows, cfg.shared_prefix),
+                                             cfg.temperature)[0]
+        return out
+
+    return (logprobs_of(model) if cfg.updates_per_rollout > 1 else None,
+            logprobs_of(ref_model) if cfg.kl_coef > 0 else None)
+
+
+def backward(loss, has_gradient):
+    """loss.backward(), in its profiled range; skipped where nothing has a gradient (A = 0 everywhere)."""
+    if has_gradient:
+        with profiled("backward"):
+            loss.backward()
+
+
+def gradient_step(parameters, optimizer, max_grad_norm, finite):
+    """One optimizer step for the policy or the critic: gradients summed over the ranks, clipped, and
+    the step skipped (rather than poison the weights) when a loss on any rank or the gradient is not
+    finite. finite: a bool tensor. Returns the gradient norm, or None when skipped."""
+    parameters = list(parameters)
+    with profiled("optimizer"):
+        all_reduce_gradients(parameters)  # several ranks: their sum is the whole batch's gradient
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        ok = torch.isfinite(grad_norm) and sum_over_ranks((~finite).int()) == 0
+        if ok:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return grad_norm.item() if ok else None
+
+
+def chunked_logprobs(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
+    """logprobs_and_entropy (Eq. 4) of every position, without the full logits.
 
     hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
     lm_head: the model's output layer (D -> V). Returns two (B, T).
@@ -735,20 +727,16 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
     and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
     chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
     With a single chunk, its logits are kept for backward instead: the same peak, one matmul less.
-    The entropy has no graph unless entropy_grad (entropy regularization): the bonus built from
-    it is detached (Eq. 5).
+    The entropy is detached unless entropy_grad (entropy regularization): the bonus built from it
+    is detached anyway (Eq. 5).
     """
 
     def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
         z = lm_head(h).float()  # (c, V)
         if temperature != 1.0:
             z = z / temperature
-        # token_logprobs and entropy_from_logits (tests hold them equal), sharing one normalization:
-        # over a 50k-150k vocabulary each pass over the (c, V) logits costs a good part of the matmul
-        logp = torch.log_softmax(z, dim=-1)  # (c, V)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp.exp() * logp).sum(dim=-1)  # Eq. 4
-        return logp.gather(-1, ids[:, None]).squeeze(-1), entropy
+        logprobs, entropy = logprobs_and_entropy(z, ids)
+        return logprobs, entropy if entropy_grad else entropy.detach()
 
     logprobs, entropy = [], []
     recompute = torch.is_grad_enabled() and token_ids.numel() > chunk_rows
@@ -763,7 +751,7 @@ def logprobs_and_entropy(hidden, lm_head, token_ids, temperature=1.0, chunk_rows
     return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
 
 
-def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask, position_ids, prompt_index):
+def shared_prefix_hidden(transformer, inputs, attention_mask, positions):
     """completion_hidden with each distinct prompt encoded once (Liu et al. 2025, Prefix Grouper).
 
     Exact, not an approximation: attention is causal, so a prompt's keys and values never depend on
@@ -772,16 +760,16 @@ def shared_prefix_hidden(transformer, prompt_ids, completion_ids, attention_mask
     the rows' gradients into the prompt) computes what the per-row forward computes, with the
     prompt's work done once instead of group_size times.
     """
-    P = prompt_ids.shape[1]
-    distinct, row_to_prompt = torch.unique(prompt_index, return_inverse=True)  # (U,), (B,)
-    rows = torch.arange(len(prompt_index), device=prompt_index.device)
+    P = inputs.prompt_ids.shape[1]
+    distinct, row_to_prompt = torch.unique(inputs.prompt_index, return_inverse=True)  # (U,), (B,)
+    rows = torch.arange(len(inputs.prompt_index), device=inputs.prompt_index.device)
     first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
-    prompt_state, cache = shared_prompt_cache(transformer, prompt_ids[first_row],
+    prompt_state, cache = shared_prompt_cache(transformer, inputs.prompt_ids[first_row],
                                               attention_mask[first_row, :P], row_to_prompt)
-    completions = transformer(input_ids=completion_ids, attention_mask=attention_mask,
-                              position_ids=position_ids[:, P:], use_cache=True,
+    completions = transformer(input_ids=inputs.completion_ids, attention_mask=attention_mask,
+                              position_ids=positions[:, P:], use_cache=True,
                               **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
-    last_prompt_state = prompt_state[row_to_prompt, -1:]  # (B, 1, D): predicts completion token 0
+    last_prompt_state = prompt_state[:, -1:].index_select(0, row_to_prompt)  # (B, 1, D): predicts token 0
     return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
 
 
@@ -790,8 +778,8 @@ def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
     and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
     row_to_prompt[i]. Built with gradients on where they are on, and the cache only
     grows by concatenation afterwards, so autograd sees every step."""
-    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P), as completion_hidden counts them
-    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
+    positions = position_ids(prompt_mask)  # (U, P), as completion_hidden counts them
+    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
                       use_cache=True)
     cache = returned_cache(out)
     layers = getattr(cache, "layers", [])
@@ -799,7 +787,10 @@ def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
         raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a "
                                       "plain DynamicCache (sliding-window, static or recurrent state)")
     for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
-        layer.keys, layer.values = layer.keys[row_to_prompt], layer.values[row_to_prompt]
+        # index_select: its backward sums a prompt's rows in a fixed order (indexing's accumulates in any order,
+        # so a run would not repeat itself bit for bit)
+        layer.keys = layer.keys.index_select(0, row_to_prompt)
+        layer.values = layer.values.index_select(0, row_to_prompt)
     return out.last_hidden_state, cache
 
 
@@ -846,34 +837,6 @@ def shared_prefix_problem(model):
     except SharedPrefixUnsupported as e:
         return str(e)
     return None
-
-
-def model_inputs(batch, rows, shared_prefix=True):
-    """Some rows of a rollout as model inputs, without the columns that are padding in all of them:
-    prompt_ids, prompt_mask, completion_ids, mask, and prompt_index (None: no shared prefix)."""
-    prompt_mask, mask = batch.prompt_mask[rows], batch.mask[rows]
-    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
-    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
-    return (batch.prompt_ids[rows][:, start:], prompt_mask[:, start:], batch.completion_ids[rows][:, :end],
-            mask[:, :end], batch.prompt_index[rows] if shared_prefix else None)
-
-
-def pad_to(x, width):
-    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
-
-
-def micro_batch_order(rows, prompt_index, lengths, without_signal):
-    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
-    (they get no backward), each group's rows together (its prompt is encoded once), groups of
-    similar longest completion together (trimmed micro-batches)."""
-    rows = rows.to(prompt_index.device)
-    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
-    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
-    # (N,) each; the last sort ranks first
-    for key in (prompt_index, longest[prompt_index], without_signal.long()):
-        rows = rows[torch.argsort(key[rows], stable=True)]
-    return rows
 
 
 # -----------------------------------------------------------------------------
@@ -1000,6 +963,73 @@ def rng_states():
 # Metrics, logs and plots
 
 
+def masked_mean(x, mask, all_ranks=False):
+    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none).
+    all_ranks: over every rank's positions (torchrun), the same on every rank."""
+    total, count = (x * mask).sum(), mask.sum()
+    if all_ranks:
+        total, count = sum_over_ranks(total), sum_over_ranks(count)
+    return total / count.clamp(min=1)
+
+
+def token_covariance(x, y, mask):
+    """Covariance of x and y over the real tokens of a batch (all (B, T)); a scalar.
+
+    With x = log pi(a_t) and y = the advantage used, a softmax policy-gradient step changes the
+    entropy by about minus this (Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
+    The law's covariance is over the actions of one state; this one also pools states, so a term that
+    grows with a state's entropy (where sampled log-probs are low) pulls it down: see cov_in_state.
+    """
+    mask = mask.float()
+    x_mean, y_mean = masked_mean(x, mask), masked_mean(y, mask)
+    return masked_mean((x - x_mean) * (y - y_mean), mask)
+
+
+class UpdateTally:
+    """What update_policy accumulates for its metrics: every row's log-probs, entropy and shaped
+    advantage, and the loss sums, kept on the device and read once at the end (one host sync, not
+    several per micro-batch); and whether the current mini-batch's losses were all finite."""
+
+    def __init__(self, batch, advantages):
+        n, C = batch.mask.shape
+        self.batch, self.advantages = batch, advantages
+        device = advantages.device
+        self.per_token = {k: torch.zeros(n, C, device=device) for k in ("logprobs", "entropy", "shaped")}
+        self.loss_sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "approx_kl", "loss")}
+        self.grad_norms, self.skipped = [], 0
+        self.losses_finite = torch.ones((), dtype=torch.bool, device=advantages.device)
+
+    def add(self, micro, loss, stats, **per_token):
+        self.losses_finite &= torch.isfinite(loss.detach())
+        for key, value in per_token.items():
+            self.per_token[key][micro.rows] = value.detach().float()
+        self.loss_sums["clip_frac"] += stats["clip_frac"] * micro.mask.sum()
+        self.loss_sums["approx_kl"] += stats["approx_kl"] * micro.mask.sum()
+        self.loss_sums["loss"] += loss.detach() * micro.num_tokens
+
+    def stepped(self, grad_norm):
+        """After an optimizer step: its gradient norm, or None when it was skipped."""
+        if grad_norm is None:
+            self.skipped += 1
+        else:
+            self.grad_norms.append(grad_norm)
+        self.losses_finite = torch.ones_like(self.losses_finite)
+
+    def metrics(self):
+        """The update's metrics over the whole step (every rank's rows, with torchrun)."""
+        n, C = self.batch.mask.shape
+        correct = self.batch.rewards.to(self.advantages.device) == 1  # (N,)
+        rows = rows_of_all_ranks({**self.per_token, "advantages": self.advantages.view(n, -1).expand(n, C),
+                                  "mask": self.batch.mask, "correct": correct})
+        all_tokens = rows["mask"].sum().clamp(min=1)
+        metrics = {k: (sum_over_ranks(v) / all_tokens).item() for k, v in self.loss_sums.items()}
+        metrics.update(shaping_metrics(rows["logprobs"], rows["entropy"], rows["advantages"], rows["shaped"],
+                                       rows["mask"], rows["correct"]))
+        metrics["grad_norm"] = sum(self.grad_norms) / max(len(self.grad_norms), 1)
+        metrics["skipped_steps"] = self.skipped
+        return metrics
+
+
 @torch.no_grad()
 def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
     """What the entropy advantage did on one rollout, token-weighted: logprobs, entropy, shaped and mask
@@ -1009,7 +1039,7 @@ def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
     psi = shaped - advantages
     with_signal, right = mask * (advantages != 0), mask * correct[:, None]
     wrong = mask - right
-    mean = lambda x, m: ((x * m).sum() / m.sum().clamp(min=1)).item()
+    mean = lambda x, m: masked_mean(x, m).item()  # noqa: E731
     return {
         "entropy": mean(entropy, mask),
         "entropy_bonus": mean(psi, mask),
@@ -1029,7 +1059,7 @@ POLICY_METRICS = ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv"
 UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")
 
 
-def step_metrics(batch, update, cfg):
+def step_metrics(batch, update_metrics, cfg):
     """The metrics of one step (all ranks' rows), by the names the README's metric table explains."""
     rows = rows_of_all_ranks({"rewards": batch.rewards, "mask": batch.mask, "truncated": batch.truncated})
     grouped = rows["rewards"].view(-1, cfg.group_size)
@@ -1037,32 +1067,29 @@ def step_metrics(batch, update, cfg):
         "reward/mean": rows["rewards"].mean().item(),
         "reward/accuracy": (rows["rewards"] == 1.0).float().mean().item(),
         "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.,
-        **{f"policy/{k}": update[k] for k in POLICY_METRICS},
-        **({"critic/value_loss": update["value_loss"]} if "value_loss" in update else {}),
-        **{f"update/{k}": update[k] for k in UPDATE_METRICS},
+        **{f"policy/{k}": update_metrics[k] for k in POLICY_METRICS},
+        **({"critic/value_loss": update_metrics["value_loss"]} if "value_loss" in update_metrics else {}),
+        **{f"update/{k}": update_metrics[k] for k in UPDATE_METRICS},
         "rollout/response_length": rows["mask"].sum(dim=1).float().mean().item(),
         "rollout/truncated_frac": rows["truncated"].float().mean().item(),
     }
 
 
+@torch.no_grad()
 def evaluate_if_due(model, tokenizer, heldout, cfg, step):
     """{'eval/accuracy': greedy held-out accuracy} at step 0, every eval_every steps and at the end; or {}."""
     if rank() != 0 or not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
         return {}
     model.eval()
     with autocast(model.device, cfg.dtype):
-        return {"eval/accuracy": evaluate(model, tokenizer, heldout, cfg)}
-
-
-@torch.no_grad()
-def evaluate(model, tokenizer, problems, cfg):
-    """Greedy accuracy on held-out problems."""
-    greedy = rollout(model, tokenizer, problems, 1, cfg.max_new_tokens, 0, cfg.instruction)
-    return greedy.rewards.mean().item()
+        greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction)
+    return {"eval/accuracy": greedy.rewards.mean().item()}
 
 
 def log_line(step, steps, m):
-    """One compact console line per step, the same keys every time."""
+    """One compact console line per step, the same keys every time (step 0: the evaluation before it)."""
+    if step == 0:
+        return f"step   0/{steps} | eval {m['eval/accuracy']:.3f} (greedy, held-out)"
     return (f"step {step:>3}/{steps} | reward {m['reward/mean']:.3f} | acc {m['reward/accuracy']:.3f} | "
             f"entropy {m['policy/entropy']:.3f} | bonus {m['policy/entropy_bonus']:.3f} | "
             f"psi/|A| {m['policy/psi_over_abs_adv']:.3f} | len {m['rollout/response_length']:.1f} | "
@@ -1158,6 +1185,23 @@ def parse_number(text):
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
+
+
+def latex_answers_match(predicted, answer):
+    """math_reward for answers that are not plain numbers: normalized strings, then Math-Verify (when
+    installed) within bounds; its parser failing on arbitrary model text is a wrong answer, never a crash."""
+    if _normalize_latex(predicted) == _normalize_latex(answer):
+        return True
+    # never right, and slow for sympy
+    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)
+    checker = None if huge else _math_verify()
+    if checker is None:
+        return False
+    parse, verify = checker
+    try:
+        return bool(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
+    except Exception:
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -1454,22 +1498,58 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
     rng = rng_states() if optimizer is not None else None
     if rank() != 0:
         return wait_for_all_ranks()
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "minigrpo_config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2)
-    if optimizer is not None:
-        critic_state = (critic.state_dict(), critic_optimizer.state_dict()) if critic is not None else None
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "critic": critic_state},
-                   os.path.join(tmp, TRAINING_STATE))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+
+    def write(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "minigrpo_config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
+        if optimizer is not None:
+            critic_state = None if critic is None else (critic.state_dict(), critic_optimizer.state_dict())
+            state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "critic": critic_state}
+            torch.save(state, os.path.join(tmp, TRAINING_STATE))
+
+    write_then_rename(folder, write)
     for older in _checkpoints(os.path.dirname(folder))[:-1]:  # one resumable state is enough: ~2x the weights
         if os.path.isfile(os.path.join(older, TRAINING_STATE)):
             os.remove(os.path.join(older, TRAINING_STATE))
     wait_for_all_ranks()
+
+
+def save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic=None, critic_optimizer=None):
+    """A resumable checkpoint every save_every steps (the last step saves final instead)."""
+    if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+        folder = os.path.join(cfg.output_dir, f"step_{step:06d}")
+        save_checkpoint(model, tokenizer, cfg, folder, optimizer, step, critic, critic_optimizer)
+
+
+def finish_run(model, tokenizer, cfg, problem, batch):
+    """Save final (the policy alone: what eval.py loads), draw the curves, show the last step's first
+    sample, and leave the process group."""
+    final = os.path.join(cfg.output_dir, "final")
+    save_checkpoint(model, tokenizer, cfg, final)
+    tqdm.write(f"saved {final}")
+    if rank() == 0:
+        plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
+                             os.path.join(cfg.output_dir, "training_curves.png"))
+    tqdm.write(f"last step's first sample: {problem['question']} -> {batch.texts[0]!r} "
+               f"(reward {batch.rewards[0]:.0f})")
+    stop_distributed()
+
+
+def write_then_rename(path, write):
+    """Make path under the name path + '.tmp', then rename it: a kill midway never leaves a path that looks
+    complete but is not. write: a file's text, or a function that makes the file or folder it is given."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(write, str):
+        with open(tmp, "w") as f:
+            f.write(write)
+    else:
+        write(tmp)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def _checkpoints(output_dir):
@@ -1483,9 +1563,18 @@ def _checkpoints(output_dir):
     return folders + ([final] if os.path.isdir(final) else [])
 
 
-def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None):
-    """Load optimizer, RNG and critic states saved by save_checkpoint; return the step they belong to."""
-    state = torch.load(os.path.join(folder, TRAINING_STATE), weights_only=False)  # our own file
+def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None, train_problems=None,
+                           cfg=None):
+    """Load optimizer, RNG and critic states saved by save_checkpoint, and skip the problems the finished
+    steps used in train_problems; return the step they belong to (0 when folder is None: a fresh run)."""
+    if folder is None:
+        return 0
+    path = os.path.join(folder, TRAINING_STATE)
+    try:  # tensors, numbers and containers only: a file from elsewhere cannot run code when it is read
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for a file holding any other object, or a damaged file
+        raise UsageError(f"cannot resume from {path}: not a training state of tensors, numbers and containers "
+                         f"({type(e).__name__}); remove it or pass another --output_dir")
     optimizer.load_state_dict(state["optimizer"])
     if critic is not None:
         critic.load_state_dict(state["critic"][0])
@@ -1495,6 +1584,9 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    for _ in range(state["step"] * cfg.prompts_per_step if train_problems is not None else 0):
+        next(train_problems)
+    tqdm.write(f"resumed from {folder} (step {state['step']})")
     return state["step"]
 
 
@@ -1529,32 +1621,61 @@ def prepare_output_dir(cfg):
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     try:
         os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(this_run, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_then_rename(path, json.dumps(this_run, indent=2))
     except OSError as e:
         raise UsageError(f"output_dir {cfg.output_dir!r} cannot be written: {e.strerror or e}")
     return checkpoints[-1] if checkpoints else None
 
 
-def open_metrics(output_dir, resumed_step):
-    """metrics.jsonl, truncated to the steps up to resumed_step (a fresh file for a fresh run).
-    Ranks other than 0 (torchrun) write to nowhere."""
-    if rank() != 0:
-        return open(os.devnull, "w")
-    path = os.path.join(output_dir, "metrics.jsonl")
-    kept = []
-    if resumed_step is not None and os.path.isfile(path):
-        for line in open(path):
-            try:
-                if json.loads(line)["step"] <= resumed_step:
-                    kept.append(line)
-            except (ValueError, KeyError):  # a line cut short by the kill
-                pass
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    return open(path, "a")
+class MetricsLog:
+    """metrics.jsonl (rank 0; other ranks write to nowhere) and one console line per step. Resuming keeps
+    the file's steps up to the checkpoint's; a fresh run starts a fresh file."""
+
+    def __init__(self, cfg, start_step, resumed):
+        self.cfg, self.start_step, self.skipped_in_a_row = cfg, start_step, 0
+        path = os.path.join(cfg.output_dir, "metrics.jsonl")
+        kept = []
+        if resumed and rank() == 0 and os.path.isfile(path):
+            kept = [line for line in open(path) if _step_of(line) <= start_step]
+        if rank() == 0:
+            write_then_rename(path, "".join(kept))
+        self.file = open(path if rank() == 0 else os.devnull, "a")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def steps_left(self):
+        steps = range(self.start_step + 1, self.cfg.steps + 1)
+        return tqdm(steps, initial=self.start_step, total=self.cfg.steps, desc="steps", file=sys.stderr,
+                    disable=rank() != 0)
+
+    def write(self, step, metrics):
+        """One step's metrics; step 0: the evaluation before training, if any."""
+        if metrics:
+            tqdm.write(log_line(step, self.cfg.steps, metrics))
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+
+    def too_many_skipped_steps(self, update_metrics):
+        """True, with a one-line error, after 3 steps in a row whose every optimizer step was skipped."""
+        skipped_all = update_metrics["skipped_steps"] == self.cfg.updates_per_rollout
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped_all else 0
+        if self.skipped_in_a_row == 3:
+            print("minigrpo: error: 3 steps in a row had non-finite losses or gradients; stopping (try a "
+                  "lower --lr or --dtype float32)", file=sys.stderr)
+            stop_distributed()
+        return self.skipped_in_a_row == 3
+
+
+def _step_of(line):
+    """The step of a metrics.jsonl line; infinity for a line cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError):
+        return float("inf")
 
 
 # -----------------------------------------------------------------------------
@@ -1568,9 +1689,7 @@ class UsageError(Exception):
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
     ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
-    batch = cfg.prompts_per_step // ranks * cfg.group_size
-    mini = batch // max(cfg.updates_per_rollout, 1)
-    check([
+    check([  # each bound first: the sizes below divide by them
         (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
         (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
         (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
@@ -1584,6 +1703,7 @@ def check_config(cfg):
          "never spans two"),
         (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
         (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
+        (not cfg.max_grad_norm > 0, f"max_grad_norm must be > 0, inf for no clipping (got {cfg.max_grad_norm})"),
         (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
         (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
         (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
@@ -1599,15 +1719,20 @@ def check_config(cfg):
         (not cfg.operations or set(cfg.operations) - set("+-*"),
          f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
-        (batch % cfg.updates_per_rollout != 0,
-         f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size "
-         + (f"/ {ranks} processes " if ranks > 1 else "") + f"({batch})"),
-        (mini % cfg.micro_batch_size != 0,
-         f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {mini} sequences"),
         (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
          f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
         (cfg.device.startswith("cuda") and not torch.cuda.is_available(),
          f"device {cfg.device!r} asked for, but torch sees no CUDA GPU"),
+    ])
+    rollout_rows = cfg.prompts_per_step // ranks * cfg.group_size  # this process's rows of a step
+    minibatch_size = rollout_rows // cfg.updates_per_rollout
+    check([
+        (rollout_rows % cfg.updates_per_rollout != 0,
+         f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size "
+         + (f"/ {ranks} processes " if ranks > 1 else "") + f"({rollout_rows})"),
+        (minibatch_size % cfg.micro_batch_size != 0,
+         f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {minibatch_size} "
+         "sequences"),
     ])
     for name in (cfg.dataset, cfg.eval_dataset or "arithmetic"):
         check_dataset_name(name)
@@ -1636,13 +1761,32 @@ def check(conditions):
 
 
 def prepare_run(argv=None):
-    """Parse and check the arguments, build the task (bad rows stop the run before anything is written)
-    and prepare output_dir. Returns the config, the training stream, the held-out problems and the
-    checkpoint to resume from (None: a fresh run)."""
+    """Parse and check the arguments, build the task (bad rows stop the run before anything is written),
+    prepare output_dir, log the config and seed. Returns the config, the training stream, the held-out
+    problems and the checkpoint to resume from (None: a fresh run); None when output_dir holds this run,
+    complete."""
+    # a log line per step, even into a file
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)
+    if rank() != 0:  # torchrun: rank 0 speaks for all
+        sys.stdout = open(os.devnull, "w")
     cfg = parse_config(argv)
     train_problems, heldout = task_problems(cfg)
     start_distributed(resolve_device(cfg.device))
-    return cfg, train_problems, heldout, on_main_rank(prepare_output_dir, cfg)
+    resume_from = on_main_rank(prepare_output_dir, cfg)
+    if resume_from and os.path.basename(resume_from) == "final":
+        print(f"{cfg.output_dir} holds this run, complete: nothing to do")
+        return None
+    print("config " + json.dumps(asdict(cfg)))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
+    return cfg, train_problems, heldout, resume_from
+
+
+def report_usage_error(error):
+    """Bad input: one line on stderr (rank 0 alone, with torchrun) and exit code 2."""
+    if rank() == 0:
+        print(f"minigrpo: error: {error}", file=sys.stderr)
+    return 2
 
 
 def parse_config(argv=None):

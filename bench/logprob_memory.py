@@ -1,4 +1,4 @@
-"""Peak memory and time of minigrpo.logprobs_and_entropy against the naive full log_softmax (CPU).
+"""Peak memory and time of minigrpo.chunked_logprobs against the naive full log_softmax (CPU).
 
   python bench/logprob_memory.py                 # B*G = 64, T = 256; SmolLM2's and Qwen2.5-0.5B's output layers
 
@@ -32,7 +32,7 @@ def naive(hidden, lm_head, ids):
 
 
 def chunked(hidden, lm_head, ids):
-    return mg.logprobs_and_entropy(hidden, lm_head, ids, temperature)
+    return mg.chunked_logprobs(hidden, lm_head, ids, temperature)
 
 
 try:
