@@ -1777,6 +1777,9 @@ def prepare_run(argv=None):
         print(f"{cfg.output_dir} holds this run, complete: nothing to do")
         return None
     print("config " + json.dumps(asdict(cfg)))
+    # float rounding, and so the sampled tokens, differ between CPU kinds: a run repeats exactly only on the same
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
     return cfg, train_problems, heldout, resume_from

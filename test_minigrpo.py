@@ -170,19 +170,62 @@ LATEX_CASES = [  # need math-verify (pip install math-verify); gold first in its
 # A class calls only its own function; anything else comes from the reference code in this file.
 
 
-def reference_extract_answer(text):
-    """The last \\boxed{...} (nested braces counted), else the first line after '####', else the last number."""
-    for start in reversed([m.end() for m in re.finditer(r"\\boxed\s*\{", text)]):
-        depth = 1
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[start:i].strip()
-    if "####" in text:
-        after = text.rsplit("####", 1)[1].strip()
-        return after.splitlines()[0].strip() if after else None
-    numbers = re.findall(r"[-−]?\d[\d,]*(?:\.\d+)?(?:/\d+)?", text)
-    return numbers[-1].rstrip(",") if numbers else None
+EXTRACTED = {  # what extract_answer reads from each completion TestMathReward grades: math_reward is graded
+    # alone, with this table in place of extract_answer (no solution of exercise 2 handed out)
+    '\\boxed{56}': '56',
+    '\\boxed{54}': '54',
+    '\\boxed{1,234}': '1,234',
+    '\\boxed{1{,}234}': '1{,}234',
+    '\\boxed{1,234,567.50}': '1,234,567.50',
+    '\\boxed{1, 2}': '1, 2',
+    '\\boxed{\\$5}': '\\$5',
+    '\\boxed{$5.00}': '$5.00',
+    '\\boxed{56.0}': '56.0',
+    '\\boxed{56.000}': '56.000',
+    '\\boxed{0.750}': '0.750',
+    '\\boxed{3/4}': '3/4',
+    '\\boxed{\\frac{3}{4}}': '\\frac{3}{4}',
+    '\\boxed{\\dfrac{3}{4}}': '\\dfrac{3}{4}',
+    '\\boxed{\\frac34}': '\\frac34',
+    '\\boxed{-\\frac{3}{4}}': '-\\frac{3}{4}',
+    '\\boxed{\\frac{-3}{4}}': '\\frac{-3}{4}',
+    '\\boxed{−7}': '−7',
+    '\\boxed{-7}': '-7',
+    '\\boxed{50\\%}': '50\\%',
+    '\\boxed{50%}': '50%',
+    '\\boxed{1.5e3}': '1.5e3',
+    '\\boxed{2E-2}': '2E-2',
+    '\\boxed{18 \\text{ dollars}}': '18 \\text{ dollars}',
+    '\\boxed{ 42 }': '42',
+    '\\boxed{42.}': '42.',
+    'the answer is 12.': '12',
+    '12 apples and 13 pears': '13',
+    '\\boxed{1} then \\boxed{2}': '2',
+    'Natalia sold 48/2 = 24 clips in May.\n#### 72': '72',
+    '#### 1,234': '1,234',
+    'She has \\boxed{\\boxed{5}}': '5',
+    '\\boxed{35 + 77}': '35 + 77',
+    '\\boxed{35 + 77 = 112}': '35 + 77 = 112',
+    '\\boxed{35 + 77 = 111}': '35 + 77 = 111',
+    '\\boxed{x = 5}': 'x = 5',
+    '\\boxed{x+1}': 'x+1',
+    '\\boxed{\\left( 1, 2 \\right)}': '\\left( 1, 2 \\right)',
+    '\\boxed{}': '',
+    'nothing at all': None,
+    '': None,
+    '\\boxed{1/0}': '1/0',
+    "\\boxed{" + "9" * 100_000 + "}": "9" * 100_000,
+    '\\boxed{1e999999999}': '1e999999999',
+    "__import__('os').system('echo pwned') \\boxed{2}": '2',
+    '\\boxed{\\frac{\\sqrt{2}}{2}}': '\\frac{\\sqrt{2}}{2}',
+    '\\boxed{2^{1/2}}': '2^{1/2}',
+    '\\boxed{\\dfrac{\\pi}{4}}': '\\dfrac{\\pi}{4}',
+    '\\boxed{[0, 1)}': '[0, 1)',
+    '\\boxed{(0, 1]}': '(0, 1]',
+    '\\boxed{1+x}': '1+x',
+    '\\boxed{\\frac{\\pi}{3}}': '\\frac{\\pi}{3}',
+    '\\boxed{\\dfrac{1}{x}}': '\\dfrac{1}{x}',
+}
 
 
 class TestCompletionMask:
@@ -210,14 +253,19 @@ class TestExtractAnswer:
     def test_extract_answer(self, text, expected):
         assert mg.extract_answer(text) == expected
 
+    def test_what_math_reward_is_graded_with(self):
+        """EXTRACTED, the table TestMathReward uses in place of extract_answer, is what extract_answer reads."""
+        for completion, extracted in EXTRACTED.items():
+            assert mg.extract_answer(completion) == extracted, completion[:60]
+
 
 class TestMathReward:
-    """Graded: math_reward. extract_answer is replaced by the reference below, so these grade
+    """Graded: math_reward. extract_answer is replaced by the table EXTRACTED, so these grade
     math_reward alone."""
 
     @pytest.fixture(autouse=True)
-    def reference_extractor(self, monkeypatch):
-        monkeypatch.setattr(mg, "extract_answer", reference_extract_answer)
+    def extractions_from_the_table(self, monkeypatch):
+        monkeypatch.setattr(mg, "extract_answer", EXTRACTED.get)
 
     @pytest.mark.parametrize("completion,answer,expected", REWARD_CASES)
     def test_math_reward(self, completion, answer, expected):
@@ -527,15 +575,25 @@ def test_a_student_copy_with_every_function_blanked_fails_every_graded_class(tmp
     out = tmp_path / "student"
     assert assignment.main(["--blank", ",".join(assignment.GRADEABLE), "--out", str(out)]) == 0
     classes = list(assignment.GRADEABLE.values())
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
-                             *[f"test_minigrpo.py::{c}" for c in classes]], cwd=out, capture_output=True,
-                            text=True, timeout=600)
+    # one pytest run there: the graded classes, and the rest of the copy (its READMEs' flags and paths,
+    # make_assignment), which must pass
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_minigrpo.py",
+                             "-k", " or ".join(classes + ["readme_names", "make_assignment", "blankable_list"])],
+                            cwd=out, capture_output=True, text=True, timeout=600)
     outcomes = {c: {"passed": 0, "failed": 0} for c in classes}
+    others = {"passed": 0, "failed": 0}
     for line in result.stdout.splitlines():
-        match = re.match(r"(PASSED|FAILED|ERROR) test_minigrpo\.py::(\w+)::", line)
+        match = re.match(r"(PASSED|FAILED|ERROR) test_minigrpo\.py::(\w+)", line)
         if match:
-            outcomes[match.group(2)]["passed" if match.group(1) == "PASSED" else "failed"] += 1
+            outcome = outcomes.get(match.group(2), others)
+            outcome["passed" if match.group(1) == "PASSED" else "failed"] += 1
     assert all(o["passed"] == 0 and o["failed"] > 0 for o in outcomes.values()), outcomes
+    assert others["failed"] == 0 and others["passed"] >= 10, (others, result.stdout[-3000:])
+    import ast
+
+    tests = ast.parse((out / "test_minigrpo.py").read_text())  # no reference implementation handed out
+    assert not [n.name for n in tests.body if isinstance(n, ast.FunctionDef) and n.name.startswith("reference_")]
+    assert (out / "exercises" / "README.md").is_file() and "## Results\n" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["completion_mask", "extract_answer", "math_reward", "group_advantages",
@@ -579,7 +637,10 @@ def test_make_assignment_keeps_docstrings_and_refuses_bad_names(tmp_path, capsys
         docstring, *rest = functions[name].body  # the docstring kept, then one raise and nothing else
         assert ast.get_docstring(functions[name]) and isinstance(docstring.value, ast.Constant)
         assert len(rest) == 1 and isinstance(rest[0], ast.Raise) and "NotImplementedError" in ast.unparse(rest[0])
-    assert "def entropy_advantage(" in student and student.count("NotImplementedError") == 2
+    source = open(os.path.join(HERE, "minigrpo.py")).read()  # (in a student copy, already blanked)
+    assert "def entropy_advantage(" in student
+    assert student.count("NotImplementedError") == source.count("NotImplementedError") + 2 - sum(
+        f"raise NotImplementedError(\"{n}:" in source for n in ("group_advantages", "policy_loss"))
     assert "test_minigrpo.py::TestGroupAdvantages test_minigrpo.py::TestPolicyLoss" in (out / "ASSIGNMENT.md").read_text()
     assert assignment.main(["--blank", "nope", "--out", str(tmp_path / "a")]) == 2
     assert "choose from completion_mask, extract_answer" in capsys.readouterr().err  # the valid names listed
@@ -1931,54 +1992,59 @@ SPLIT_UPDATE = """
 import sys, torch
 import minigrpo as mg
 from test_minigrpo import make_rollout
-torch.manual_seed(0)
 mg.start_distributed(torch.device("cpu"))
-model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
-if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5)
-mg.same_weights_on_every_rank(model)
-batch = make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?", "Say 7."], 4, C=9)
-batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
-if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
-    rows = mg.this_ranks_share(torch.arange(16).view(4, 4)).flatten()
-    for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
-        setattr(batch, name, getattr(batch, name)[rows])
-cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=1e9, shared_prefix={shared})
-optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself (AdamW would hide its scale)
-model.train()
-metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
-token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, whitened over all ranks
-if mg.world_size() > 1:
-    token_advantages = token_advantages[rows]
-white = mg.whiten(token_advantages, batch.mask)
+results = {{}}
+for shared in (True, False):  # one launch for both: starting processes is most of the cost
+    torch.manual_seed(0)
+    model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
+    if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5)
+    mg.same_weights_on_every_rank(model)
+    batch = make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?", "Say 7."], 4, C=9)
+    batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
+    if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
+        rows = mg.this_ranks_share(torch.arange(16).view(4, 4)).flatten()
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
+            setattr(batch, name, getattr(batch, name)[rows])
+    cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=float("inf"),
+                    shared_prefix=shared)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself
+    model.train()
+    metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
+    token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, over all ranks
+    if mg.world_size() > 1:
+        token_advantages = token_advantages[rows]
+    white = mg.whiten(token_advantages, batch.mask)
+    results[shared] = {{"weights": model.state_dict(), "metrics": metrics, "white": white}}
 if mg.rank() == 0:
-    torch.save({{"weights": model.state_dict(), "metrics": metrics, "white": white}}, sys.argv[1])
+    torch.save(results, sys.argv[1])
 mg.stop_distributed()
 """
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_path, shared):
+def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_path):
     """Rank 0 takes groups 0-1, rank 1 groups 2-3 whose advantages are all zero (it runs no backward):
-    the summed gradients and the global token count give the one-process update and metrics, and
-    PPO's whitening uses the statistics of all ranks' tokens."""
+    the summed gradients and the global token count give the one-process update and metrics, with and
+    without the shared prefix, and PPO's whitening uses the statistics of all ranks' tokens."""
     script = tmp_path / "split_update.py"
-    script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir, shared=shared))
+    script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir))
     result = torchrun([str(script), str(tmp_path / "two.pt")])
     assert result.returncode == 0, result.stderr[-3000:]
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONPATH": HERE})
     assert one.returncode == 0, one.stderr[-3000:]
-    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    twos, ones = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     before = mg.load_model(tiny_dir, "cpu")[0].state_dict()
-    assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
-    for key, weight in one["weights"].items():
-        torch.testing.assert_close(two["weights"][key], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
-    for key, value in one["metrics"].items():
-        assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-    torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
+    for shared in (True, False):
+        two, one = twos[shared], ones[shared]
+        assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
+        for key, weight in one["weights"].items():
+            torch.testing.assert_close(two["weights"][key], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+        for key, value in one["metrics"].items():
+            assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (shared, key)
+        torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
 
 
 def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path, uninterrupted):
@@ -2047,3 +2113,70 @@ def test_grader_numbers_and_unicode_digits(n, unicode_digits):
     assert mg.math_reward(f"so the answer is \\boxed{{{n:,}}}", str(n)) == 1.0
     assert mg.math_reward(f"so the answer is {n}.", str(n)) == 1.0
     assert mg.math_reward(f"\\boxed{{{unicode_digits}}}", "1") in (0.0, 1.0)
+
+
+# -----------------------------------------------------------------------------
+# the documentation: every flag and every repository path it names exists
+
+DOCS = ["README.md", "docs/design.md", "bench/README.md", "exercises/README.md",
+        *[os.path.join("experiments", d, "README.md") for d in ("reasoning_task", "entropy_vs_grpo", "five_methods",
+                                                               "gsm8k_base")]]
+DOCS = [d for d in DOCS if os.path.isfile(os.path.join(HERE, d)) or not os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md"))]
+# (a student copy, which holds ASSIGNMENT.md, has no experiments/: its README does not link them)
+
+
+def _script_flags(script):
+    """The --flags a script accepts: a config dataclass's fields (minigrpo.py, eval.py; a bool that defaults
+    to True also as --no_NAME), else its argparse add_argument calls."""
+    if script in ("minigrpo.py", "eval.py"):
+        config = mg.Config if script == "minigrpo.py" else ev.EvalConfig
+        fields = dataclasses.fields(config)
+        return {f"--{f.name}" for f in fields} | {f"--no_{f.name}" for f in fields if f.default is True}
+    return set(re.findall(r'add_argument\("(--[a-z_]+)"', open(os.path.join(HERE, script)).read()))
+
+
+def _commands(text):
+    """(script, its --flags) of every python or torchrun command in a markdown text's code blocks, with
+    continuation lines joined."""
+    blocks = re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+        for command in line.split("&&"):
+            match = re.search(r"(?:python3?|torchrun[^ ]*(?: --[a-z_]+ [^ ]+)*) ([\w/]+\.py)\b(.*)", command)
+            if match and not match.group(1).startswith("-"):
+                flags = re.findall(r"(?<![\w-])(--[a-z][a-z_0-9]*)", match.group(2).split("#")[0])
+                yield match.group(1), flags
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_flag_a_readme_names_is_accepted(doc):
+    import glob
+
+    text = open(os.path.join(HERE, doc)).read()
+    commands = list(_commands(text))
+    assert commands or doc in ("docs/design.md",), doc
+    for script, flags in commands:
+        assert os.path.isfile(os.path.join(HERE, script)), (doc, script)
+        unknown = set(flags) - _script_flags(script)
+        assert not unknown, (doc, script, unknown)
+    scripts = ["minigrpo.py", "eval.py", *[os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "*/*.py"))]]
+    every = set().union(*(_script_flags(script) for script in scripts))
+    named = set(re.findall(r"`(--[a-z][a-z_0-9]*)(?![\w-])", text))  # flags named in prose (not pip's --no-deps)
+    assert not named - every, (doc, named - every)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_repository_path_a_readme_names_exists(doc):
+    """Markdown links (relative to the page) and code spans that name a file or folder of the repository."""
+    import glob
+
+    text = open(os.path.join(HERE, doc)).read()
+    here = os.path.dirname(os.path.join(HERE, doc))
+    for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if not link.startswith(("http://", "https://")):
+            assert os.path.exists(os.path.join(here, link)), (doc, link)
+    tops = ("experiments/", "bench/", "docs/", "exercises/", ".ci/")
+    for span in re.findall(r"`([^`\s]+)`", text):
+        if span.startswith(tops) or (span.endswith((".py", ".md")) and "/" in span):
+            found = glob.glob(os.path.join(HERE, span)) or glob.glob(os.path.join(here, span))
+            assert found, (doc, span)
+

@@ -12,6 +12,7 @@ test class in test_minigrpo.py, which calls only that function.
 import argparse
 import ast
 import os
+import re
 import shutil
 import sys
 
@@ -26,7 +27,7 @@ GRADEABLE = {  # function in minigrpo.py: its test class in test_minigrpo.py
     "policy_loss": "TestPolicyLoss",
     "gae_advantages": "TestGaeAdvantages",
 }
-COPIED = ["eval.py", "test_minigrpo.py", "requirements.txt", "README.md", ".ci", "bench"]
+COPIED = ["eval.py", "test_minigrpo.py", "requirements.txt", ".ci", "bench", "docs", "exercises"]
 
 
 def blank(source, names):
@@ -41,6 +42,15 @@ def blank(source, names):
         stub = f'{indent}raise NotImplementedError("{node.name}: your code here (the docstring says what it returns)")\n'
         lines[docstring.end_lineno : node.end_lineno] = [stub]
     return "".join(lines)
+
+
+def student_readme(text):
+    """The project's README for the student copy: the experiments stay in the project (their results would
+    be large to copy and are not needed to learn), so their section becomes one line and links to them text."""
+    text = re.sub(r"## Results at a glance\n.*?(?=\n## )", "## Results\n\nThe experiments, their results and "
+                  "their pages are in the project's repository; this copy holds the code, the tests and the "
+                  "exercises.\n", text, flags=re.S)
+    return re.sub(r"\[([^\]]+)\]\((experiments/[^)]*)\)", r"\1", text)
 
 
 def grading_command(names):
@@ -73,9 +83,13 @@ def main(argv=None):
     for name in COPIED:
         source, target = os.path.join(ROOT, name), os.path.join(args.out, name)
         if os.path.isdir(source):
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("results", "__pycache__"))
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         elif os.path.isfile(source):
             shutil.copy(source, target)
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = student_readme(f.read())
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write(readme)
     command = grading_command(names)
     with open(os.path.join(args.out, "ASSIGNMENT.md"), "w") as f:
         f.write("# Assignment\n\nWrite the body of each of these functions in minigrpo.py; its docstring says "

@@ -2,11 +2,13 @@
 
   python experiments/five_methods.py            # train what is missing, then write the table
   python experiments/five_methods.py --report   # only the table, from the copied metrics
+  python experiments/five_methods.py --results_dir /tmp/rerun   # rerun all five into another folder
 
 Runs GRPO, GRPO + entropy advantage, GRPO + entropy regularization, PPO and PPO + entropy
 advantage with minigrpo's defaults otherwise (the built-in one-digit task, 4 prompts x 8 samples,
-48 tokens, lr 1e-5). A finished run is skipped and a killed one resumes (minigrpo does both when
-the output_dir holds the same config), so the script can be stopped and started again.
+48 tokens, lr 1e-5). A method whose metrics are already in the results folder (the committed ones,
+by default) is skipped with a notice; a killed run resumes (minigrpo does that when the output_dir
+holds the same config), so the script can be stopped and started again.
 Writes experiments/five_methods/metrics/NAME.jsonl and experiments/five_methods/table.md.
 """
 
@@ -34,6 +36,9 @@ COLUMNS = [("reward/accuracy", "train acc", 2), ("policy/entropy", "entropy", 2)
 def train(runs_dir, seed):
     os.makedirs(os.path.join(RESULTS, "metrics"), exist_ok=True)
     for name, (_, flags) in METHODS.items():
+        if os.path.isfile(os.path.join(RESULTS, "metrics", f"{name}.jsonl")):
+            print(f"skip {name}: its metrics are in {RESULTS} (--results_dir DIR reruns into another folder)")
+            continue
         out = os.path.join(runs_dir, name)
         os.makedirs(out, exist_ok=True)
         cmd = [sys.executable, "minigrpo.py", "--seed", str(seed), "--output_dir", out, *flags]
@@ -70,11 +75,15 @@ def report():
 
 
 def main():
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results_dir", default=RESULTS, help="where metrics/ and table.md go")
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "five_methods"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", action="store_true", help="only write the table")
     args = parser.parse_args()
+    RESULTS = args.results_dir
+    os.makedirs(RESULTS, exist_ok=True)
     if not args.report:
         train(args.runs_dir, args.seed)
     report()

@@ -582,6 +582,7 @@ def replicate(task, runs_dir):
         for name in ("grpo", "entropy_adv"):
             out = os.path.join(RESULTS, "eval", f"{name}_seed{seed}")
             if os.path.isfile(os.path.join(out, "provenance.json")):
+                print(f"skip {name} seed {seed}: evaluated in {RESULTS} (--results_dir DIR reruns elsewhere)")
                 continue
             started = time.time()
             train(name, seed, training_flags_of(task), runs_dir)
@@ -728,6 +729,8 @@ def main():
                 if coef is None:
                     continue
             done = os.path.isfile(os.path.join(RESULTS, "eval", f"{name}_seed{seed}", "summary.json"))
+            if done and args.stage != "eval":
+                print(f"skip {name} seed {seed}: evaluated in {RESULTS} (--results_dir DIR reruns elsewhere)")
             if args.stage != "eval" and not done:  # a run evaluated and committed is not trained again
                 train(name, seed, training_flags_of(task), runs_dir, coef)
             final = os.path.join(run_dir(runs_dir, name, seed, coef), "final")
