@@ -13,8 +13,7 @@ where this GRPO differs from the textbook (token-level loss, clip-higher, no KL,
 
 Run it:
   python minigrpo.py                                  # built-in arithmetic, SmolLM2-135M, CPU
-  python minigrpo.py --entropy_alpha 0                # plain GRPO, for comparison
-  python eval.py --model smollm2 --model runs/minigrpo/final   # Pass@1 and Pass@K, side by side
+  python minigrpo.py --entropy_alpha 0                # plain GRPO, for comparison (then eval.py: Pass@K)
 """
 
 import copy
@@ -430,7 +429,8 @@ def main(argv=None):
         model, tokenizer, ref_model = load_models(cfg, resume_from)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
         critic, critic_optimizer = make_critic(model, cfg) if cfg.algorithm == "ppo" else (None, None)
-        start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems, cfg)
+        start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems,
+                                            cfg)
     except UsageError as e:
         return report_usage_error(e)
     with MetricsLog(cfg, start_step, resumed=resume_from is not None) as log:
@@ -787,8 +787,8 @@ def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
         raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a "
                                       "plain DynamicCache (sliding-window, static or recurrent state)")
     for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
-        # index_select: its backward sums a prompt's rows in a fixed order (indexing's accumulates in any order,
-        # so a run would not repeat itself bit for bit)
+        # index_select: its backward sums a prompt's rows in a fixed order (indexing's accumulates in any
+        # order, so a run would not repeat itself bit for bit)
         layer.keys = layer.keys.index_select(0, row_to_prompt)
         layer.values = layer.values.index_select(0, row_to_prompt)
     return out.last_hidden_state, cache
@@ -1573,8 +1573,8 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     try:  # tensors, numbers and containers only: a file from elsewhere cannot run code when it is read
         state = torch.load(path, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for a file holding any other object, or a damaged file
-        raise UsageError(f"cannot resume from {path}: not a training state of tensors, numbers and containers "
-                         f"({type(e).__name__}); remove it or pass another --output_dir")
+        raise UsageError(f"cannot resume from {path}: not a training state of tensors, numbers and "
+                         f"containers ({type(e).__name__}); remove it or pass another --output_dir")
     optimizer.load_state_dict(state["optimizer"])
     if critic is not None:
         critic.load_state_dict(state["critic"][0])
@@ -1703,7 +1703,8 @@ def check_config(cfg):
          "never spans two"),
         (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
         (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
-        (not cfg.max_grad_norm > 0, f"max_grad_norm must be > 0, inf for no clipping (got {cfg.max_grad_norm})"),
+        (not cfg.max_grad_norm > 0,
+         f"max_grad_norm must be > 0, inf for no clipping (got {cfg.max_grad_norm})"),
         (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
         (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
         (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
@@ -1777,7 +1778,7 @@ def prepare_run(argv=None):
         print(f"{cfg.output_dir} holds this run, complete: nothing to do")
         return None
     print("config " + json.dumps(asdict(cfg)))
-    # float rounding, and so the sampled tokens, differ between CPU kinds: a run repeats exactly only on the same
+    # float rounding, so the sampled tokens, differ between CPU kinds: a run repeats exactly only on the same
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads")
     random.seed(cfg.seed)
