@@ -589,6 +589,7 @@ def replicate(task, runs_dir):
             final = os.path.join(run_dir(runs_dir, name, seed), "final")
             evaluate(final, flags_of(task), out)
             scrub_paths(out, final, f"{name}_seed{seed}")
+            scrub_paths(out, ROOT + os.sep, "")  # the output folder's own path, repository-relative
             provenance(name, seed, started)
 
 
@@ -652,7 +653,11 @@ def replication_report():
         return both, [value("entropy_adv", s) - value("grpo", s) for s in both]
 
     new, diffs = paired(REPLICATION_SEEDS)
+    arrived = [f"| {METHODS[n][0]} | {s} | {passk[n, s]:.3f} | {read_metrics(n, s)[-1]['rollout/response_length']:.0f} |"
+               for n, s in sorted(passk, key=lambda x: (x[1], x[0] != "grpo")) if s in REPLICATION_SEEDS]
     lines = ["# Replication: the paired Pass@32, seeds 5-9 (the rule: REPLICATION.md)", "",
+             "New runs evaluated so far:", "", f"| method | seed | Pass@{k} | training length, last step |",
+             "|---|---|---|---|", *arrived, "",
              f"Primary claim, entropy advantage minus GRPO, Pass@{k}, same seed, grades stored at evaluation:", "",
              "| seed | GRPO | GRPO + entropy advantage | difference |", "|---|---|---|---|"]
     lines += [f"| {s} | {passk['grpo', s]:.3f} | {passk['entropy_adv', s]:.3f} | {d:+.3f} |" for s, d in zip(new, diffs)]
