@@ -8,7 +8,7 @@ Read it top to bottom, in the order one step runs: Config, sampling, reward, GRP
 log-probs and entropy (Eq. 4), the entropy advantage (Eq. 5-6) and the loss (Eq. 7), one training
 step, main. The story ends with main. Then PPO, the paper's second algorithm, in one section; then
 the PLUMBING banner: speed, several GPUs, metrics, grader hardening, data, model loading,
-checkpoints and argument checks, which a first read can skip. The README's "Design choices" lists
+checkpoints and argument checks, which a first read can skip. docs/design.md lists
 where this GRPO differs from the textbook (token-level loss, clip-higher, no KL, our own sampler).
 
 Run it:
