@@ -663,7 +663,8 @@ def replication_report():
     lines += [f"| {s} | {passk['grpo', s]:.3f} | {passk['entropy_adv', s]:.3f} | {d:+.3f} |" for s, d in zip(new, diffs)]
     if diffs:
         m, h = interval(diffs)
-        lines += ["", f"Mean difference {m:+.3f} ± {h:.3f} (95% t-interval, {len(diffs)} pairs); "
+        spread = f"± {h:.3f} (95% t-interval, {len(diffs)} pairs)" if len(diffs) > 1 else "(one pair: no interval)"
+        lines += ["", f"Mean difference {m:+.3f} {spread}; "
                       f"{sum(d > 0 for d in diffs)} of {len(diffs)} positive, sign test p = {sign_test(diffs):.4f} "
                       "(two-sided).", "", f"**Verdict: {replication_verdict(diffs)}.**"]
     else:
