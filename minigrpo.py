@@ -37,7 +37,7 @@ import torch
 import torch.utils.checkpoint
 from torch.profiler import record_function  # named ranges for bench/profile_step.py; free when not profiling
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser, StaticCache
 
 
 # -----------------------------------------------------------------------------
@@ -102,6 +102,8 @@ class Config:
     gradient_checkpointing: bool = knob(False, "recompute activations in backward (less memory, slower)")
     shared_prefix: bool = knob(True, "encode each prompt once per group, in sampling and in the update "
                                      "(exact; off: once per row)")
+    sampler: str = knob("eager", "decode loop: eager (finished rows leave the batch) or static (fixed "
+                                 "shapes, the step compiled on CUDA; the same tokens)")
     dtype: str = knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N or mps")
     save_every: int = knob(10, "save a resumable checkpoint every N steps (0: only at the end)")
@@ -135,7 +137,7 @@ def sample_token(logits, temperature, top_p=1.0):
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
-                       shared_prefix=True):
+                       shared_prefix=True, sampler="eager"):
     """Sample group_size completions per prompt, one token at a time; the rows of a group are contiguous.
 
     Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever the
@@ -144,6 +146,8 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
     completions (N, C).
     """
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    if sampler == "static":  # the same draws on fixed shapes, for CUDA graphs (GPUs): see sample_static
+        return sample_static(model, tokenizer, encoded, group_size, max_new_tokens, temperature, top_p)
     prompt_ids = encoded.input_ids.repeat_interleave(group_size, dim=0)  # (N, P), left-padded
     prompt_mask = encoded.attention_mask.repeat_interleave(group_size, dim=0)  # (N, P)
     positions = position_ids(prompt_mask)  # (N, P)
@@ -340,12 +344,12 @@ class Rollout:
 
 
 def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
-            shared_prefix=True):
+            shared_prefix=True, sampler="eager"):
     """Sample a group per problem and grade it: what every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
     with profiled("sample"):
         prompt_ids, prompt_mask, completion_ids = sample_completions(
-            model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
+            model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix, sampler)
     eos = model.generation_config.eos_token_id
     mask = completion_mask(completion_ids, eos)  # (N, C)
     with profiled("grade"):
@@ -398,7 +402,7 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
     model.eval()  # sampling: no dropout, and the KV cache on
     with autocast(model.device, cfg.dtype):
         batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                        cfg.instruction, shared_prefix=cfg.shared_prefix)
+                        cfg.instruction, shared_prefix=cfg.shared_prefix, sampler=cfg.sampler)
         if critic is None:  # GRPO: one advantage per response, from its group
             advantages = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (N,)
         else:  # PPO (its section follows main): one advantage per token, from the critic
@@ -577,6 +581,82 @@ def position_ids(attention_mask):
     """(B, L) position of each token counting only real ones, as `generate` does: left padding does not
     count, so a left-padded prompt gets the positions it would have alone."""
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, temperature, top_p):
+    """sample_completions on shapes that never change, so that a GPU can replay each decode step as one
+    CUDA graph instead of launching every kernel from Python. A key/value cache preallocated for
+    prompt + max_new_tokens; each distinct prompt prefilled once and copied to its group's rows; rows
+    that finished stay in the batch (fed padding, their logits ignored) instead of leaving it.
+
+    The same draws as the eager loop: sample_token sees only the unfinished rows, in the same order, so
+    for the same seed the tokens are the same (the suite checks it on the CPU, where nothing is compiled;
+    on CUDA the step runs under torch.compile's "reduce-overhead" mode, whose kernels round differently).
+    """
+    prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask  # (U, P) distinct prompts
+    compiled = model.device.type == "cuda"
+    if compiled:  # fewer distinct shapes, fewer compilations: left-pad the prompts to a multiple of 64
+        pad = -prompt_ids.shape[1] % 64
+        prompt_ids = torch.nn.functional.pad(prompt_ids, (pad, 0), value=tokenizer.pad_token_id)
+        prompt_mask = torch.nn.functional.pad(prompt_mask, (pad, 0))
+    (U, P), N = prompt_ids.shape, len(prompt_ids) * group_size
+    cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens, max_batch_size=U,
+                        device=model.device, dtype=cache_dtype(model))  # the last two for transformers 4
+    # every cache column a row may use is attended to: a row's future columns are hidden by causality
+    attention_mask = torch.nn.functional.pad(prompt_mask, (0, max_new_tokens), value=1)  # (U, P + max_new)
+    positions = position_ids(prompt_mask)  # (U, P)
+    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                cache_position=torch.arange(P, device=model.device), **{cache_argument(model): cache})
+    logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)  # (N, V)
+    for layer in cache.layers:  # (U, heads, L, d) -> (N, heads, L, d), row i holding prompt i // group_size
+        layer.keys = layer.keys.repeat_interleave(group_size, dim=0)
+        layer.values = layer.values.repeat_interleave(group_size, dim=0)
+        if hasattr(layer, "batch_size"):
+            layer.batch_size = N
+        torch._dynamo.mark_static_address(layer.keys)
+        torch._dynamo.mark_static_address(layer.values)
+    attention_mask = attention_mask.repeat_interleave(group_size, dim=0)  # (N, P + max_new)
+    position = positions[:, -1:].repeat_interleave(group_size, dim=0) + 1  # (N, 1)
+    step = compiled_decode_step if compiled else decode_step
+    eos = torch.as_tensor(model.generation_config.eos_token_id, device=model.device)
+    completions = torch.full((N, max_new_tokens), tokenizer.pad_token_id, device=model.device)
+    not_done = torch.ones(N, dtype=torch.bool, device=model.device)
+    for t in range(max_new_tokens):
+        live = not_done.nonzero().squeeze(1)  # (L,) as the eager loop's rows, in the same order
+        completions[live, t] = sample_token(logits[live], temperature, top_p)
+        not_done &= ~is_eos_token(completions[:, t], eos)
+        if not not_done.any() or t == max_new_tokens - 1:
+            break
+        cache_position = torch.full((1,), P + t, device=model.device)
+        logits = step(model, completions[:, t : t + 1], attention_mask, position + t, cache, cache_position)
+    return (encoded.input_ids.repeat_interleave(group_size, dim=0),
+            encoded.attention_mask.repeat_interleave(group_size, dim=0), completions[:, : t + 1])
+
+
+def decode_step(model, input_ids, attention_mask, position_ids, cache, cache_position):
+    """One token for every row of a static cache: (N, 1) ids -> (N, V) float32 logits of the next token."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                cache_position=cache_position, **{cache_argument(model): cache})
+    return out.logits[:, -1].float()
+
+
+def compiled_decode_step(*args):
+    """decode_step compiled once per process ("reduce-overhead": replayed as a CUDA graph)."""
+    global _compiled_decode_step
+    if _compiled_decode_step is None:
+        _compiled_decode_step = torch.compile(decode_step, mode="reduce-overhead")
+    torch.compiler.cudagraph_mark_step_begin()  # the previous step's logits may be overwritten now
+    return _compiled_decode_step(*args).clone()
+
+
+_compiled_decode_step = None
+
+
+def cache_dtype(model):
+    """The dtype the keys and values are computed in: autocast's when it is on, else the weights'."""
+    device_type = model.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else model.dtype
 
 
 def prompt_cache(model, encoded, group_size, shared_prefix):
@@ -1131,7 +1211,8 @@ def evaluate_if_due(model, tokenizer, heldout, cfg, step):
         return {}
     model.eval()
     with autocast(model.device, cfg.dtype):
-        greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction)
+        greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction,
+                         sampler=cfg.sampler)
     return {"eval/accuracy": greedy.rewards.mean().item()}
 
 
@@ -1771,6 +1852,7 @@ def check_config(cfg):
         (not cfg.operations or set(cfg.operations) - set("+-*"),
          f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
+        (cfg.sampler not in ("eager", "static"), f"sampler must be eager or static (got {cfg.sampler!r})"),
         (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
          f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
         (cfg.device.startswith("cuda") and not torch.cuda.is_available(),

@@ -963,6 +963,25 @@ def _grouped_batch(tokenizer, group_size, C=9, seed=0):
     return make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"], group_size, C, seed)
 
 
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.6, 0.95)])
+def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_p):
+    """--sampler static (a fixed-shape cache, finished rows kept in the batch, each prompt prefilled once):
+    the same seed gives the same completions as the eager loop, with and without its shared prefix,
+    while rows finish at different steps."""
+    model, tokenizer = tiny
+    with torch.no_grad():  # make EOS likely, so that rows finish at different steps
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] += model.model.norm.weight.sign()
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]]
+    torch.manual_seed(3)
+    static = mg.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p, sampler="static")
+    finished = mg.is_eos_token(static[2], tokenizer.eos_token_id).any(dim=1)
+    assert temperature == 0 or 0 < finished.sum() < len(finished)  # (greedy: a group's rows are one row)
+    for shared in (True, False):
+        torch.manual_seed(3)
+        eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
+        assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
+
+
 def test_the_forking_token_rule_in_the_update(tiny):
     """--entropy_top_fraction: with k = n the update is the plain one bit for bit (the pre-pass and the
     mask change nothing); with 0.2 the metrics count the kept tokens, which have the higher entropy, and
@@ -1519,6 +1538,9 @@ BAD_INPUT = [
     (["--gae_lambda", "-0.01"], "gae_lambda"),
     (["--max_grad_norm", "0"], "max_grad_norm"),
     (["--eval_problems", "many"], "eval_problems"),
+    (["--sampler", "fast"], "sampler"),
+    (["--entropy_top_fraction", "1.5"], "entropy_top_fraction"),
+    (["--entropy_top_fraction", "-0.1"], "entropy_top_fraction"),
 ]
 
 GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked and accepted
@@ -1528,7 +1550,8 @@ GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked an
     ["--digits", "9"], ["--eval_every", "0"], ["--save_every", "0"], ["--eval_problems", "1"],
     ["--gae_gamma", "0"], ["--gae_gamma", "1"], ["--gae_lambda", "0"], ["--gae_lambda", "1"],
     ["--algorithm", "ppo", "--group_size", "1", "--micro_batch_size", "4"], ["--prompts_per_step", "1"],
-    ["--max_grad_norm", "inf"],
+    ["--max_grad_norm", "inf"], ["--sampler", "static"], ["--entropy_top_fraction", "0"],
+    ["--entropy_top_fraction", "1"],
 ]
 
 

@@ -61,8 +61,9 @@ def random_rewards(n):
     return torch.randint(0, 2, (n,)).float()
 
 
-def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
-    """saturated collects, per step, the groups whose rewards were all equal: minigrpo runs no backward for them."""
+def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling):
+    """saturated collects, per step, the groups whose rewards were all equal: minigrpo runs no backward for them;
+    sampling, per step, the seconds of sampling alone."""
     cfg.shared_prefix = mg.shared_prefix_problem(model) is None and cfg.shared_prefix
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     seconds = []
@@ -71,7 +72,9 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
         model.eval()
         with mg.autocast(model.device, cfg.dtype):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                               cfg.instruction, shared_prefix=cfg.shared_prefix)
+                               cfg.instruction, shared_prefix=cfg.shared_prefix, sampler=cfg.sampler)
+        synchronize()
+        sampling.append(time.perf_counter() - start)
         if cfg.random_rewards:
             batch.rewards = random_rewards(len(batch.rewards))
         advantages = mg.group_advantages(batch.rewards, cfg.group_size)
@@ -84,7 +87,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated):
     return seconds
 
 
-def time_floor(model, tokenizer, cfg, problem_batches):
+def time_floor(model, tokenizer, cfg, problem_batches, sampling):
     """Bare generate of the batch, then one forward and backward (the model's own LM loss) over it."""
     seconds = []
     for problems in problem_batches:
@@ -99,6 +102,8 @@ def time_floor(model, tokenizer, cfg, problem_batches):
                                     do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
                                     pad_token_id=tokenizer.pad_token_id)
             completion_ids = output[:, prompt_ids.shape[1]:]
+        synchronize()
+        sampling.append(time.perf_counter() - start)
         model.train()
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
@@ -161,7 +166,9 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps per trainer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--trainers", default="minigrpo,floor,trl", help="any of minigrpo, minigrpo_unshared, floor, trl")
+    parser.add_argument("--trainers", default="minigrpo,floor,trl",
+                        help="any of minigrpo, minigrpo_unshared, minigrpo_static, minigrpo_static_unshared, floor, trl "
+                             "(static: --sampler static)")
     parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES))
     parser.add_argument("--prompts_per_step", type=int, default=mg.Config.prompts_per_step)
     parser.add_argument("--max_new_tokens", type=int, default=mg.Config.max_new_tokens)
@@ -185,22 +192,29 @@ def main():
         if args.equal_work:  # generate reads it from the model's config; TRL gets it in generation_kwargs
             model.generation_config.suppress_tokens = eos_ids(model)
             suppress_eos_in_minigrpo(eos_ids(model))
-        saturated = []
-        if name in ("minigrpo", "minigrpo_unshared"):  # the second encodes every row in full (--no_shared_prefix)
-            cfg.shared_prefix = name == "minigrpo" and not args.no_shared_prefix
-            seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated)
+        saturated, sampling = [], []
+        if name.startswith("minigrpo"):  # _unshared encodes every row in full (--no_shared_prefix)
+            cfg.shared_prefix = not name.endswith("_unshared") and not args.no_shared_prefix
+            cfg.sampler = "static" if "_static" in name else "eager"
+            seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling)
+        elif name == "floor":
+            seconds = time_floor(model, tokenizer, cfg, problem_batches, sampling)
         else:
-            seconds = {"floor": time_floor, "trl": time_trl}[name](model, tokenizer, cfg, problem_batches)
+            seconds = time_trl(model, tokenizer, cfg, problem_batches)
         timed = seconds[args.warmup :]
         results[name] = {"median_s": statistics.median(timed), "min_s": min(timed), "max_s": max(timed),
                          "steps_s": [round(s, 2) for s in timed]}
+        if sampling:  # every completion is max_new_tokens long (equal work): decode steps = max_new_tokens
+            results[name]["sample_ms_per_decode_step"] = round(
+                1000 * statistics.median(sampling[args.warmup :]) / cfg.max_new_tokens, 2)
         note = ""
         if saturated:
             results[name]["groups_without_backward"] = saturated[args.warmup :]
             note = f"  (groups of the {cfg.prompts_per_step} with equal rewards, so no backward: {saturated[args.warmup :]})"
         r = results[name]
-        print(f"{name:>9}: median {r['median_s']:.2f} s/step, range {r['min_s']:.2f}-{r['max_s']:.2f}  {r['steps_s']}{note}",
-              flush=True)
+        per_step = f", sampling {r['sample_ms_per_decode_step']} ms/decode step" if "sample_ms_per_decode_step" in r else ""
+        print(f"{name:>9}: median {r['median_s']:.2f} s/step, range {r['min_s']:.2f}-{r['max_s']:.2f}  {r['steps_s']}"
+              f"{per_step}{note}", flush=True)
     if {"minigrpo", "trl"} <= results.keys():
         print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
     if {"minigrpo", "floor"} <= results.keys():
