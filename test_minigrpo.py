@@ -386,35 +386,6 @@ class TestTopEntropyMask:
                 expected[i, t] = 1
             assert torch.equal(got, expected), fraction
 
-    def test_dropped_tokens_get_exactly_zero_policy_gradient(self):
-        torch.manual_seed(1)
-        logprobs = (-torch.rand(4, 7) * 3).requires_grad_()
-        entropy, advantages = torch.rand(4, 7) * 3, torch.randn(4)
-        mask = torch.ones(4, 7)
-        mask[1, 5:] = 0
-        kept = mg.top_entropy_mask(entropy, mask, 0.2)
-        shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
-        loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask)
-        (grad,) = torch.autograd.grad(loss, logprobs)
-        assert torch.all(grad[kept == 0] == 0) and torch.all(grad[kept == 1] != 0)
-        # the KL term keeps every token: a dropped token still feels it
-        ref = logprobs.detach() - 0.3
-        loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask, ref_logprobs=ref, kl_coef=0.1)
-        (grad,) = torch.autograd.grad(loss, logprobs)
-        assert torch.all(grad[(kept == 0) & (mask == 1)] != 0)
-
-    def test_fraction_one_is_the_unmasked_loss_exactly(self):
-        torch.manual_seed(2)
-        logprobs = (-torch.rand(3, 6) * 2).requires_grad_()
-        old, entropy, advantages = logprobs.detach() + 0.05 * torch.randn(3, 6), torch.rand(3, 6), torch.randn(3, 6)
-        mask = (torch.rand(3, 6) < 0.8).float()
-        plain, _ = mg.policy_loss(logprobs, old, advantages, mask)
-        (plain_grad,) = torch.autograd.grad(plain, logprobs)
-        for everything in (1.0, 0.999):  # off, and k = n through the selection
-            masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything), mask)
-            (grad,) = torch.autograd.grad(masked, logprobs)
-            assert torch.equal(masked, plain) and torch.equal(grad, plain_grad)
-
 
 class TestPolicyLoss:
     """Graded: policy_loss."""
@@ -980,6 +951,39 @@ def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_
         torch.manual_seed(3)
         eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
         assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
+
+
+def test_dropped_tokens_get_exactly_zero_policy_gradient():
+    """The forking-token rule in the loss (not graded with top_entropy_mask: it calls policy_loss)."""
+    torch.manual_seed(1)
+    logprobs = (-torch.rand(4, 7) * 3).requires_grad_()
+    entropy, advantages = torch.rand(4, 7) * 3, torch.randn(4)
+    mask = torch.ones(4, 7)
+    mask[1, 5:] = 0
+    kept = mg.top_entropy_mask(entropy, mask, 0.2)
+    shaped = advantages[:, None] + 0.1 * entropy  # any per-token advantage
+    loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    assert torch.all(grad[kept == 0] == 0) and torch.all(grad[kept == 1] != 0)
+    # the KL term keeps every token: a dropped token still feels it
+    ref = logprobs.detach() - 0.3
+    loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask, ref_logprobs=ref, kl_coef=0.1)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    assert torch.all(grad[(kept == 0) & (mask == 1)] != 0)
+
+
+def test_fraction_one_is_the_unmasked_loss_exactly():
+    """The forking-token rule switched off, or keeping every token, leaves the loss as it was, bit for bit."""
+    torch.manual_seed(2)
+    logprobs = (-torch.rand(3, 6) * 2).requires_grad_()
+    old, entropy, advantages = logprobs.detach() + 0.05 * torch.randn(3, 6), torch.rand(3, 6), torch.randn(3, 6)
+    mask = (torch.rand(3, 6) < 0.8).float()
+    plain, _ = mg.policy_loss(logprobs, old, advantages, mask)
+    (plain_grad,) = torch.autograd.grad(plain, logprobs)
+    for everything in (1.0, 0.999):  # off, and k = n through the selection
+        masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything), mask)
+        (grad,) = torch.autograd.grad(masked, logprobs)
+        assert torch.equal(masked, plain) and torch.equal(grad, plain_grad)
 
 
 def test_the_forking_token_rule_in_the_update(tiny):
