@@ -609,13 +609,7 @@ def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, tempera
     out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                 cache_position=torch.arange(P, device=model.device), **{cache_argument(model): cache})
     logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)  # (N, V)
-    for layer in cache.layers:  # (U, heads, L, d) -> (N, heads, L, d), row i holding prompt i // group_size
-        layer.keys = layer.keys.repeat_interleave(group_size, dim=0)
-        layer.values = layer.values.repeat_interleave(group_size, dim=0)
-        if hasattr(layer, "batch_size"):
-            layer.batch_size = N
-        torch._dynamo.mark_static_address(layer.keys)
-        torch._dynamo.mark_static_address(layer.values)
+    cache = group_cache(cache, group_size)  # (N, heads, L, d) per layer, row i holding prompt i // group_size
     attention_mask = attention_mask.repeat_interleave(group_size, dim=0)  # (N, P + max_new)
     position = positions[:, -1:].repeat_interleave(group_size, dim=0) + 1  # (N, 1)
     step = compiled_decode_step if compiled else decode_step
@@ -629,15 +623,46 @@ def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, tempera
         if not not_done.any() or t == max_new_tokens - 1:
             break
         cache_position = torch.full((1,), P + t, device=model.device)
-        logits = step(model, completions[:, t : t + 1], attention_mask, position + t, cache, cache_position)
+        logits = step(model, completions[:, t : t + 1], attention_mask, position + t, cache, cache_position,
+                      cache_argument(model))
     return (encoded.input_ids.repeat_interleave(group_size, dim=0),
             encoded.attention_mask.repeat_interleave(group_size, dim=0), completions[:, : t + 1])
 
 
-def decode_step(model, input_ids, attention_mask, position_ids, cache, cache_position):
-    """One token for every row of a static cache: (N, 1) ids -> (N, V) float32 logits of the next token."""
+_GROUP_CACHES = {}  # sizes -> a static cache whose buffers every call of those sizes rewrites
+
+
+def group_cache(prompt_cache, group_size):
+    """A static cache of U prefilled prompts as one of U * group_size rows, row i holding prompt
+    i // group_size. Its buffers are kept from one call to the next of the same sizes and overwritten
+    in place (all of them): a CUDA graph replays from fixed addresses, and new ones would make it record
+    again each rollout."""
+    keys = prompt_cache.layers[0].keys  # (U, heads, L, d)
+    sizes = (len(prompt_cache.layers), len(keys) * group_size, *keys.shape[1:], keys.dtype, keys.device)
+    rows = _GROUP_CACHES.get(sizes)
+    if rows is None:  # the first call of these sizes: the prompts' cache, its rows repeated
+        rows = _GROUP_CACHES[sizes] = prompt_cache
+        for layer in rows.layers:
+            layer.keys = layer.keys.repeat_interleave(group_size, dim=0)
+            layer.values = layer.values.repeat_interleave(group_size, dim=0)
+            if hasattr(layer, "batch_size"):
+                layer.batch_size = len(layer.keys)
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+        return rows
+    for kept, new in zip(rows.layers, prompt_cache.layers):
+        kept.keys.copy_(new.keys.repeat_interleave(group_size, dim=0))
+        kept.values.copy_(new.values.repeat_interleave(group_size, dim=0))
+        if isinstance(getattr(new, "cumulative_length", None), torch.Tensor):  # the tokens written so far
+            kept.cumulative_length.copy_(new.cumulative_length)
+    return rows
+
+
+def decode_step(model, input_ids, attention_mask, position_ids, cache, cache_position, cache_name):
+    """One token for every row of a static cache: (N, 1) ids -> (N, V) float32 logits of the next token.
+    cache_name: cache_argument(model), looked up outside, where torch.compile does not trace."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                cache_position=cache_position, **{cache_argument(model): cache})
+                cache_position=cache_position, **{cache_name: cache})
     return out.logits[:, -1].float()
 
 

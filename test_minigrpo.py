@@ -951,6 +951,13 @@ def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_
         torch.manual_seed(3)
         eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
         assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
+    # a second call of the same sizes rewrites the first one's cache buffers in place: still the same draws
+    for seed in (4, 5):
+        torch.manual_seed(seed)
+        eager = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
+        torch.manual_seed(seed)
+        again = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p, sampler="static")
+        assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
 
 
 def test_dropped_tokens_get_exactly_zero_policy_gradient():

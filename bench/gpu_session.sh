@@ -6,24 +6,30 @@
 #       --implementation cp --platform manylinux2014_x86_64 -d .device/whl \
 #       trl==1.16.0 datasets==4.7.0 dill==0.4.0 multiprocess==0.70.18
 #   python -c "import minigrpo as mg; mg.load_model('smollm2')[1].save_pretrained('.device/tokenizer')"
+#   git rev-parse HEAD > .device/commit        # the commit the measurement runs at
 #   bash bench/gpu_session.sh          # on the GPU machine (it has torch, transformers, accelerate)
+# The dry run below needed httpx (the GPU image has it; a venv from requirements.txt may not).
 # It never profiles a whole generate. About 8 minutes on an H200: give it a 540 s limit, which leaves
-# a 15-minute lease room for a rerun of the check alone.
+# a 15-minute lease room for a rerun of the check alone. A dry run on a CPU, with small sizes:
+#   DEVICE=cpu SHAPE=smollm2-135m SIZES="--prompts_per_step 2 --max_new_tokens 4 --micro_batch_size 8 \
+#     --steps 1 --warmup 0" CHECK="--prompts 2 --group_size 2 --max_new_tokens 4" bash bench/gpu_session.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; git rev-parse HEAD 2>/dev/null; \
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; git rev-parse HEAD 2>/dev/null || cat .device/commit; \
   python3 -c "import torch, transformers, trl; print(torch.__version__, transformers.__version__, trl.__version__)"; } \
     2>&1 | tee "$OUT/versions.txt"
-python3 bench/random_init_model.py --shape qwen2.5-0.5b --tokenizer .device/tokenizer --out /tmp/qwen || exit 1
+SHAPE=${SHAPE:-qwen2.5-0.5b}
+SIZES=${SIZES:---prompts_per_step 16 --max_new_tokens 256 --micro_batch_size 32 --steps 3 --warmup 2}
+CHECK=${CHECK:---prompts 16 --group_size 8 --max_new_tokens 64}
+python3 bench/random_init_model.py --shape "$SHAPE" --tokenizer .device/tokenizer --out /tmp/qwen || exit 1
 # 1. the static sampler against the eager loop: logits within bf16 tolerance, the same greedy tokens
-timeout 150 python3 bench/static_sampler_check.py --model /tmp/qwen --dtype bfloat16 --device cuda \
-    --prompts 16 --group_size 8 --max_new_tokens 64 2>&1 | tee "$OUT/static_sampler_check.txt"
+timeout 150 python3 bench/static_sampler_check.py --model /tmp/qwen --dtype bfloat16 --device "${DEVICE:-cuda}" \
+    $CHECK 2>&1 | tee "$OUT/static_sampler_check.txt"
 # 2. every trainer in one process: the README's GPU recipe shape, equal work by construction
-timeout 330 python3 bench/step_time.py --model /tmp/qwen --dtype bfloat16 --prompts_per_step 16 \
-    --max_new_tokens 256 --micro_batch_size 32 --steps 3 --warmup 2 \
+timeout 330 python3 bench/step_time.py --model /tmp/qwen --dtype bfloat16 $SIZES \
     --trainers minigrpo_static,minigrpo_static_unshared,minigrpo,minigrpo_unshared,floor,trl \
-    2>&1 | grep -v "it/s\]" | tee "$OUT/step_time_h200_qwen2.5-0.5b-shape.txt"
+    2>&1 | grep -v "it/s\]" | tee "$OUT/step_time_${SHAPE}.txt"

@@ -233,7 +233,7 @@ def main():
     except ImportError:
         pass
     sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype", "random_rewards",
-             "equal_work", "shared_prefix")
+             "equal_work", "shared_prefix", "sampler")
     print(json.dumps({"config": {k: getattr(cfg, k) for k in sizes}, "model": args.model, "versions": versions,
                       "results": results}))
 
