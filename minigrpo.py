@@ -103,7 +103,7 @@ class Config:
     shared_prefix: bool = knob(True, "encode each prompt once per group, in sampling and in the update "
                                      "(exact; off: once per row)")
     sampler: str = knob("eager", "decode loop: eager (finished rows leave the batch) or static (fixed "
-                                 "shapes, the step compiled on CUDA; the same tokens)")
+                                 "shapes, the step compiled on CUDA; the same distribution)")
     dtype: str = knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N or mps")
     save_every: int = knob(10, "save a resumable checkpoint every N steps (0: only at the end)")
@@ -591,8 +591,9 @@ def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, tempera
     that finished stay in the batch (fed padding, their logits ignored) instead of leaving it.
 
     The same draws as the eager loop: sample_token sees only the unfinished rows, in the same order, so
-    for the same seed the tokens are the same (the suite checks it on the CPU, where nothing is compiled;
-    on CUDA the step runs under torch.compile's "reduce-overhead" mode, whose kernels round differently).
+    for the same seed and the same logits the tokens are the same (the suite checks it on its model).
+    The logits agree up to float rounding (another attention shape; on CUDA, compiled kernels), and a
+    rounding difference can flip a draw, after which the rows share a random stream that has parted.
     """
     prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask  # (U, P) distinct prompts
     compiled = model.device.type == "cuda"
