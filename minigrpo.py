@@ -1134,9 +1134,10 @@ def token_covariance(x, y, mask):
 
 
 class UpdateTally:
-    """What update_policy accumulates for its metrics: every row's log-probs, entropy and shaped
-    advantage, and the loss sums, kept on the device and read once at the end (one host sync, not
-    several per micro-batch); and whether the current mini-batch's losses were all finite."""
+    """What update_policy accumulates for its metrics: every row's log-probs, entropy, shaped advantage
+    and kept tokens (the forking-token rule), and the loss sums, kept on the device and read once at the
+    end (one host sync, not several per micro-batch); and whether the current mini-batch's losses were
+    all finite."""
 
     def __init__(self, batch, advantages):
         n, C = batch.mask.shape
@@ -1761,6 +1762,8 @@ def prepare_output_dir(cfg):
     if world_size() > 1:  # resuming needs the same ranks: each keeps its own random state
         this_run["world_size"] = world_size()
     saved = json.load(open(path)) if os.path.isfile(path) else None
+    if saved is not None:  # a run from before a flag existed ran with its default
+        saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
     has_metrics = os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl"))
     other_run = saved != this_run and (saved is not None or has_metrics)
     if other_run and not cfg.overwrite:

@@ -2057,6 +2057,12 @@ def test_output_dir_of_another_run_is_refused(tiny_dir, sevens, tmp_path, capsys
     assert json.loads((out / "run_config.json").read_text())["lr"] == 0.5
     assert mg.main(tiny_run_args(tiny_dir, tmp_path / "fresh", sevens, steps=1) + ["--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    # a run made before a flag existed ran with its default: still this run, not another
+    saved = json.loads((out / "run_config.json").read_text())
+    del saved["sampler"], saved["entropy_top_fraction"]
+    (out / "run_config.json").write_text(json.dumps(saved))
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
