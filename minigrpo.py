@@ -1408,26 +1408,17 @@ def _is_heldout(a, op, b):
     return hashlib.sha256(f"{a}{op}{b}".encode()).digest()[0] < 52  # 52/256 ~ 20%
 
 
-def _random_problem(rng, digits, operations):
-    low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
-    a, b, op = rng.randint(low, high), rng.randint(low, high), rng.choice(operations)
-    if op == "-" and b > a:
-        a, b = b, a  # keep answers non-negative
-    return a, op, b
-
-
-def _as_problem(a, op, b):
-    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return {"question": f"What is {a} {op} {b}?", "answer": str(answer)}
-
-
 def arithmetic_problems(split, digits=1, operations="+*", seed=0):
     """Endless problems from the 'train' or the 'test' split; the two never share a problem."""
     rng = random.Random(f"{seed}-{split}")
+    low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     while True:
-        a, op, b = _random_problem(rng, digits, operations)
+        a, b, op = rng.randint(low, high), rng.randint(low, high), rng.choice(operations)
+        if op == "-" and b > a:
+            a, b = b, a  # keep answers non-negative
         if _is_heldout(a, op, b) == (split == "test"):
-            yield _as_problem(a, op, b)
+            answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+            yield {"question": f"What is {a} {op} {b}?", "answer": str(answer)}
 
 
 def heldout_problems(n, digits=1, operations="+*"):
