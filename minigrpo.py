@@ -35,6 +35,7 @@ from fractions import Fraction
 
 import torch
 import torch.utils.checkpoint
+import transformers
 from torch.profiler import record_function  # named ranges for bench/profile_step.py; free when not profiling
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser, StaticCache
@@ -638,8 +639,9 @@ def group_cache(prompt_cache, group_size):
     i // group_size. Its buffers are kept from one call to the next of the same sizes and overwritten
     in place (all of them): a CUDA graph replays from fixed addresses, and new ones would make it record
     again each rollout."""
-    keys = prompt_cache.layers[0].keys  # (U, heads, L, d)
-    sizes = (len(prompt_cache.layers), len(keys) * group_size, *keys.shape[1:], keys.dtype, keys.device)
+    keys, values = prompt_cache.layers[0].keys, prompt_cache.layers[0].values  # (U, heads, L, d) each
+    sizes = (len(prompt_cache.layers), len(keys) * group_size, *keys.shape[1:], keys.dtype, values.dtype,
+             keys.device)
     rows = _GROUP_CACHES.get(sizes)
     if rows is None:  # the first call of these sizes: the prompts' cache, its rows repeated
         rows = _GROUP_CACHES[sizes] = prompt_cache
@@ -677,6 +679,13 @@ def compiled_decode_step(*args):
 
 
 _compiled_decode_step = None
+
+
+def static_cache_takes_two_dtypes():
+    """Whether transformers' static cache can keep float32 keys beside bfloat16 values, as autocast over
+    float32 weights makes them (RoPE's float32 tables promote the keys); before 5.24 it allocates both in
+    the keys' dtype, and writing the values fails."""
+    return tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (5, 24)
 
 
 def cache_dtype(model):
@@ -1873,6 +1882,9 @@ def check_config(cfg):
          f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
         (cfg.sampler not in ("eager", "static"), f"sampler must be eager or static (got {cfg.sampler!r})"),
+        (cfg.sampler == "static" and cfg.dtype != "float32" and not static_cache_takes_two_dtypes(),
+         f"--sampler static with --dtype {cfg.dtype} needs transformers >= 5.24 (installed: "
+         f"{transformers.__version__}); use --sampler eager or --dtype float32"),
         (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
          f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
         (cfg.device.startswith("cuda") and not torch.cuda.is_available(),

@@ -960,6 +960,33 @@ def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_
         assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
 
 
+@pytest.mark.skipif(not mg.static_cache_takes_two_dtypes(), reason="refused by check_config before transformers 5.24")
+def test_the_static_sampler_under_bfloat16_autocast(tiny):
+    """Autocast over float32 weights writes float32 keys (RoPE promotes them) beside bfloat16 values: the
+    static path keeps both, and a float32 call's cache buffers of the same sizes are not reused for it."""
+    model, tokenizer = tiny
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi"]]
+    float32 = mg.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0, sampler="static")
+    with mg.autocast("cpu", "bfloat16"):
+        bf16 = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0, sampler="static")
+        eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
+    assert bf16[2].shape[0] == float32[2].shape[0] == 4 and bf16[2].shape[1] == eager[2].shape[1]
+    assert bf16[2].max() < len(tokenizer)
+
+
+def test_the_static_sampler_needs_transformers_5_24_under_autocast(tiny_dir, monkeypatch):
+    """Before 5.24 transformers' static cache allocates the values in the keys' dtype: check_config says so
+    in one line instead of a dtype error mid-rollout; float32 and the eager loop stay available."""
+    argv = ["--model", tiny_dir, "--sampler", "static", "--dtype", "bfloat16"]
+    monkeypatch.setattr(mg.transformers, "__version__", "5.23.0")
+    with pytest.raises(mg.UsageError, match="needs transformers >= 5.24"):
+        mg.parse_config(argv)
+    assert mg.parse_config(argv[:4]).sampler == "static"  # float32
+    assert mg.parse_config(argv[:2] + argv[4:]).dtype == "bfloat16"  # the eager loop
+    monkeypatch.setattr(mg.transformers, "__version__", "5.24.0")
+    assert mg.parse_config(argv).sampler == "static"
+
+
 def test_dropped_tokens_get_exactly_zero_policy_gradient():
     """The forking-token rule in the loss (not graded with top_entropy_mask: it calls policy_loss)."""
     torch.manual_seed(1)
