@@ -35,7 +35,6 @@ from fractions import Fraction
 
 import torch
 import torch.utils.checkpoint
-import transformers
 from torch.profiler import record_function  # named ranges for bench/profile_step.py; free when not profiling
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser, StaticCache
@@ -681,11 +680,13 @@ def compiled_decode_step(*args):
 _compiled_decode_step = None
 
 
-def static_cache_takes_two_dtypes():
-    """Whether transformers' static cache can keep float32 keys beside bfloat16 values, as autocast over
-    float32 weights makes them (RoPE's float32 tables promote the keys); before 5.24 it allocates both in
-    the keys' dtype, and writing the values fails."""
-    return tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (5, 24)
+def static_cache_too_old():
+    """The installed transformers version if its static cache cannot keep float32 keys beside bfloat16
+    values, as autocast over float32 weights makes them (RoPE's float32 tables promote the keys): before
+    5.24 it allocates both in the keys' dtype, and writing the values fails. None from 5.24 on."""
+    from transformers import __version__ as version
+
+    return version if tuple(int(x) for x in version.split(".")[:2]) < (5, 24) else None
 
 
 def cache_dtype(model):
@@ -1882,9 +1883,9 @@ def check_config(cfg):
          f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
         (cfg.sampler not in ("eager", "static"), f"sampler must be eager or static (got {cfg.sampler!r})"),
-        (cfg.sampler == "static" and cfg.dtype != "float32" and not static_cache_takes_two_dtypes(),
+        (cfg.sampler == "static" and cfg.dtype != "float32" and static_cache_too_old(),
          f"--sampler static with --dtype {cfg.dtype} needs transformers >= 5.24 (installed: "
-         f"{transformers.__version__}); use --sampler eager or --dtype float32"),
+         f"{static_cache_too_old()}); use --sampler eager or --dtype float32"),
         (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
          f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
         (cfg.device.startswith("cuda") and not torch.cuda.is_available(),

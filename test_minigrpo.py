@@ -960,7 +960,7 @@ def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_
         assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
 
 
-@pytest.mark.skipif(not mg.static_cache_takes_two_dtypes(), reason="refused by check_config before transformers 5.24")
+@pytest.mark.skipif(bool(mg.static_cache_too_old()), reason="refused by check_config before transformers 5.24")
 def test_the_static_sampler_under_bfloat16_autocast(tiny):
     """Autocast over float32 weights writes float32 keys (RoPE promotes them) beside bfloat16 values: the
     static path keeps both, and a float32 call's cache buffers of the same sizes are not reused for it."""
@@ -978,12 +978,13 @@ def test_the_static_sampler_needs_transformers_5_24_under_autocast(tiny_dir, mon
     """Before 5.24 transformers' static cache allocates the values in the keys' dtype: check_config says so
     in one line instead of a dtype error mid-rollout; float32 and the eager loop stay available."""
     argv = ["--model", tiny_dir, "--sampler", "static", "--dtype", "bfloat16"]
-    monkeypatch.setattr(mg.transformers, "__version__", "5.23.0")
+    transformers = importlib.import_module("transformers")  # sys.modules' (its lazy loader may replace it)
+    monkeypatch.setattr(transformers, "__version__", "5.23.0")
     with pytest.raises(mg.UsageError, match="needs transformers >= 5.24"):
         mg.parse_config(argv)
     assert mg.parse_config(argv[:4]).sampler == "static"  # float32
     assert mg.parse_config(argv[:2] + argv[4:]).dtype == "bfloat16"  # the eager loop
-    monkeypatch.setattr(mg.transformers, "__version__", "5.24.0")
+    monkeypatch.setattr(transformers, "__version__", "5.24.0")
     assert mg.parse_config(argv).sampler == "static"
 
 
