@@ -607,8 +607,9 @@ def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, tempera
     # every cache column a row may use is attended to: a row's future columns are hidden by causality
     attention_mask = torch.nn.functional.pad(prompt_mask, (0, max_new_tokens), value=1)  # (U, P + max_new)
     positions = position_ids(prompt_mask)  # (U, P)
+    cache_name = cache_argument(model)  # looked up once, outside what torch.compile traces
     out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                cache_position=torch.arange(P, device=model.device), **{cache_argument(model): cache})
+                cache_position=torch.arange(P, device=model.device), **{cache_name: cache})
     logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)  # (N, V)
     cache = group_cache(cache, group_size)  # (N, heads, L, d) per layer, row i holding prompt i // group_size
     attention_mask = attention_mask.repeat_interleave(group_size, dim=0)  # (N, P + max_new)
@@ -625,7 +626,7 @@ def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, tempera
             break
         cache_position = torch.full((1,), P + t, device=model.device)
         logits = step(model, completions[:, t : t + 1], attention_mask, position + t, cache, cache_position,
-                      cache_argument(model))
+                      cache_name)
     return (encoded.input_ids.repeat_interleave(group_size, dim=0),
             encoded.attention_mask.repeat_interleave(group_size, dim=0), completions[:, : t + 1])
 
@@ -652,9 +653,9 @@ def group_cache(prompt_cache, group_size):
             torch._dynamo.mark_static_address(layer.keys)
             torch._dynamo.mark_static_address(layer.values)
         return rows
-    for kept, new in zip(rows.layers, prompt_cache.layers):
-        kept.keys.copy_(new.keys.repeat_interleave(group_size, dim=0))
-        kept.values.copy_(new.values.repeat_interleave(group_size, dim=0))
+    for kept, new in zip(rows.layers, prompt_cache.layers):  # viewed as (U, G, ...): a prompt to its G rows
+        kept.keys.view(len(new.keys), group_size, *keys.shape[1:]).copy_(new.keys.unsqueeze(1))
+        kept.values.view(len(new.values), group_size, *values.shape[1:]).copy_(new.values.unsqueeze(1))
         if isinstance(getattr(new, "cumulative_length", None), torch.Tensor):  # the tokens written so far
             kept.cumulative_length.copy_(new.cumulative_length)
     return rows
@@ -684,9 +685,10 @@ def static_cache_too_old():
     """The installed transformers version if its static cache cannot keep float32 keys beside bfloat16
     values, as autocast over float32 weights makes them (RoPE's float32 tables promote the keys): before
     5.24 it allocates both in the keys' dtype, and writing the values fails. None from 5.24 on."""
+    from packaging.version import Version  # a dependency of transformers
     from transformers import __version__ as version
 
-    return version if tuple(int(x) for x in version.split(".")[:2]) < (5, 24) else None
+    return version if Version(version).release[:2] < (5, 24) else None
 
 
 def cache_dtype(model):
@@ -1849,6 +1851,7 @@ class UsageError(Exception):
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
     ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
+    too_old = cfg.sampler == "static" and cfg.dtype != "float32" and static_cache_too_old()  # version or None
     check([  # each bound first: the sizes below divide by them
         (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
         (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
@@ -1883,9 +1886,8 @@ def check_config(cfg):
          f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
         (cfg.sampler not in ("eager", "static"), f"sampler must be eager or static (got {cfg.sampler!r})"),
-        (cfg.sampler == "static" and cfg.dtype != "float32" and static_cache_too_old(),
-         f"--sampler static with --dtype {cfg.dtype} needs transformers >= 5.24 (installed: "
-         f"{static_cache_too_old()}); use --sampler eager or --dtype float32"),
+        (too_old, f"--sampler static with --dtype {cfg.dtype} needs transformers >= 5.24 (installed: "
+                  f"{too_old}); use --sampler eager or --dtype float32"),
         (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
          f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
         (cfg.device.startswith("cuda") and not torch.cuda.is_available(),
