@@ -193,14 +193,19 @@ def main():
             model.generation_config.suppress_tokens = eos_ids(model)
             suppress_eos_in_minigrpo(eos_ids(model))
         saturated, sampling = [], []
-        if name.startswith("minigrpo"):  # _unshared encodes every row in full (--no_shared_prefix)
-            cfg.shared_prefix = not name.endswith("_unshared") and not args.no_shared_prefix
-            cfg.sampler = "static" if "_static" in name else "eager"
-            seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling)
-        elif name == "floor":
-            seconds = time_floor(model, tokenizer, cfg, problem_batches, sampling)
-        else:
-            seconds = time_trl(model, tokenizer, cfg, problem_batches)
+        try:  # one trainer's failure (a missing package, a compile error) is reported and the others still run
+            if name.startswith("minigrpo"):  # _unshared encodes every row in full (--no_shared_prefix)
+                cfg.shared_prefix = not name.endswith("_unshared") and not args.no_shared_prefix
+                cfg.sampler = "static" if "_static" in name else "eager"
+                seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling)
+            elif name == "floor":
+                seconds = time_floor(model, tokenizer, cfg, problem_batches, sampling)
+            else:
+                seconds = time_trl(model, tokenizer, cfg, problem_batches)
+        except Exception as error:
+            results[name] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+            print(f"{name:>9}: failed: {results[name]['error']}", flush=True)
+            continue
         timed = seconds[args.warmup :]
         results[name] = {"median_s": statistics.median(timed), "min_s": min(timed), "max_s": max(timed),
                          "steps_s": [round(s, 2) for s in timed]}
@@ -215,11 +220,12 @@ def main():
         per_step = f", sampling {r['sample_ms_per_decode_step']} ms/decode step" if "sample_ms_per_decode_step" in r else ""
         print(f"{name:>9}: median {r['median_s']:.2f} s/step, range {r['min_s']:.2f}-{r['max_s']:.2f}  {r['steps_s']}"
               f"{per_step}{note}", flush=True)
-    if {"minigrpo", "trl"} <= results.keys():
+    timed = {name for name, r in results.items() if "median_s" in r}
+    if {"minigrpo", "trl"} <= timed:
         print(f"minigrpo / TRL   = {results['minigrpo']['median_s'] / results['trl']['median_s']:.2f}")
-    if {"minigrpo", "floor"} <= results.keys():
+    if {"minigrpo", "floor"} <= timed:
         print(f"minigrpo / floor = {results['minigrpo']['median_s'] / results['floor']['median_s']:.2f}")
-    if {"minigrpo", "minigrpo_unshared"} <= results.keys():
+    if {"minigrpo", "minigrpo_unshared"} <= timed:
         print(f"shared / unshared = {results['minigrpo']['median_s'] / results['minigrpo_unshared']['median_s']:.2f}")
     import transformers
 
