@@ -34,11 +34,14 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def t_975(df):
-    """The 97.5% quantile of Student's t: a table to df 9, then the Cornish-Fisher expansion (error < 1e-3)."""
+    """The 97.5% quantile of Student's t: a table to df 9, then the Cornish-Fisher expansion to its 1/df^4
+    term (error < 1e-4 from df 10 on; with the 1/df^2 term alone it was 3e-3 at df 10)."""
     if df in T_975:
         return T_975[df]
     z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4))
 
 
 def run(cmd, log):
