@@ -669,7 +669,7 @@ def replication_report():
                f"{read_metrics(n, s)[-1]['rollout/response_length']:.0f} |"
                for n, s in sorted(passk, key=lambda x: (x[1], x[0] != "grpo")) if s in REPLICATION_SEEDS]
     lines = ["# Replication: the paired Pass@32, seeds 5-9 (the rule: REPLICATION.md)", "",
-             "New runs evaluated so far:", "", f"| method | seed | Pass@1 | Pass@{k} | training length, last step |",
+             f"New runs evaluated ({len(arrived)} of {2 * len(REPLICATION_SEEDS)}):", "", f"| method | seed | Pass@1 | Pass@{k} | training length, last step |",
              "|---|---|---|---|---|", *arrived, "",
              f"Primary claim, entropy advantage minus GRPO, Pass@{k}, same seed, grades stored at evaluation:", "",
              "| seed | GRPO | GRPO + entropy advantage | difference |", "|---|---|---|---|"]
