@@ -654,8 +654,8 @@ def group_cache(prompt_cache, group_size):
             torch._dynamo.mark_static_address(layer.values)
         return rows
     for kept, new in zip(rows.layers, prompt_cache.layers):  # viewed as (U, G, ...): a prompt to its G rows
-        kept.keys.view(len(new.keys), group_size, *keys.shape[1:]).copy_(new.keys.unsqueeze(1))
-        kept.values.view(len(new.values), group_size, *values.shape[1:]).copy_(new.values.unsqueeze(1))
+        kept.keys.view(len(new.keys), group_size, *new.keys.shape[1:]).copy_(new.keys.unsqueeze(1))
+        kept.values.view(len(new.values), group_size, *new.values.shape[1:]).copy_(new.values.unsqueeze(1))
         if isinstance(getattr(new, "cumulative_length", None), torch.Tensor):  # the tokens written so far
             kept.cumulative_length.copy_(new.cumulative_length)
     return rows

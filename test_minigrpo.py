@@ -2398,8 +2398,10 @@ def _student_t_cdf(x, df, steps=20000):
 def test_the_t_quantile_is_the_975_quantile(df):
     """The interval's t (a table, then an expansion) against the t distribution's integrated density;
     df 4 is the replication's 5 pairs: t = 2.776."""
-    rt = _reasoning_task()
-    assert _student_t_cdf(rt.interval.__globals__["t_975"](df), df) == pytest.approx(0.975, abs=1e-4)
+    _reasoning_task()  # puts experiments/ on the path
+    from entropy_vs_grpo import t_975
+
+    assert _student_t_cdf(t_975(df), df) == pytest.approx(0.975, abs=1e-4)
 
 
 @needs_experiments

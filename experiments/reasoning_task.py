@@ -669,14 +669,17 @@ def replication_report():
                f"{read_metrics(n, s)[-1]['rollout/response_length']:.0f} |"
                for n, s in sorted(passk, key=lambda x: (x[1], x[0] != "grpo")) if s in REPLICATION_SEEDS]
     lines = ["# Replication: the paired Pass@32, seeds 5-9 (the rule: REPLICATION.md)", "",
-             f"New runs evaluated ({len(arrived)} of {2 * len(REPLICATION_SEEDS)}):", "", f"| method | seed | Pass@1 | Pass@{k} | training length, last step |",
+             f"New runs evaluated ({len(arrived)} of {2 * len(REPLICATION_SEEDS)}):", "",
+             f"| method | seed | Pass@1 | Pass@{k} | training length, last step |",
              "|---|---|---|---|---|", *arrived, "",
              f"Primary claim, entropy advantage minus GRPO, Pass@{k}, same seed, grades stored at evaluation:", "",
              "| seed | GRPO | GRPO + entropy advantage | difference |", "|---|---|---|---|"]
     lines += [f"| {s} | {passk['grpo', s]:.3f} | {passk['entropy_adv', s]:.3f} | {d:+.3f} |" for s, d in zip(new, diffs)]
+    outcome = replication_verdict(diffs)  # what report() quotes in results.md
     if diffs:
         m, h = interval(diffs)
         spread = f"± {h:.3f} (95% t-interval, {len(diffs)} pairs)" if len(diffs) > 1 else "(one pair: no interval)"
+        outcome = f"{m:+.3f} ± {h:.3f} over {len(diffs)} pairs, {outcome}"
         lines += ["", f"Mean difference {m:+.3f} {spread}; "
                       f"{sum(d > 0 for d in diffs)} of {len(diffs)} positive, sign test p = {sign_test(diffs):.4f} "
                       "(two-sided).", "", f"**Verdict: {replication_verdict(diffs)}.**"]
@@ -729,10 +732,7 @@ def replication_report():
     with open(os.path.join(RESULTS, "replication.md"), "w") as f:
         f.write(text)
     print(text)
-    if not diffs:
-        return replication_verdict(diffs)
-    m, h = interval(diffs)
-    return f"{m:+.3f} ± {h:.3f} over {len(diffs)} pairs, {replication_verdict(diffs)}"
+    return outcome
 
 
 def main():
