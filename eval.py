@@ -12,11 +12,16 @@ every power of two up to n and each requested k), passk.png (when matplotlib is 
 A killed evaluation, run again with the same arguments, keeps every generate call it had finished.
 
   python eval.py --model smollm2 --n 8 --entropy_report   # which tokens are the "forks"?
+  python eval.py --report runs/minigrpo                    # a training run's page: what the model wrote
 
 --entropy_report (the paper's section 2) also computes the entropy of the model's next-token
 distribution (temperature 1) at every token of its own completions, prints the tokens with the
 highest and lowest mean entropy, and writes entropy_tokens.json and entropy_report.html (a few
 completions with each token colored by its entropy).
+
+--report RUN_DIR writes RUN_DIR/report.html from a training run's metrics.jsonl and samples.jsonl:
+the curves, then for a few steps (the first, three between, the last) every group's completions
+with their rewards and advantages, and one group's tokens colored by entropy. It loads no model.
 """
 
 import hashlib
@@ -103,11 +108,17 @@ class EvalConfig:
     trust_remote_code: bool = mg.knob(False, "allow a hub model's own Python code to run")
     entropy_report: bool = mg.knob(False, "per-token entropy: high/low-entropy tokens and an HTML page")
     entropy_min_count: int = mg.knob(20, "entropy report: list only tokens seen this often")
+    report: str = mg.knob("", "a training run's folder: write its page, RUN_DIR/report.html (curves, "
+                              "completions, entropy colors), and nothing else")
+    report_steps: str = mg.knob("", "--report: the steps to show, comma-separated (default: the first, "
+                                    "three between, the last)")
 
 
 def parse_args(argv=None):
     """EvalConfig from the command line, checked; args.k becomes a sorted list and args.problems is added."""
     args = mg.parse_dataclass(EvalConfig, argv)
+    if args.report:
+        return check_report_args(args)
     if args.greedy:
         args.temperature, args.n = 0.0, 1
     try:
@@ -134,6 +145,35 @@ def parse_args(argv=None):
     args.problems = mg.evaluation_problems(args.dataset, args.split, args.limit, args.digits, args.operations,
                                            args.question_field, args.answer_field)
     return args
+
+
+def check_report_args(args):
+    """--report RUN_DIR: the folder holds a run's metrics.jsonl and samples.jsonl; report_steps are steps."""
+    missing = [f for f in ("metrics.jsonl", "samples.jsonl")
+               if not os.path.isfile(os.path.join(args.report, f))]
+    if not os.path.isdir(args.report):
+        raise mg.UsageError(f"--report {args.report!r}: no such folder (a training run's --output_dir)")
+    if missing:
+        raise mg.UsageError(f"--report {args.report!r} holds no {' or '.join(missing)}: not a minigrpo run "
+                            "folder, or a run from before samples.jsonl was written")
+    try:
+        args.report_steps = sorted({int(s) for s in args.report_steps.split(",") if s.strip()})
+    except ValueError:
+        raise mg.UsageError(f"--report_steps must be comma-separated integers (got {args.report_steps!r})")
+    return args
+
+
+def write_report(args):
+    """Write RUN_DIR/report.html; exit code 0, or 2 when the run has no samples to show."""
+    page = run_page(args.report, args.report_steps)
+    if "<section id='step-" not in page:
+        wanted = f"steps {args.report_steps}" if args.report_steps else "any step"
+        print(f"eval: error: {args.report}/samples.jsonl has no samples of {wanted}", file=sys.stderr)
+        return 2
+    path = os.path.join(args.report, "report.html")
+    mg.write_then_rename(path, page)
+    print(f"wrote {path}")
+    return 0
 
 
 def sample_model(name, problems, args, device):
@@ -256,22 +296,139 @@ def entropy_html(records_by_model, examples=8):
     """An HTML page: a few completions per model, each token's background redder the higher its entropy."""
     entropies = [h for records in records_by_model.values() for r in records for h in r["token_entropy"]]
     top = max(entropies, default=1.0) or 1.0
-    parts = ["<!doctype html><meta charset='utf-8'><title>token entropy</title>",
-             ("<style>body{font-family:sans-serif;max-width:60em} "
-              ".c{font-family:monospace;white-space:pre-wrap;"
-              "border:1px solid #ccc;padding:.4em;margin:.4em 0}"
-              "</style>"),
-             ("<p>Background: the entropy of the model's next-token distribution at each token, "
-              f"white 0 to red {top:.2f} nats. Hover a token for its value.</p>")]
+    parts = [entropy_legend(top)]
     for name, records in records_by_model.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         for r in records[:examples]:
-            spans = "".join(f"<span title='{h:.3f}' style='background:rgba(230,30,30,{min(h / top, 1):.2f})'>"
-                            f"{html.escape(t)}</span>" for t, h in zip(r["tokens"], r["token_entropy"]))
             mark = "correct" if r["correct"] else "wrong"
             parts.append(f"<p>{html.escape(r['prompt'][-120:])} <b>({mark})</b></p>")
-            parts.append(f"<div class='c'>{spans}</div>")
-    return "\n".join(parts) + "\n"
+            parts.append(f"<div class='c'>{token_spans(r['tokens'], r['token_entropy'], top)}</div>")
+    return html_page("token entropy", parts)
+
+
+# -----------------------------------------------------------------------------
+# The pages: one renderer for the entropy report and a training run's page (--report RUN_DIR).
+# Model text is escaped everywhere: a completion holding <script> shows as text.
+
+STYLE = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em} "
+         ".c{font-family:monospace;white-space:pre-wrap;border:1px solid #ccc;padding:.4em;margin:.4em 0} "
+         "table{border-collapse:collapse;margin:.4em 0} td,th{border:1px solid #ddd;padding:.2em .5em;"
+         "vertical-align:top;text-align:left} td.t{font-family:monospace;white-space:pre-wrap} "
+         ".right{background:#eaf7ea} .curves{display:flex;flex-wrap:wrap;gap:1em}")
+
+
+def html_page(title, parts):
+    """One self-contained HTML document (no script, no outside file) from its body's parts."""
+    head = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
+    return "\n".join([head, *parts]) + "\n"
+
+
+def token_spans(tokens, entropies, top):
+    """Each token in a span whose background is redder the higher its entropy (0 white, top red)."""
+    return "".join(f"<span title='{h:.3f}' style='background:rgba(230,30,30,{min(h / top, 1):.2f})'>"
+                   f"{html.escape(t)}</span>" for t, h in zip(tokens, entropies))
+
+
+def entropy_legend(top):
+    return ("<p>Background: the entropy of the model's next-token distribution at each token, "
+            f"white 0 to red {top:.2f} nats. Hover a token for its value.</p>")
+
+
+def svg_curve(points, label, width=300, height=150):
+    """A line chart of (step, value) points as inline SVG, with the axes' ranges written on it."""
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = lambda x: 40 + (x - x0) / ((x1 - x0) or 1) * (width - 50)  # noqa: E731
+    sy = lambda y: height - 20 - (y - y0) / ((y1 - y0) or 1) * (height - 40)  # noqa: E731
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    return (f"<svg width='{width}' height='{height}' role='img' aria-label='{html.escape(label)}'>"
+            f"<text x='40' y='12' font-size='12'>{html.escape(label)}</text>"
+            f"<rect x='40' y='20' width='{width - 50}' height='{height - 40}' fill='none' stroke='#ccc'/>"
+            f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='1.5'/>"
+            + "".join(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='2' fill='#1f77b4'/>" for x, y in points)
+            + f"<text x='0' y='{sy(y1) + 4:.0f}' font-size='10'>{y1:.3g}</text>"
+            f"<text x='0' y='{sy(y0) + 4:.0f}' font-size='10'>{y0:.3g}</text>"
+            f"<text x='40' y='{height - 4}' font-size='10'>step {x0}</text>"
+            f"<text x='{width - 50}' y='{height - 4}' font-size='10'>{x1}</text></svg>")
+
+
+def chosen_steps(steps, wanted=5):
+    """The first step, the last and evenly spaced ones between: at most `wanted`, in order."""
+    steps = sorted(set(steps))
+    if len(steps) <= wanted:
+        return steps
+    return sorted({steps[round(i * (len(steps) - 1) / (wanted - 1))] for i in range(wanted)})
+
+
+def read_jsonl(path):
+    """The records of a JSONL file a run is writing: a last line cut short by a kill is left out."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
+def run_page(run_dir, steps=None):
+    """A training run's page: its curves, then for the chosen steps every group's completions with
+    their rewards and advantages, and the first group's tokens colored by entropy."""
+    metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    samples = read_jsonl(os.path.join(run_dir, "samples.jsonl"))
+    config_path = os.path.join(run_dir, "run_config.json")
+    config = json.load(open(config_path)) if os.path.isfile(config_path) else {}
+    by_step = {}
+    for r in samples:
+        by_step.setdefault(r["step"], []).append(r)
+    shown = [s for s in (steps or chosen_steps(by_step)) if s in by_step]
+    shown_settings = ("model", "dataset", "algorithm", "entropy_alpha", "steps", "group_size", "temperature",
+                      "seed")
+    settings = ", ".join(f"{k} {config[k]}" for k in shown_settings if k in config)
+    parts = [f"<h1>{html.escape(os.path.basename(os.path.abspath(run_dir)))}</h1>",
+             f"<p>{html.escape(settings)}</p>", "<h2>Training curves</h2><div class='curves'>"]
+    for key, label in mg.CURVES.items():
+        points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))
+                  and math.isfinite(m[key])]
+        if points:
+            parts.append(svg_curve(points, label))
+    parts.append("</div>")
+    parts.append(f"<p>Steps shown: {', '.join(map(str, shown))} of {len(by_step)} with samples.</p>")
+    for step in shown:
+        parts += step_section(step, by_step[step])
+    return html_page(f"minigrpo run {run_dir}", parts)
+
+
+def step_section(step, records):
+    """One step: its accuracy and length, the first group's tokens by entropy, every group's completions."""
+    accuracy = sum(r["reward"] == 1.0 for r in records) / len(records)
+    length = sum(r["length"] for r in records) / len(records)
+    parts = [f"<section id='step-{step}'><h2>Step {step}</h2>",
+             f"<p>{len(records)} completions, accuracy {accuracy:.3f}, mean length {length:.1f} tokens</p>"]
+    colored = [r for r in records if "tokens" in r]
+    if colored:
+        top = max((h for r in colored for h in r["entropy"]), default=1.0) or 1.0
+        parts.append(f"<h3>Tokens of the first group ({html.escape(str(colored[0]['problem']))})</h3>")
+        parts.append(entropy_legend(top))
+        for r in colored:
+            parts.append(f"<div class='c'>{token_spans(r['tokens'], r['entropy'], top)}</div>")
+    groups = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r)
+    for group, rows in groups.items():
+        problem, gold = html.escape(str(rows[0]["problem"])), html.escape(str(rows[0]["answer"]))
+        parts.append(f"<h3>{problem} (gold {gold})</h3>"
+                     "<table><tr><th>reward</th><th>advantage</th><th>tokens</th><th>completion</th></tr>")
+        for i, r in enumerate(rows):
+            cut = " (cut)" if r["truncated"] else ""
+            right = " right" if r["reward"] == 1.0 else ""
+            parts.append(f"<tr class='sample{right}' data-step='{step}' data-group='{group}' data-i='{i}'>"
+                         f"<td>{r['reward']:g}</td><td>{r['advantage']:+.3f}</td><td>{r['length']}{cut}</td>"
+                         f"<td class='t'>{html.escape(r['completion'])}</td></tr>")
+        parts.append("</table>")
+    parts.append("</section>")
+    return parts
 
 
 def plot_pass_at_k(summary, path):
@@ -311,6 +468,8 @@ def table(summary, ks):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        if args.report:
+            return write_report(args)
         os.makedirs(args.output_dir, exist_ok=True)
     except (mg.UsageError, OSError) as e:
         print(f"eval: error: {e}", file=sys.stderr)

@@ -35,7 +35,6 @@ from fractions import Fraction
 
 import torch
 import torch.utils.checkpoint
-from torch.profiler import record_function  # named ranges for bench/profile_step.py; free when not profiling
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser, StaticCache
 
@@ -347,16 +346,14 @@ def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature,
             shared_prefix=True, sampler="eager"):
     """Sample a group per problem and grade it: what every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
-    with profiled("sample"):
-        prompt_ids, prompt_mask, completion_ids = sample_completions(
-            model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix, sampler)
+    prompt_ids, prompt_mask, completion_ids = sample_completions(
+        model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix, sampler)
     eos = model.generation_config.eos_token_id
     mask = completion_mask(completion_ids, eos)  # (N, C)
-    with profiled("grade"):
-        texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
-                                       skip_special_tokens=True)
-        answers = [p["answer"] for p in problems for _ in range(group_size)]
-        rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (N,)
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
+                                   skip_special_tokens=True)
+    answers = [p["answer"] for p in problems for _ in range(group_size)]
+    rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (N,)
     truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (N,) no EOS: every token is trained on
     prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (N,)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, prompt_index, rewards, truncated, texts,
@@ -375,7 +372,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     tally = UpdateTally(batch, advantages)
     # shuffled mini-batches cut into micro-batches; micro.kept: 1 on the tokens top_entropy_mask keeps
     for micro in micro_batches(batch, cfg, advantages, old_entropy):
-        with torch.set_grad_enabled(micro.has_gradient), profiled("forward"):
+        with torch.set_grad_enabled(micro.has_gradient):
             inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
             logprobs, entropy = policy_forward(model, inputs, cfg.temperature, entropy_grad)  # (b, C) each
             old = logprobs.detach() if old_logprobs is None else old_logprobs[micro.rows]
@@ -434,7 +431,7 @@ def main(argv=None):
                                             cfg)
     except UsageError as e:
         return report_usage_error(e)
-    with MetricsLog(cfg, start_step, resumed=resume_from is not None) as log:
+    with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log:
         if not resume_from:
             log.write(0, evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
         for step in log.steps_left():
@@ -443,6 +440,7 @@ def main(argv=None):
                                                         critic_optimizer, ref_model)
             log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds,
                              **evaluate_if_due(model, tokenizer, heldout, cfg, step)})
+            log.write_samples(step, problems, batch, update_metrics)  # what the model wrote: samples.jsonl
             if log.too_many_skipped_steps(update_metrics):
                 return 1
             save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic, critic_optimizer)
@@ -726,11 +724,6 @@ def is_eos_token(token_ids, eos_token_id):
 # The update's helpers: inputs, mini- and micro-batches, the chunked output layer, the gradient step
 
 
-def profiled(name):
-    """A named range for torch.profiler (bench/profile_step.py reads them); free when not profiling."""
-    return record_function(f"minigrpo.{name}")
-
-
 @dataclass
 class ModelInputs:
     """Some rows of a rollout as model inputs, without the columns that are padding in all of them."""
@@ -829,10 +822,9 @@ def frozen_logprobs(model, ref_model, batch, cfg):
 
 
 def backward(loss, has_gradient):
-    """loss.backward(), in its profiled range; skipped where nothing has a gradient (A = 0 everywhere)."""
+    """loss.backward(), skipped where nothing has a gradient (A = 0 everywhere)."""
     if has_gradient:
-        with profiled("backward"):
-            loss.backward()
+        loss.backward()
 
 
 def gradient_step(parameters, optimizer, max_grad_norm, finite):
@@ -840,13 +832,12 @@ def gradient_step(parameters, optimizer, max_grad_norm, finite):
     the step skipped (rather than poison the weights) when a loss on any rank or the gradient is not
     finite. finite: a bool tensor. Returns the gradient norm, or None when skipped."""
     parameters = list(parameters)
-    with profiled("optimizer"):
-        all_reduce_gradients(parameters)  # several ranks: their sum is the whole batch's gradient
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        ok = torch.isfinite(grad_norm) and sum_over_ranks((~finite).int()) == 0
-        if ok:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    all_reduce_gradients(parameters)  # several ranks: their sum is the whole batch's gradient
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    ok = torch.isfinite(grad_norm) and sum_over_ranks((~finite).int()) == 0
+    if ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return grad_norm.item() if ok else None
 
 
@@ -1193,6 +1184,8 @@ class UpdateTally:
                        dropped_entropy=masked_mean(entropy, rows["mask"] - kept).item())
         metrics["grad_norm"] = sum(self.grad_norms) / max(len(self.grad_norms), 1)
         metrics["skipped_steps"] = self.skipped
+        # per row, for samples.jsonl (sample_records): the advantages given, the entropy at each token
+        metrics["rows"] = {"advantages": self.advantages, "entropy": self.per_token["entropy"]}
         return metrics
 
 
@@ -1241,6 +1234,30 @@ def step_metrics(batch, update_metrics, cfg):
         "rollout/response_length": rows["mask"].sum(dim=1).float().mean().item(),
         "rollout/truncated_frac": rows["truncated"].float().mean().item(),
     }
+
+
+def sample_records(step, problems, batch, update_metrics, tokenizer):
+    """samples.jsonl's lines for one step of this rank: one per completion, with its reward, advantage
+    (PPO: the mean of A_t over its tokens), length and whether it was cut; the first group's lines also
+    carry their tokens and the entropy at each (nats; the update's forward pass, logits / T)."""
+    group_size = len(batch.texts) // len(problems)
+    rows = update_metrics["rows"]
+    advantages, entropy = rows["advantages"], rows["entropy"]  # (N,) or (N, C); (N, C)
+    lengths = batch.mask.sum(dim=1)  # (N,)
+    if advantages.dim() == 2:
+        advantages = (advantages * batch.mask).sum(dim=1) / lengths.clamp(min=1)
+    records = []
+    for i, text in enumerate(batch.texts):
+        problem, n = problems[i // group_size], int(lengths[i])
+        records.append({"step": step, "group": rank() * len(problems) + i // group_size,
+                        "problem": problem["question"], "answer": problem["answer"],
+                        "prompt": batch.prompts[i // group_size], "completion": text,
+                        "reward": batch.rewards[i].item(), "advantage": round(advantages[i].item(), 6),
+                        "length": n, "truncated": bool(batch.truncated[i])})
+        if i < group_size:  # one group's tokens, for the run page's entropy colors
+            records[-1]["tokens"] = [tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()]
+            records[-1]["entropy"] = [round(h, 4) for h in entropy[i, :n].tolist()]
+    return records
 
 
 @torch.no_grad()
@@ -1751,7 +1768,8 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
 
 
 # what --overwrite removes: the files minigrpo writes, nothing else
-OUR_FILES = r"(step_\d{6}|final)(\.tmp)?|metrics\.jsonl|run_config\.json|training_curves\.png"
+OUR_FILES = (r"(step_\d{6}|final)(\.tmp)?|(metrics|samples)\.jsonl|run_config\.json|training_curves\.png"
+             r"|report\.html")
 
 
 def prepare_output_dir(cfg):
@@ -1790,24 +1808,30 @@ def prepare_output_dir(cfg):
 
 
 class MetricsLog:
-    """metrics.jsonl (rank 0; other ranks write to nowhere) and one console line per step. Resuming keeps
-    the file's steps up to the checkpoint's; a fresh run starts a fresh file."""
+    """metrics.jsonl, samples.jsonl (rank 0; other ranks write to nowhere) and one console line per step.
+    Resuming keeps each file's lines up to the checkpoint's step; a fresh run starts fresh files."""
 
-    def __init__(self, cfg, start_step, resumed):
-        self.cfg, self.start_step, self.skipped_in_a_row = cfg, start_step, 0
-        path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    def __init__(self, cfg, tokenizer, start_step, resumed):
+        self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
+        self.file, self.samples = (self.reopen(name, resumed) for name in ("metrics.jsonl", "samples.jsonl"))
+
+    def reopen(self, name, resumed):
+        """output_dir/name for appending, holding only the lines up to the resumed step."""
+        if rank() != 0:
+            return open(os.devnull, "a")
+        path = os.path.join(self.cfg.output_dir, name)
         kept = []
-        if resumed and rank() == 0 and os.path.isfile(path):
-            kept = [line for line in open(path) if _step_of(line) <= start_step]
-        if rank() == 0:
-            write_then_rename(path, "".join(kept))
-        self.file = open(path if rank() == 0 else os.devnull, "a")
+        if resumed and os.path.isfile(path):
+            kept = [line for line in open(path) if _step_of(line) <= self.start_step]
+        write_then_rename(path, "".join(kept))
+        return open(path, "a")
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.file.close()
+        self.samples.close()
 
     def steps_left(self):
         steps = range(self.start_step + 1, self.cfg.steps + 1)
@@ -1820,6 +1844,16 @@ class MetricsLog:
             tqdm.write(log_line(step, self.cfg.steps, metrics))
             self.file.write(json.dumps({"step": step, **metrics}) + "\n")
             self.file.flush()
+
+    def write_samples(self, step, problems, batch, update_metrics):
+        """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
+        records = sample_records(step, problems, batch, update_metrics, self.tokenizer)
+        if world_size() > 1:
+            gathered = [None] * world_size()
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        self.samples.write("".join(json.dumps(r) + "\n" for r in records))
+        self.samples.flush()
 
     def too_many_skipped_steps(self, update_metrics):
         """True, with a one-line error, after 3 steps in a row whose every optimizer step was skipped."""

@@ -17,6 +17,7 @@ import re
 import statistics
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -1406,13 +1407,17 @@ def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
     assert any(moved)  # the critic has its own weights: the policy's did not move with it
 
 
-def test_the_profiled_ranges_are_opened(tiny):
-    """bench/profile_step.py reads its phases from these named ranges: renaming one fails here first."""
+def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
+    """bench/profile_step.py wraps these functions in named ranges: a function renamed or no longer
+    called on the step's path fails here first."""
     from torch.profiler import profile
 
     sys.path.insert(0, os.path.join(HERE, "bench"))
-    from profile_step import RANGES
+    from profile_step import RANGES, WRAPPED, open_ranges
 
+    for function, _ in WRAPPED.values():
+        monkeypatch.setattr(mg, function, getattr(mg, function))  # undone after the test
+    open_ranges()
     model, tokenizer = tiny
     cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=4)
     with profile() as prof:
@@ -1462,6 +1467,35 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path):
     saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
     assert saved["steps"] == 2 and saved["kl_coef"] == 0.1
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    check_samples(out, lines, group_size=4, rows_per_step=8, max_new_tokens=8)
+
+
+def check_samples(out, metrics, group_size, rows_per_step, max_new_tokens):
+    """samples.jsonl agrees with metrics.jsonl and with GRPO's advantages, and its first group per step
+    carries its tokens (which spell the completion) with an entropy at each."""
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in metrics if m["step"] > 0]
+    assert [r["step"] for r in samples] == [s for s in steps for _ in range(rows_per_step)]
+    tokenizer = make_tiny_tokenizer()
+    for m in metrics[1:]:
+        rows = [r for r in samples if r["step"] == m["step"]]
+        rewards = torch.tensor([r["reward"] for r in rows])
+        assert rewards.mean().item() == pytest.approx(m["reward/mean"])
+        assert statistics.mean(r["length"] for r in rows) == pytest.approx(m["rollout/response_length"])
+        assert statistics.mean(r["truncated"] for r in rows) == pytest.approx(m["rollout/truncated_frac"])
+        groups = rewards.view(-1, group_size)  # the advantages by hand: each reward against its group
+        expected = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)
+        assert [r["advantage"] for r in rows] == pytest.approx(expected.flatten().tolist(), abs=1e-5)
+        assert [r["group"] for r in rows] == [i // group_size for i in range(rows_per_step)]
+        for r in rows:
+            assert 1 <= r["length"] <= max_new_tokens and r["prompt"].endswith("assistant\n")
+            assert r["reward"] == mg.math_reward(r["completion"], r["answer"]) and r["problem"] in r["prompt"]
+        colored = [r for r in rows if "tokens" in r]
+        assert colored == rows[:group_size]  # one group per step
+        for r in colored:
+            assert len(r["tokens"]) == len(r["entropy"]) == r["length"]
+            assert all(0 <= h <= math.log(len(tokenizer)) + 1e-3 for h in r["entropy"])
+            assert "".join(t for t in r["tokens"] if t not in tokenizer.all_special_tokens) == r["completion"]
 
 
 def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
@@ -1473,6 +1507,8 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
     for m in lines[1:]:
         assert {"critic/value_loss", "policy/cov_logp_adv", "policy/cov_logp_shaped_adv"} <= m.keys()
         assert all(math.isfinite(v) for v in m.values())
+    samples = [json.loads(line) for line in (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 16 and all(math.isfinite(r["advantage"]) for r in samples)  # PPO: the mean A_t
     # killed in step 2, then resumed: the same metrics as the uninterrupted run, so the critic was restored
     out = tmp_path / "killed"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:], "mg", "update_critic", when=2)
@@ -1779,6 +1815,93 @@ def test_entropy_html_escapes_model_text():
     assert "rgba(230,30,30,1.00)" in page and "rgba(230,30,30,0.00)" in page  # the most uncertain token is the reddest
 
 
+class _PageParser(HTMLParser):
+    """What a page holds: its tags, its step sections, and each sample row's cells as text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.sections, self.rows, self.cell = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "section":
+            self.sections.append(int(attrs["id"].removeprefix("step-")))
+        if tag == "tr" and "data-step" in attrs:
+            self.rows.append({"step": int(attrs["data-step"]), "group": int(attrs["data-group"]), "cells": []})
+        if tag == "td" and self.rows:
+            self.cell = self.rows[-1]["cells"]
+            self.cell.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell[-1] += data
+
+
+def parse_page(text):
+    parser = _PageParser()
+    parser.feed(text)
+    return parser
+
+
+def test_chosen_steps():
+    assert ev.chosen_steps(range(1, 21)) == [1, 6, 11, 15, 20]  # the first, three between, the last
+    assert ev.chosen_steps([3, 1, 2]) == [1, 2, 3] and ev.chosen_steps([]) == []
+    assert ev.chosen_steps(range(1, 8), wanted=3) == [1, 4, 7]
+
+
+def test_run_page_shows_every_sample_of_the_steps_it_claims(uninterrupted_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, run)
+    assert ev.main(["--report", str(run)]) == 0
+    page = parse_page((run / "report.html").read_text())
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert page.sections == [1, 2, 3, 4]  # four steps: all of them
+    for step in page.sections:
+        rows = [r for r in page.rows if r["step"] == step]
+        wanted = [r for r in samples if r["step"] == step]
+        assert len(rows) == len(wanted) == 16
+        for row, r in zip(rows, wanted):
+            assert row["group"] == r["group"]
+            assert row["cells"][0] == f"{r['reward']:g}" and float(row["cells"][1]) == pytest.approx(r["advantage"], abs=1e-3)
+            assert row["cells"][3] == r["completion"]
+    assert page.tags.count("svg") == len([k for k in mg.CURVES if any(k in m for m in read_metrics(run))])
+    assert "script" not in page.tags and "img" not in page.tags  # self-contained: nothing to fetch or run
+    assert ev.main(["--report", str(run), "--report_steps", "2,4"]) == 0
+    assert parse_page((run / "report.html").read_text()).sections == [2, 4]
+
+
+def test_run_page_escapes_model_text(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/accuracy": 0.5}) + "\n")
+    evil = "<script>alert(1)</script> & </td></tr></table>"
+    record = {"step": 1, "group": 0, "problem": "<b>2+2</b>", "answer": "<i>4</i>", "prompt": "p", "completion": evil,
+              "reward": 0.0, "advantage": -0.5, "length": 9, "truncated": True, "tokens": ["<script>", "&"],
+              "entropy": [1.0, 0.0]}
+    (run / "samples.jsonl").write_text(json.dumps(record) + "\n" + '{"step": 2, "cut sho')  # a killed last line
+    assert ev.main(["--report", str(run)]) == 0
+    text = (run / "report.html").read_text()
+    page = parse_page(text)
+    assert not {"script", "b", "i"} & set(page.tags)
+    assert page.rows[0]["cells"][3] == evil and "&lt;script&gt;" in text and "&lt;b&gt;2+2&lt;/b&gt;" in text
+    assert page.sections == [1]
+    assert ev.main(["--report", str(run), "--report_steps", "7"]) == 2
+    assert ev.main(["--report", str(tmp_path / "none")]) == 2
+    assert ev.main(["--report", str(tmp_path)]) == 2  # a folder, but no run in it
+    assert ev.main(["--report", str(run), "--report_steps", "x"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 4 and all(e.startswith("eval: error:") for e in errors)
+    assert "no samples of steps [7]" in errors[0] and "no such folder" in errors[1]
+    assert "samples.jsonl" in errors[2] and "--report_steps" in errors[3]
+
+
 def test_eval_without_matplotlib_gives_a_notice(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert ev.plot_pass_at_k({"m": {"pass@k": {"1": 0.5}}}, str(tmp_path / "p.png")) is False
@@ -2012,10 +2135,15 @@ def read_metrics(out):
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(tiny_dir, sevens, tmp_path_factory):
+def uninterrupted_run(tiny_dir, sevens, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0
-    metrics = read_metrics(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(uninterrupted_run):
+    metrics = read_metrics(uninterrupted_run)
     assert any(m.get("update/grad_norm", 0) > 0 for m in metrics)  # the weights really changed: resuming matters
     return metrics
 
@@ -2052,17 +2180,22 @@ def test_resume_refuses_a_training_state_that_is_not_plain_data(tiny_dir, sevens
     assert not marker.exists()
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp_path, uninterrupted):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp_path, uninterrupted,
+                                                          uninterrupted_run):
     out = tmp_path / "run"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens), "mg", "update_policy", when=3)  # dies inside step 3
     assert not (out / "final").exists() and (out / "step_000002").exists()
+    assert [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()] == [1] * 16 + [2] * 16
     assert [p.parent.name for p in out.glob("step_*/training_state.pt")] == ["step_000002"]  # only the newest
     assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0  # no --resume needed: same config, same folder
     resumed = read_metrics(out)
     assert [m["step"] for m in resumed] == [0, 1, 2, 3, 4]
     assert resumed == uninterrupted  # model, optimizer, RNG and problem stream all restored
-    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "run_config.json", "step_000001",
-                                                     "step_000002", "step_000003", "training_curves.png"]
+    # every completion of every step once: none lost, none repeated (step 3 was sampled twice, kept once)
+    assert (out / "samples.jsonl").read_text() == (uninterrupted_run / "samples.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "run_config.json", "samples.jsonl",
+                                                     "step_000001", "step_000002", "step_000003",
+                                                     "training_curves.png"]
     assert not list(out.glob("*/training_state.pt"))  # a finished run keeps weights only
 
 

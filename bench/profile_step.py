@@ -4,9 +4,10 @@
   python bench/profile_step.py --model /tmp/qwen --dtype bfloat16 --prompts_per_step 16 --max_new_tokens 256
 
 Runs one warm-up step, then profiles one step as minigrpo's main runs it (rollout, advantages,
-update_policy). The phases are the named ranges minigrpo.py itself opens (record_function):
-sampling, grading, and the update's forward passes, backward passes and optimizer steps. A range
-that no longer appears is an error, so the breakdown cannot silently go stale.
+update_policy). The phases are named ranges this script opens around minigrpo's own functions
+(record_function; minigrpo.py has no profiler code): sampling, grading, and the update's forward
+passes, backward passes and optimizer steps. A range that no longer appears (a function renamed or
+no longer called) is an error, so the breakdown cannot silently go stale.
 """
 
 import argparse
@@ -15,14 +16,30 @@ import sys
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrpo as mg  # noqa: E402
 
-RANGES = {"minigrpo.sample": "sample", "minigrpo.grade": "decode + grade",
-          "minigrpo.forward": "update: forward passes", "minigrpo.backward": "update: backward passes",
-          "minigrpo.optimizer": "update: clip + AdamW step"}
+# range name: (the minigrpo function it wraps, the phase's label)
+WRAPPED = {"minigrpo.sample": ("sample_completions", "sample"), "minigrpo.grade": ("math_reward", "grade"),
+           "minigrpo.forward": ("policy_forward", "update: forward passes"),
+           "minigrpo.backward": ("backward", "update: backward passes"),
+           "minigrpo.optimizer": ("gradient_step", "update: clip + AdamW step")}
+RANGES = {name: label for name, (_, label) in WRAPPED.items()}
+
+
+def open_ranges():
+    """Replace each function in WRAPPED by one that runs it inside its named range; minigrpo's story
+    looks them up by name, so every call goes through the range."""
+    for name, (function, _) in WRAPPED.items():
+        real = getattr(mg, function)
+
+        def wrapped(*args, _real=real, _name=name, **kwargs):
+            with record_function(_name):
+                return _real(*args, **kwargs)
+
+        setattr(mg, function, wrapped)
 
 
 def step(model, tokenizer, optimizer, cfg, problems):
@@ -48,6 +65,7 @@ def main():
     parser.add_argument("--rows", type=int, default=15, help="operators to list")
     parser.add_argument("--no_shared_prefix", action="store_true", help="encode every row in full")
     args = parser.parse_args()
+    open_ranges()
     cfg = mg.Config(model=args.model, dtype=args.dtype, prompts_per_step=args.prompts_per_step,
                     max_new_tokens=args.max_new_tokens, micro_batch_size=args.micro_batch_size)
     cfg.instruction = mg.default_instruction(cfg.dataset)
