@@ -1583,8 +1583,8 @@ def load_models(cfg, resume_from=None):
         ref_model = None  # the KL term's frozen copy of the initial model
         if cfg.kl_coef > 0:
             ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
-    except (OSError, ValueError) as e:  # e.g. a hub id that cannot be reached or does not exist
-        raise UsageError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}")
+    except (OSError, ValueError, ImportError) as e:  # a hub id not reached or not there; gguf not installed
+        raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {str(e).splitlines()[0]}")
     same_weights_on_every_rank(model)
     if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
         print(f"note: no shared prefix: {reason}; every row is encoded in full")

@@ -1040,6 +1040,7 @@ def test_the_forking_token_rule_in_the_update(tiny):
         torch.manual_seed(0)
         metrics = mg.update_policy(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1), batch, advantages,
                                    cfg)
+        metrics.pop("rows")  # per-row tensors for samples.jsonl, not metrics
         results[fraction] = (metrics, model_copy.state_dict())
     (plain, plain_weights), (full, full_weights), (top, top_weights) = results.values()
     assert all(torch.equal(plain_weights[k], full_weights[k]) for k in plain_weights)
@@ -1330,6 +1331,8 @@ def test_update_policy_metrics_and_old_logprobs(tiny):
     four = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
                             mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2, updates_per_rollout=4))
     assert four["approx_kl"] > 0
+    rows = four.pop("rows")  # for samples.jsonl: the advantages given and the entropy of every token
+    assert torch.equal(rows["advantages"], advantages) and rows["entropy"].shape == batch.mask.shape
     assert all(math.isfinite(v) for v in four.values())
 
 
@@ -1655,6 +1658,20 @@ def test_unwritable_output_dir(tiny_dir, tmp_path, capsys):
     assert mg.main(["--model", tiny_dir, "--output_dir", str(tmp_path / "a_file" / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("minigrpo: error: output_dir") and "cannot be written" in err and "\n" not in err
+
+
+def test_a_missing_loader_package_is_one_line(tiny_dir, sevens, tmp_path, monkeypatch, capsys):
+    """transformers raises ImportError when gguf is not installed: one line naming the model, exit 2."""
+    from transformers import AutoModelForCausalLM
+
+    def no_gguf(*args, **kwargs):
+        raise ImportError("Please install torch and gguf>=0.10.0 to load a GGUF checkpoint in PyTorch.\nmore")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_gguf)
+    assert mg.main(tiny_run_args(tiny_dir, tmp_path / "run", sevens)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after datasets' progress lines
+    assert err == f"minigrpo: error: cannot load model {tiny_dir!r}: Please install torch and gguf>=0.10.0 to " \
+                  "load a GGUF checkpoint in PyTorch."
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
@@ -2309,6 +2326,7 @@ for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for a
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself
     model.train()
     metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
+    metrics.pop("rows")  # this rank's rows, for samples.jsonl
     token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, over all ranks
     if mg.world_size() > 1:
         token_advantages = token_advantages[rows]
@@ -2485,6 +2503,23 @@ def test_every_repository_path_a_readme_names_exists(doc):
             found = glob.glob(os.path.join(HERE, span)) or glob.glob(os.path.join(here, span))
             assert found, (doc, span)
 
+
+
+def test_readme_numbers_come_from_the_committed_default_run():
+    """README.md's quick-start table, accuracy line and log line are what experiments/default_run's
+    committed metrics.jsonl gives (experiments/default_run/table.py prints the first two)."""
+    folder = os.path.join(HERE, "experiments", "default_run")
+    if os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md")):  # a student copy has no experiments/
+        return
+    sys.path.insert(0, folder)
+    from table import table
+
+    metrics = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
+    readme = open(os.path.join(HERE, "README.md")).read()
+    assert table(metrics) in readme
+    assert mg.log_line(10, 20, metrics[10]) in readme
+    samples = [json.loads(line) for line in open(os.path.join(folder, "samples.jsonl"))]
+    assert [r["step"] for r in samples] == [s for s in range(1, 21) for _ in range(32)]
 
 
 # -----------------------------------------------------------------------------

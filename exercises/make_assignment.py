@@ -28,7 +28,8 @@ GRADEABLE = {  # function in minigrpo.py: its test class in test_minigrpo.py
     "policy_loss": "TestPolicyLoss",
     "gae_advantages": "TestGaeAdvantages",
 }
-COPIED = ["eval.py", "test_minigrpo.py", "requirements.txt", ".ci", "bench", "docs", "exercises"]
+COPIED = ["eval.py", "test_minigrpo.py", "requirements.txt", ".ci", "bench", "docs", "exercises", "LICENSE",
+          "CITATION.cff"]
 
 
 def blank(source, names):
@@ -48,9 +49,10 @@ def blank(source, names):
 def student_readme(text):
     """The project's README for the student copy: the experiments stay in the project (their results would
     be large to copy and are not needed to learn), so their section becomes one line and links to them text."""
-    text = re.sub(r"## Results at a glance\n.*?(?=\n## )", "## Results\n\nThe experiments, their results and "
+    text = re.sub(r"## Results\n.*?(?=\n## )", "## Results\n\nThe experiments, their results and "
                   "their pages are in the project's repository; this copy holds the code, the tests and the "
                   "exercises.\n", text, flags=re.S)
+    text = re.sub(r"!\[[^\]]*\]\(experiments/[^)]*\)\n", "", text)  # the default run's curves stay there too
     return re.sub(r"\[([^\]]+)\]\((experiments/[^)]*)\)", r"\1", text)
 
 
