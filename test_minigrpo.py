@@ -937,17 +937,24 @@ def _grouped_batch(tokenizer, group_size, C=9, seed=0):
     return make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"], group_size, C, seed)
 
 
+def bench_module(name):
+    """A module of bench/ (the static sampler, the profiler's ranges), imported as its scripts import it."""
+    sys.path.insert(0, os.path.join(HERE, "bench"))
+    return importlib.import_module(name)
+
+
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.6, 0.95)])
 def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_p):
-    """--sampler static (a fixed-shape cache, finished rows kept in the batch, each prompt prefilled once):
-    the same seed gives the same completions as the eager loop, with and without its shared prefix,
-    while rows finish at different steps."""
+    """bench/static_sampler.py (a fixed-shape cache, finished rows kept in the batch, each prompt prefilled
+    once): the same seed gives the same completions as the eager loop, with and without its shared
+    prefix, while rows finish at different steps."""
+    ss = bench_module("static_sampler")
     model, tokenizer = tiny
     with torch.no_grad():  # make EOS likely, so that rows finish at different steps
         model.get_output_embeddings().weight[tokenizer.eos_token_id] += model.model.norm.weight.sign()
     prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]]
     torch.manual_seed(3)
-    static = mg.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p, sampler="static")
+    static = ss.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p)
     finished = mg.is_eos_token(static[2], tokenizer.eos_token_id).any(dim=1)
     assert temperature == 0 or 0 < finished.sum() < len(finished)  # (greedy: a group's rows are one row)
     for shared in (True, False):
@@ -959,37 +966,33 @@ def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_
         torch.manual_seed(seed)
         eager = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
         torch.manual_seed(seed)
-        again = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p, sampler="static")
+        again = ss.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
         assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
 
 
-@pytest.mark.skipif(bool(mg.static_cache_too_old()), reason="refused by check_config before transformers 5.24")
 def test_the_static_sampler_under_bfloat16_autocast(tiny):
     """Autocast over float32 weights writes float32 keys (RoPE promotes them) beside bfloat16 values: the
     static path keeps both, and a float32 call's cache buffers of the same sizes are not reused for it."""
+    ss = bench_module("static_sampler")
     model, tokenizer = tiny
     prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi"]]
-    float32 = mg.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0, sampler="static")
+    float32 = ss.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0)
     with mg.autocast("cpu", "bfloat16"):
-        bf16 = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0, sampler="static")
+        bf16 = ss.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
         eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
     assert bf16[2].shape[0] == float32[2].shape[0] == 4 and bf16[2].shape[1] == eager[2].shape[1]
     assert bf16[2].max() < len(tokenizer)
 
 
-def test_the_static_sampler_needs_transformers_5_24_under_autocast(tiny_dir, monkeypatch):
-    """Before 5.24 transformers' static cache allocates the values in the keys' dtype: check_config says so
-    in one line instead of a dtype error mid-rollout; float32 and the eager loop stay available."""
-    argv = ["--model", tiny_dir, "--sampler", "static", "--dtype", "bfloat16"]
+def test_the_static_sampler_knows_which_transformers_cannot_hold_its_cache(monkeypatch):
+    """Before 5.24 transformers' static cache allocates the values in the keys' dtype: bench/gpu_session.sh
+    asks static_cache_too_old() and leaves the static trainers out there instead of a dtype error."""
+    ss = bench_module("static_sampler")
     transformers = importlib.import_module("transformers")  # sys.modules' (its lazy loader may replace it)
-    monkeypatch.setattr(transformers, "__version__", "5.23.0")
-    with pytest.raises(mg.UsageError, match="needs transformers >= 5.24"):
-        mg.parse_config(argv)
-    assert mg.parse_config(argv[:4]).sampler == "static"  # float32
-    assert mg.parse_config(argv[:2] + argv[4:]).dtype == "bfloat16"  # the eager loop
-    for version in ("5.24.0", "5.25.0.dev0", "6.0rc1"):  # pre-releases parse too
+    for version, too_old in (("5.17.0", "5.17.0"), ("5.23.0", "5.23.0"), ("5.24.0", None), ("5.25.0.dev0", None),
+                             ("6.0rc1", None)):  # pre-releases parse too
         monkeypatch.setattr(transformers, "__version__", version)
-        assert mg.parse_config(argv).sampler == "static", version
+        assert ss.static_cache_too_old() == too_old, version
 
 
 def test_dropped_tokens_get_exactly_zero_policy_gradient():
@@ -1619,7 +1622,6 @@ BAD_INPUT = [
     (["--gae_lambda", "-0.01"], "gae_lambda"),
     (["--max_grad_norm", "0"], "max_grad_norm"),
     (["--eval_problems", "many"], "eval_problems"),
-    (["--sampler", "fast"], "sampler"),
     (["--entropy_top_fraction", "1.5"], "entropy_top_fraction"),
     (["--entropy_top_fraction", "-0.1"], "entropy_top_fraction"),
 ]
@@ -1631,7 +1633,7 @@ GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked an
     ["--digits", "9"], ["--eval_every", "0"], ["--save_every", "0"], ["--eval_problems", "1"],
     ["--gae_gamma", "0"], ["--gae_gamma", "1"], ["--gae_lambda", "0"], ["--gae_lambda", "1"],
     ["--algorithm", "ppo", "--group_size", "1", "--micro_batch_size", "4"], ["--prompts_per_step", "1"],
-    ["--max_grad_norm", "inf"], ["--sampler", "static"], ["--entropy_top_fraction", "0"],
+    ["--max_grad_norm", "inf"], ["--entropy_top_fraction", "0"],
     ["--entropy_top_fraction", "1"],
 ]
 
@@ -1967,6 +1969,22 @@ def test_eval_bad_input(tiny_dir, argv, named, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv", [["--digits", "0"], ["--operations", "/"], ["--dtype", "float16"],
+                                  ["--device", "tpu"], ["--max_new_tokens", "0"], ["--dataset", "nope.csv"]])
+def test_eval_checks_the_shared_knobs_as_training_does(tiny_dir, argv, tmp_path, capsys):
+    """eval.py takes these knobs from Config (one default, one --help line) and checks them with the
+    same code: the same one-line message from both scripts."""
+    assert mg.main(["--model", tiny_dir, "--output_dir", str(tmp_path / "t")] + argv) == 2
+    training = capsys.readouterr().err.strip().removeprefix("minigrpo: error: ")
+    assert ev.main(["--model", tiny_dir, "--output_dir", str(tmp_path / "e")] + argv) == 2
+    evaluation = capsys.readouterr().err.strip().removeprefix("eval: error: ")
+    assert evaluation == training and argv[0].lstrip("-") in training
+    config = {f.name: f for f in dataclasses.fields(mg.Config)}
+    shared = config[argv[0].lstrip("-")]
+    (own,) = [f for f in dataclasses.fields(ev.EvalConfig) if f.name == shared.name]
+    assert (own.default, own.metadata["help"]) == (shared.default, shared.metadata["help"])
+
+
 def test_eval_bad_model_and_duplicates(tiny_dir, tmp_path, capsys):
     assert ev.main(["--model", "/no/such/model", "--output_dir", str(tmp_path / "o")]) == 2
     assert ev.main(["--model", tiny_dir, "--model", tiny_dir, "--output_dir", str(tmp_path / "o")]) == 2
@@ -2238,9 +2256,11 @@ def test_output_dir_of_another_run_is_refused(tiny_dir, sevens, tmp_path, capsys
     assert json.loads((out / "run_config.json").read_text())["lr"] == 0.5
     assert mg.main(tiny_run_args(tiny_dir, tmp_path / "fresh", sevens, steps=1) + ["--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    # a run made before a flag existed ran with its default: still this run, not another
+    # a run made before a flag existed ran with its default, and one with a knob since removed (--sampler,
+    # now bench/static_sampler.py): still this run, not another
     saved = json.loads((out / "run_config.json").read_text())
-    del saved["sampler"], saved["entropy_top_fraction"]
+    del saved["shared_prefix"], saved["entropy_top_fraction"]
+    saved["sampler"] = "eager"
     (out / "run_config.json").write_text(json.dumps(saved))
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 0
     assert "nothing to do" in capsys.readouterr().out

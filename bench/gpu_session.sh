@@ -9,10 +9,11 @@
 #   git rev-parse HEAD > .device/commit        # the commit the measurement runs at
 #   bash bench/gpu_session.sh          # on the GPU machine (it has torch, transformers, accelerate)
 # The dry run below needed httpx (the GPU image has it; a venv from requirements.txt may not).
-# transformers 5.24 is carried (the image's huggingface_hub 1.33 is enough for it): the image's 5.17
-# static cache cannot keep float32 keys beside bfloat16 values (autocast over float32 weights), so
-# --sampler static with bfloat16 needs >= 5.24; should it not import there, the static trainers and
-# the check are left out and the rest still runs.
+# transformers 5.24 is carried (the image's huggingface_hub 1.33 is enough for it): minigrpo needs
+# >= 5.24 (requirements.txt; the cache argument is `cache` from 5.24 on), and the image's 5.17 static
+# cache cannot keep float32 keys beside bfloat16 values (autocast over float32 weights). Should the
+# static sampler (bench/static_sampler.py) find an older version, its trainers and the check are left
+# out and the rest still runs.
 # It never profiles a whole generate. About 8 minutes on an H200: give it a 540 s limit, which leaves
 # a 15-minute lease room for a rerun of the check alone. A dry run on a CPU, with small sizes:
 #   DEVICE=cpu SHAPE=smollm2-135m SIZES="--prompts_per_step 2 --max_new_tokens 4 --micro_batch_size 8 \
@@ -30,7 +31,7 @@ SHAPE=${SHAPE:-qwen2.5-0.5b}
 SIZES=${SIZES:---prompts_per_step 16 --max_new_tokens 256 --micro_batch_size 32 --steps 3 --warmup 2}
 CHECK=${CHECK:---prompts 16 --group_size 8 --max_new_tokens 64}
 STATIC=,minigrpo_static,minigrpo_static_unshared
-python3 -c "import minigrpo; assert not minigrpo.static_cache_too_old()" 2>&1 | tail -1 | tee -a "$OUT/versions.txt" \
+python3 -c "import sys; sys.path.insert(0, 'bench'); import static_sampler; assert not static_sampler.static_cache_too_old()" 2>&1 | tail -1 | tee -a "$OUT/versions.txt" \
     || { STATIC=; echo "no static sampler with bfloat16 here: its trainers and check left out" | tee -a "$OUT/versions.txt"; }
 python3 bench/random_init_model.py --shape "$SHAPE" --tokenizer .device/tokenizer --out /tmp/qwen || exit 1
 # 1. the static sampler against the eager loop: logits within bf16 tolerance, the same greedy tokens

@@ -7,6 +7,7 @@ EOS). Prints each sampler's seconds per rollout (median of the rollouts) and, pe
 whose completions differ and the column where each first differs.
 """
 
+import contextlib
 import os
 import statistics
 import sys
@@ -16,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrpo as mg  # noqa: E402
+import static_sampler  # noqa: E402  (bench/, beside this file)
 
 
 def main():
@@ -31,7 +33,8 @@ def main():
         for sampler in ("eager", "static"):
             torch.manual_seed(i)
             start = time.perf_counter()
-            out[sampler] = mg.rollout(model, tokenizer, problems, 8, 48, 1.0, instruction, sampler=sampler).completion_ids
+            with static_sampler.swapped_in() if sampler == "static" else contextlib.nullcontext():
+                out[sampler] = mg.rollout(model, tokenizer, problems, 8, 48, 1.0, instruction).completion_ids
             seconds[sampler].append(time.perf_counter() - start)
         a, b = out["eager"], out["static"]
         width = max(a.shape[1], b.shape[1])

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrpo as mg  # noqa: E402
+import static_sampler  # noqa: E402  (bench/, beside this file)
 
 
 def recorded_run(model, tokenizer, prompts, args, sampler, forced=None):
@@ -35,8 +36,8 @@ def recorded_run(model, tokenizer, prompts, args, sampler, forced=None):
     try:
         torch.manual_seed(0)
         with mg.autocast(model.device, args.dtype):
-            out = mg.sample_completions(model, tokenizer, prompts, args.group_size, args.max_new_tokens, 1.0,
-                                        sampler=sampler)
+            sample = static_sampler.sample_completions if sampler == "static" else mg.sample_completions
+            out = sample(model, tokenizer, prompts, args.group_size, args.max_new_tokens, 1.0)
     finally:
         mg.sample_token = real
     return out[2], seen

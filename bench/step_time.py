@@ -13,6 +13,7 @@ of the timed steps after warm-up.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrpo as mg  # noqa: E402
+import static_sampler  # noqa: E402  (bench/, beside this file)
 
 
 def batches(cfg, count):
@@ -72,7 +74,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling):
         model.eval()
         with mg.autocast(model.device, cfg.dtype):
             batch = mg.rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                               cfg.instruction, shared_prefix=cfg.shared_prefix, sampler=cfg.sampler)
+                               cfg.instruction, shared_prefix=cfg.shared_prefix)
         synchronize()
         sampling.append(time.perf_counter() - start)
         if cfg.random_rewards:
@@ -168,7 +170,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--trainers", default="minigrpo,floor,trl",
                         help="any of minigrpo, minigrpo_unshared, minigrpo_static, minigrpo_static_unshared, floor, trl "
-                             "(static: --sampler static)")
+                             "(static: bench/static_sampler.py swapped in for minigrpo's sampler)")
     parser.add_argument("--dtype", default="float32", choices=sorted(mg.DTYPES))
     parser.add_argument("--prompts_per_step", type=int, default=mg.Config.prompts_per_step)
     parser.add_argument("--max_new_tokens", type=int, default=mg.Config.max_new_tokens)
@@ -196,8 +198,8 @@ def main():
         try:  # one trainer's failure (a missing package, a compile error) is reported and the others still run
             if name.startswith("minigrpo"):  # _unshared encodes every row in full (--no_shared_prefix)
                 cfg.shared_prefix = not name.endswith("_unshared") and not args.no_shared_prefix
-                cfg.sampler = "static" if "_static" in name else "eager"
-                seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling)
+                with static_sampler.swapped_in() if "_static" in name else contextlib.nullcontext():
+                    seconds = time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling)
             elif name == "floor":
                 seconds = time_floor(model, tokenizer, cfg, problem_batches, sampling)
             else:
@@ -239,7 +241,7 @@ def main():
     except ImportError:
         pass
     sizes = ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "dtype", "random_rewards",
-             "equal_work", "shared_prefix", "sampler")
+             "equal_work", "shared_prefix")
     print(json.dumps({"config": {k: getattr(cfg, k) for k in sizes}, "model": args.model, "versions": versions,
                       "results": results}))
 
