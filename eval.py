@@ -119,6 +119,14 @@ class EvalConfig:
                                     "three between, the last)")
 
 
+# every numeric knob's range (minigrpo.BOUNDS for the knobs shared with training), checked lo <= x <= hi
+BOUNDS = {**{name: mg.BOUNDS[name] for name in ("digits", "max_new_tokens", "seed")},
+          "limit": (1, mg.MILLION, "1..10**6"), "n": (1, 10**5, "1..10**5"),
+          "temperature": (0.0, mg.FINITE, ">= 0 and finite (0: greedy)"),
+          "top_p": (mg.ABOVE_0, 1.0, "(0, 1]"),
+          "batch_size": (1, mg.MILLION, "1..10**6"), "entropy_min_count": (1, 10**9, "1..10**9")}
+
+
 def parse_args(argv=None):
     """EvalConfig from the command line, checked; args.k becomes a sorted list and args.problems is added."""
     args = mg.parse_dataclass(EvalConfig, argv)
@@ -130,17 +138,12 @@ def parse_args(argv=None):
         args.k = sorted({int(k) for k in args.k.split(",") if k.strip()})
     except ValueError:
         raise mg.UsageError(f"--k must be comma-separated integers (got {args.k!r})")
+    mg.check_bounds(args, BOUNDS)
     mg.check([
         (not args.model, "at least one --model is required"),
-        (args.n < 1, f"--n must be >= 1 (got {args.n})"),
         (any(k < 1 or k > args.n for k in args.k), f"every k must be in 1..n={args.n} (got {args.k})"),
-        (args.temperature < 0, f"--temperature must be >= 0 (got {args.temperature})"),
         (args.temperature == 0 and args.n > 1, "greedy decoding (temperature 0) gives one answer: use --n 1"),
-        (not 0 < args.top_p <= 1, f"--top_p must be in (0, 1] (got {args.top_p})"),
-        (args.limit < 1, f"--limit must be >= 1 (got {args.limit})"),
-        (args.batch_size < 1, f"--batch_size must be >= 1 (got {args.batch_size})"),
         (len(set(args.model or [])) != len(args.model or []), "a --model is given twice"),
-        (args.entropy_min_count < 1, f"--entropy_min_count must be >= 1 (got {args.entropy_min_count})"),
     ])
     mg.check_task(args)  # the same checks as training's, of the same knobs
     for name in args.model:  # a missing path fails here, before any model loads

@@ -286,7 +286,7 @@ def top_entropy_mask(entropy, mask, fraction):
     if fraction in (0, 1):
         return mask
     real = mask.flatten().nonzero().squeeze(1)  # (n,) flat positions of the real tokens
-    k = math.ceil(round(fraction * len(real), 9))  # rounded first: 0.2 * 15 is 3.0000000000000004
+    k = math.ceil(round(fraction * len(real), 9))  # rounded first: 0.07 * 100 is 7.000000000000001
     highest = torch.sort(entropy.detach().flatten()[real], descending=True, stable=True).indices[:k]  # (k,)
     return torch.zeros_like(mask).flatten().index_fill(0, real[highest], 1.0).view_as(mask)
 
@@ -547,6 +547,7 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
 # Below: what makes it fast, safe on untrusted text, resumable and strict about its input.
 # =============================================================================
 
+
 # -----------------------------------------------------------------------------
 # Arguments: bad input is one line and exit code 2 (main's first call; every section raises UsageError)
 
@@ -565,8 +566,6 @@ def check(conditions):
 def check_task(cfg):
     """The checks of the knobs training and eval.py share (the task, the length, dtype and device)."""
     check([
-        (cfg.max_new_tokens < 1, f"max_new_tokens must be >= 1 (got {cfg.max_new_tokens})"),
-        (cfg.digits < 1 or cfg.digits > 9, f"digits must be in 1..9 (got {cfg.digits})"),
         (not cfg.operations or set(cfg.operations) - set("+-*"),
          f"operations must be made of '+', '-', '*' (got {cfg.operations!r})"),
         (cfg.dtype not in DTYPES, f"unknown dtype {cfg.dtype!r} (choose from {', '.join(DTYPES)})"),
@@ -578,37 +577,47 @@ def check_task(cfg):
     check_dataset_name(cfg.dataset)
 
 
+# Every numeric knob's range, for both scripts (eval.py adds its own), checked as lo <= value <= hi:
+# NaN fails every comparison, and a bound just inside 0, 1 or the largest float keeps an end open or the
+# value finite. Counts stop at a million (steps at a billion): beyond, a typo, not a run.
+ABOVE_0, FINITE = math.ulp(0.0), sys.float_info.max  # the smallest float above 0, the largest finite one
+ABOVE_1, BELOW_1 = math.nextafter(1.0, 2.0), math.nextafter(1.0, 0.0)
+MILLION = 10**6
+BOUNDS = {  # knob: (lowest, highest, the range as the error message says it)
+    "seed": (0, 2**62, "0..2**62"), "digits": (1, 9, "1..9"), "steps": (1, 10**9, "1..10**9"),
+    "prompts_per_step": (1, MILLION, "1..10**6"), "group_size": (1, MILLION, "1..10**6"),
+    "max_new_tokens": (1, MILLION, "1..10**6"), "temperature": (ABOVE_0, FINITE, "> 0 and finite"),
+    "lr": (ABOVE_0, FINITE, "> 0 and finite"), "max_grad_norm": (ABOVE_0, math.inf, "> 0 (inf: no clipping)"),
+    "updates_per_rollout": (1, MILLION, "1..10**6"), "micro_batch_size": (1, MILLION, "1..10**6"),
+    "clip_low": (0.0, BELOW_1, "[0, 1)"), "clip_high": (0.0, FINITE, ">= 0 and finite"),
+    "kl_coef": (0.0, FINITE, ">= 0 and finite"), "entropy_coef": (0.0, FINITE, ">= 0 and finite"),
+    "entropy_alpha": (0.0, FINITE, ">= 0 and finite"), "entropy_kappa": (ABOVE_1, FINITE, "> 1 and finite"),
+    "entropy_top_fraction": (0.0, 1.0, "[0, 1]"), "critic_lr": (ABOVE_0, FINITE, "> 0 and finite"),
+    "gae_gamma": (0.0, 1.0, "[0, 1]"), "gae_lambda": (0.0, 1.0, "[0, 1]"),
+    "value_clip": (ABOVE_0, FINITE, "> 0 and finite"), "save_every": (0, 10**9, "0..10**9"),
+    "eval_every": (0, 10**9, "0..10**9"), "eval_problems": (1, MILLION, "1..10**6"),
+}
+
+
+def check_bounds(config, bounds):
+    """Raise UsageError naming the first knob of config outside its range in bounds."""
+    for name, (lowest, highest, allowed) in bounds.items():
+        value = getattr(config, name)
+        if not lowest <= value <= highest:
+            raise UsageError(f"--{name} must be {allowed} (got {value})")
+
+
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
     ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
-    check([  # each bound first: the sizes below divide by them
-        (cfg.entropy_kappa <= 1, f"entropy_kappa must be > 1 (got {cfg.entropy_kappa})"),
-        (cfg.entropy_alpha < 0, f"entropy_alpha must be >= 0 (got {cfg.entropy_alpha})"),
-        (not 0 <= cfg.entropy_top_fraction <= 1,
-         f"entropy_top_fraction must be in [0, 1] (got {cfg.entropy_top_fraction})"),
+    check_bounds(cfg, BOUNDS)
+    check([  # the sizes below divide by the bounded knobs
         (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
         (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
          f"group_size must be >= 2 (got {cfg.group_size}): GRPO compares responses within a group"),
-        (cfg.steps < 1, f"steps must be >= 1 (got {cfg.steps})"),
-        (cfg.prompts_per_step < 1, f"prompts_per_step must be >= 1 (got {cfg.prompts_per_step})"),
         (cfg.prompts_per_step % ranks != 0,
          f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the {ranks} processes: a group "
          "never spans two"),
-        (not cfg.temperature > 0, f"temperature must be > 0 (got {cfg.temperature})"),
-        (not cfg.lr > 0, f"lr must be > 0 (got {cfg.lr})"),
-        (not cfg.max_grad_norm > 0,
-         f"max_grad_norm must be > 0, inf for no clipping (got {cfg.max_grad_norm})"),
-        (cfg.clip_low < 0 or cfg.clip_low >= 1, f"clip_low must be in [0, 1) (got {cfg.clip_low})"),
-        (cfg.clip_high < 0, f"clip_high must be >= 0 (got {cfg.clip_high})"),
-        (cfg.kl_coef < 0, f"kl_coef must be >= 0 (got {cfg.kl_coef})"),
-        (cfg.entropy_coef < 0, f"entropy_coef must be >= 0 (got {cfg.entropy_coef})"),
-        (not cfg.critic_lr > 0 or cfg.value_clip <= 0, "critic_lr and value_clip must be > 0"),
-        (not (0 <= cfg.gae_gamma <= 1 and 0 <= cfg.gae_lambda <= 1),
-         "gae_gamma and gae_lambda must be in [0, 1]"),
-        (cfg.micro_batch_size < 1, f"micro_batch_size must be >= 1 (got {cfg.micro_batch_size})"),
-        (cfg.updates_per_rollout < 1, f"updates_per_rollout must be >= 1 (got {cfg.updates_per_rollout})"),
-        (cfg.save_every < 0 or cfg.eval_every < 0, "save_every and eval_every must be >= 0"),
-        (cfg.eval_problems < 1, f"eval_problems must be >= 1 (got {cfg.eval_problems})"),
     ])
     check_task(cfg)
     rollout_rows = cfg.prompts_per_step // ranks * cfg.group_size  # this process's rows of a step
@@ -677,6 +686,7 @@ def prepare_run(argv=None):
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank())  # each rank samples its own completions
     return cfg, train_problems, heldout, resume_from
+
 
 # -----------------------------------------------------------------------------
 # Sampling's helpers: the prompt's text, the nucleus, positions (the update's too), the prompt's
@@ -764,6 +774,7 @@ def keep_rows(keep_mask, cache, *tensors):
 def is_eos_token(token_ids, eos_token_id):
     """Boolean tensor like token_ids; eos_token_id is an id or a list of ids (Qwen has two)."""
     return torch.isin(token_ids, torch.as_tensor(eos_token_id, device=token_ids.device))
+
 
 # -----------------------------------------------------------------------------
 # The update's helpers: the token mean, inputs, the chunked output layer, mini- and micro-batches,
@@ -968,6 +979,7 @@ def gradient_step(parameters, optimizer, max_grad_norm, finite):
     optimizer.zero_grad(set_to_none=True)
     return grad_norm.item() if ok else None
 
+
 # -----------------------------------------------------------------------------
 # Several processes: `torchrun --nproc_per_node N minigrpo.py ...`, one process (rank) per GPU
 #
@@ -1096,6 +1108,7 @@ def rng_states():
     states = [None] * world_size()
     torch.distributed.all_gather_object(states, state)
     return states
+
 
 # -----------------------------------------------------------------------------
 # Metrics, logs and plots
@@ -1277,6 +1290,9 @@ class MetricsLog:
 
     def __init__(self, cfg, tokenizer, start_step, resumed):
         self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
+        if rank() == 0:  # the model has loaded: from now on the folder holds this run
+            folder = cfg.output_dir
+            os.replace(os.path.join(folder, PENDING_CONFIG), os.path.join(folder, "run_config.json"))
         self.file, self.samples = (self.reopen(name, resumed) for name in ("metrics.jsonl", "samples.jsonl"))
 
     def reopen(self, name, resumed):
@@ -1365,6 +1381,7 @@ def plot_training_curves(metrics_path, png_path):
     figure.savefig(png_path, dpi=110)
     plt.close(figure)
 
+
 # -----------------------------------------------------------------------------
 # Grader hardening: untrusted text, never executed
 
@@ -1452,6 +1469,7 @@ def latex_answers_match(predicted, answer):
     except Exception:
         return False
 
+
 # -----------------------------------------------------------------------------
 # Tasks and datasets
 
@@ -1494,13 +1512,19 @@ def arithmetic_problems(split, digits=1, operations="+*", seed=0):
 
 
 def heldout_problems(n, digits=1, operations="+*"):
-    """Up to n distinct held-out problems, the same for every run (fewer when the split is smaller)."""
-    problems, stream = {}, arithmetic_problems("test", digits, operations, seed=0)
+    """Up to n distinct held-out problems, the same for every run. A split smaller than n gives all of
+    its problems, with a one-line notice: the draws stop once 100 x as many as were found (at least
+    10,000) bring no new one, so a large n costs no more than the split's size."""
+    problems, stream, stale = {}, arithmetic_problems("test", digits, operations, seed=0), 0
     for _ in range(100 * n):
         p = next(stream)
+        stale = 0 if p["question"] not in problems else stale + 1
         problems[p["question"]] = p
-        if len(problems) == n:
+        if len(problems) == n or stale >= max(10_000, 100 * len(problems)):
             break
+    if len(problems) < n:
+        print(f"note: the held-out split of {digits}-digit {operations} has {len(problems)} problems: "
+              f"all of them are used ({n} asked for)")
     return list(problems.values())
 
 
@@ -1515,6 +1539,8 @@ def check_dataset_name(name):
     if os.path.splitext(name)[1] not in FILE_TYPES:
         raise UsageError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)}, "
                          "or a .jsonl/.json/.parquet file)")
+    if os.path.isdir(name):
+        raise UsageError(f"dataset {name!r} is a folder, not a file")
     if not os.path.isfile(name):
         raise UsageError(f"dataset file {name!r} does not exist")
 
@@ -1524,6 +1550,14 @@ def gold_answer(raw):
     text = str(raw).strip()
     after = after_hashes(text)
     return text if after is None else after.replace(",", "")
+
+
+def is_blank(path):
+    """True for a file of nothing but whitespace (read until its first other byte); parquet: an empty file."""
+    if path.endswith(".parquet"):
+        return os.path.getsize(path) == 0
+    with open(path, "rb") as f:
+        return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def load_problems(dataset, split="train", question_field="question", answer_field="answer"):
@@ -1538,7 +1572,7 @@ def load_problems(dataset, split="train", question_field="question", answer_fiel
         where = dataset
         file_type = FILE_TYPES[os.path.splitext(dataset)[1]]
         load = lambda: datasets.load_dataset(file_type, data_files=dataset, split="train")
-    if dataset not in HUB_DATASETS and os.path.getsize(dataset) == 0:
+    if dataset not in HUB_DATASETS and is_blank(dataset):
         raise UsageError(f"{where}: the dataset is empty")
     try:
         rows = load()
@@ -1590,6 +1624,7 @@ def task_problems(cfg):
                                              cfg.question_field, cfg.answer_field)
     return train, heldout or []
 
+
 # -----------------------------------------------------------------------------
 # Model loading
 
@@ -1627,6 +1662,9 @@ def model_source(name):
             raise UsageError(f"model file {name!r} does not exist")
         return os.path.dirname(os.path.abspath(name)), os.path.basename(name)
     if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise UsageError(f"model folder {name!r} has no config.json: not a save_pretrained folder (a "
+                             "checkpoint being written, or a .gguf file's folder: pass the file)")
         return name, None
     looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not name.startswith((".", "~"))
     if not looks_like_hub_id:
@@ -1716,6 +1754,7 @@ def load_models(cfg, resume_from=None):
     same_weights_on_every_rank(model)
     cfg.shared_prefix = shared_prefix_if_possible(model, cfg.shared_prefix)
     return model, tokenizer, ref_model
+
 
 # -----------------------------------------------------------------------------
 # Checkpoints and resume
@@ -1826,6 +1865,7 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     return state["step"]
 
 
+PENDING_CONFIG = ".run_config.pending.json"  # run_config.json until the model has loaded
 # what --overwrite removes: the files minigrpo writes, nothing else
 OUR_FILES = (r"(step_\d{6}|final)(\.tmp)?|(metrics|samples)\.jsonl|run_config\.json|training_curves\.png"
              r"|report\.html")
@@ -1838,10 +1878,17 @@ def prepare_output_dir(cfg):
     checkpoint; another run's folder is refused unless --overwrite, which removes its files.
     """
     path = os.path.join(cfg.output_dir, "run_config.json")
-    this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
-    if world_size() > 1:  # resuming needs the same ranks: each keeps its own random state
-        this_run["world_size"] = world_size()
-    saved = json.load(open(path)) if os.path.isfile(path) else None
+    this_run = run_identity(cfg)
+    saved = None
+    if os.path.isfile(path):
+        try:
+            saved = json.load(open(path))
+        except ValueError:  # cut short, or not JSON
+            saved = "unreadable"
+        if not isinstance(saved, dict) and not cfg.overwrite:
+            raise UsageError(f"output_dir {cfg.output_dir!r}: its run_config.json is not a minigrpo run "
+                             "config; pass --overwrite or another --output_dir")
+        saved = saved if isinstance(saved, dict) else {}
     if saved is not None:  # a run from before a flag existed ran with its default; a knob since removed
         known = set(this_run) | {"world_size"}  # (--sampler: bench/static_sampler.py) is not compared
         saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
@@ -1860,12 +1907,22 @@ def prepare_output_dir(cfg):
             if re.fullmatch(OUR_FILES, name):
                 p = os.path.join(cfg.output_dir, name)
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-    try:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        write_then_rename(path, json.dumps(this_run, indent=2))
+    try:  # pending until the model has loaded (MetricsLog): a start that fails before leaves no
+        os.makedirs(cfg.output_dir, exist_ok=True)  # run_config.json to refuse the corrected command
+        if not (checkpoints and checkpoints[-1].endswith("final")):  # a complete run writes nothing more
+            write_then_rename(os.path.join(cfg.output_dir, PENDING_CONFIG), json.dumps(this_run, indent=2))
     except OSError as e:
         raise UsageError(f"output_dir {cfg.output_dir!r} cannot be written: {e.strerror or e}")
     return checkpoints[-1] if checkpoints else None
+
+
+def run_identity(cfg):
+    """What run_config.json keeps: the config without --resume and --overwrite, and with several
+    processes their number (resuming needs the same ranks: each keeps its own random state)."""
+    this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
+    if world_size() > 1:
+        this_run["world_size"] = world_size()
+    return this_run
 
 
 if __name__ == "__main__":

@@ -437,8 +437,21 @@ class TestTopEntropyMask:
         entropy, mask = torch.rand(3, 5), torch.ones(3, 5)
         for off in (0.0, 1.0):  # every real token
             assert torch.equal(mg.top_entropy_mask(entropy, mask, off), mask)
-        assert mg.top_entropy_mask(entropy, mask, 0.2).sum() == 3  # 0.2 * 15 is 3.0000000000000004 in floats
+        assert mg.top_entropy_mask(entropy, mask, 0.2).sum() == 3
         assert mg.top_entropy_mask(entropy, torch.zeros(3, 5), 0.2).sum() == 0  # no real token
+        # a product that rounds above an integer: 0.07 * 100 is 7.000000000000001 in floats, and k is 7
+        assert 0.07 * 100 > 7 and mg.top_entropy_mask(torch.rand(4, 25), torch.ones(4, 25), 0.07).sum() == 7
+
+    def test_ties_keep_the_first_tokens_row_by_row(self):
+        """1,000 tokens of equal entropy: exactly k, the first k real tokens in row order (an unstable sort
+        orders ties differently at this size)."""
+        entropy, mask = torch.ones(10, 120), torch.ones(10, 120)
+        mask[:, 100:] = 0  # 1,000 real tokens, 100 per row
+        got = mg.top_entropy_mask(entropy, mask, 0.25)
+        expected = torch.zeros(10, 120)
+        expected[:2, :100] = 1  # the first 250 real tokens: rows 0-1 whole, then 50 of row 2
+        expected[2, :50] = 1
+        assert torch.equal(got, expected)
 
     def test_against_a_loop(self):
         torch.manual_seed(0)
@@ -921,11 +934,26 @@ def test_the_static_sampler_under_bfloat16_autocast(tiny):
     model, tokenizer = tiny
     prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi"]]
     float32 = ss.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0)
-    with mg.autocast("cpu", "bfloat16"):
-        bf16 = ss.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
-        eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 0.0, 1.0)
-    assert bf16[2].shape[0] == float32[2].shape[0] == 4 and bf16[2].shape[1] == eager[2].shape[1]
-    assert bf16[2].max() < len(tokenizer)
+    seen, forced, real = {"eager": [], "static": []}, [], mg.sample_token
+
+    def recording(name):  # the logits of every decode step; the static loop is fed the eager loop's tokens
+        def sample_token(logits, temperature, top_p=1.0):
+            seen[name].append(logits.float())
+            if name == "static":
+                return forced[len(seen[name]) - 1]
+            forced.append(real(logits, temperature, top_p))
+            return forced[-1]
+        return sample_token
+
+    with mg.autocast("cpu", "bfloat16"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mg, "sample_token", recording("eager"))
+        eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 1.0, 1.0)
+        patch.setattr(mg, "sample_token", recording("static"))
+        bf16 = ss.sample_completions(model, tokenizer, prompts, 2, 6, 1.0, 1.0)
+    assert torch.equal(bf16[2], eager[2]) and float32[2].shape[0] == 4  # teacher-forced: the same tokens
+    assert len(seen["static"]) == len(seen["eager"]) == eager[2].shape[1]
+    for a, b in zip(seen["eager"], seen["static"]):  # each step's logits, within bfloat16's rounding
+        torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
 
 
 def test_the_static_sampler_knows_which_transformers_cannot_hold_its_cache(monkeypatch):
@@ -1340,8 +1368,8 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
                          mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     mask = batch.mask.bool()
-    shaped = mg.entropy_advantage(advantages, entropy, 0.4, 2.0)
     A = advantages[:, None].expand_as(logprobs)
+    shaped = A + torch.minimum(0.4 * entropy, A.abs() / 2.0)  # Eq. 5-6 by hand, not mg.entropy_advantage
     for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
         lp, a = logprobs[mask].double(), adv[mask].double()
         assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
@@ -1385,16 +1413,32 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
 
 
-def test_degenerate_batches_give_finite_losses(tiny):
+def test_degenerate_batches_give_the_loss_by_hand(tiny):
+    """Every completion truncated, every completion only EOS, nothing to train on: the loss is what one
+    update per rollout gives by hand (ratio 1, no entropy bonus): minus the token-weighted mean of A."""
     model, tokenizer = tiny
     batch = make_rollout(tokenizer)
-    cfg = mg.Config(group_size=4, prompts_per_step=2)
+    advantages = torch.linspace(-1, 1, 8)
+    cfg = mg.Config(group_size=4, prompts_per_step=2, entropy_alpha=0)
     for mask in (torch.ones_like(batch.mask),  # every completion truncated
                  torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
                  torch.zeros_like(batch.mask)):  # nothing at all to train on
-        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1), dataclasses.replace(batch, mask=mask),
-                                 torch.linspace(-1, 1, 8), cfg)
-        assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
+        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                 dataclasses.replace(batch, mask=mask), advantages, cfg)
+        tokens = mask.sum(dim=1).double()  # (8,) each row's tokens
+        by_hand = -(advantages.double() * tokens).sum() / max(tokens.sum(), 1)
+        assert stats["loss"] == pytest.approx(by_hand.item(), abs=1e-6) and stats["skipped_steps"] == 0
+        with_bonus = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                      dataclasses.replace(batch, mask=mask), advantages, mg.Config(group_size=4))
+        assert math.isfinite(with_bonus["loss"]) and with_bonus["skipped_steps"] == 0
+
+
+def test_masked_mean_against_a_loop():
+    torch.manual_seed(0)
+    x, mask = torch.randn(5, 9), (torch.rand(5, 9) < 0.4).float()
+    picked = [x[i, t].item() for i in range(5) for t in range(9) if mask[i, t]]
+    assert mg.masked_mean(x, mask).item() == pytest.approx(sum(picked) / len(picked))
+    assert mg.masked_mean(x, torch.zeros(5, 9)).item() == 0  # no position: 0, not NaN
 
 
 def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
@@ -1610,67 +1654,81 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
 
 
 BAD_INPUT = [
-    (["--entropy_kappa", "1"], "entropy_kappa"),
-    (["--entropy_kappa", "0.5"], "entropy_kappa"),
-    (["--entropy_alpha", "-0.1"], "entropy_alpha"),
-    (["--group_size", "1"], "group_size"),
-    (["--max_new_tokens", "0"], "max_new_tokens"),
-    (["--steps", "0"], "steps"),
-    (["--temperature", "0"], "temperature"),
-    (["--dataset", "nope"], "dataset"),
+    (["--entropy_kappa", "1"], "--entropy_kappa must be"),
+    (["--entropy_kappa", "0.5"], "--entropy_kappa must be"),
+    (["--entropy_alpha", "-0.1"], "--entropy_alpha must be"),
+    (["--group_size", "1"], "group_size must be >= 2 (got 1)"),
+    (["--max_new_tokens", "0"], "--max_new_tokens must be"),
+    (["--steps", "0"], "--steps must be"),
+    (["--temperature", "0"], "--temperature must be"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--model", "/no/such/folder"], "/no/such/folder"),
     (["--model", "missing.gguf"], "missing.gguf"),
-    (["--micro_batch_size", "5"], "micro_batch_size"),
-    (["--updates_per_rollout", "3"], "updates_per_rollout"),
-    (["--dtype", "int8"], "dtype"),
-    (["--operations", "+/"], "operations"),
-    (["--steps", "many"], "steps"),
-    (["--no_such_flag", "1"], "no_such_flag"),
-    (["--lr", "-1"], "lr"),
-    (["--lr", "0"], "lr"),
-    (["--clip_low", "1"], "clip_low"),
-    (["--clip_high", "-0.1"], "clip_high"),
-    (["--kl_coef", "-1"], "kl_coef"),
-    (["--eval_problems", "0"], "eval_problems"),
-    (["--digits", "0"], "digits"),
-    (["--device", "tpu"], "device"),
-    (["--prompts_per_step", "0"], "prompts_per_step"),
-    (["--save_every", "-1"], "save_every"),
-    (["--dataset", "data.csv"], "dataset"),
-    (["--dataset", "missing.jsonl"], "missing.jsonl"),
-    (["--eval_dataset", "missing.jsonl"], "missing.jsonl"),
+    (["--micro_batch_size", "5"], "micro_batch_size (5) must divide"),
+    (["--updates_per_rollout", "3"], "updates_per_rollout (3) must divide"),
+    (["--dtype", "int8"], "unknown dtype 'int8'"),
+    (["--operations", "+/"], "operations must be made of"),
+    (["--steps", "many"], "--steps: invalid int value: 'many'"),
+    (["--no_such_flag", "1"], "unknown arguments: --no_such_flag 1"),
+    (["--lr", "-1"], "--lr must be"),
+    (["--lr", "0"], "--lr must be"),
+    (["--clip_low", "1"], "--clip_low must be"),
+    (["--clip_high", "-0.1"], "--clip_high must be"),
+    (["--kl_coef", "-1"], "--kl_coef must be"),
+    (["--eval_problems", "0"], "--eval_problems must be"),
+    (["--digits", "0"], "--digits must be"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--prompts_per_step", "0"], "--prompts_per_step must be"),
+    (["--save_every", "-1"], "--save_every must be"),
+    (["--dataset", "data.csv"], "unknown dataset 'data.csv'"),
+    (["--dataset", "missing.jsonl"], "dataset file 'missing.jsonl' does not exist"),
+    (["--eval_dataset", "missing.jsonl"], "dataset file 'missing.jsonl' does not exist"),
     (["--resume"], "no checkpoint"),
-    (["--scale_rewards", "maybe"], "scale_rewards"),
+    (["--scale_rewards", "maybe"], "--scale_rewards/--scale-rewards: Truthy value expected"),
     # every numeric flag at its boundary (where the boundary is bad) and just past it; sizes that others
     # divide by come first, so that 0 is a one-line error and never a ZeroDivisionError
-    (["--micro_batch_size", "0"], "micro_batch_size"),
-    (["--updates_per_rollout", "0"], "updates_per_rollout"),
-    (["--updates_per_rollout", "-1"], "updates_per_rollout"),
-    (["--micro_batch_size", "-1"], "micro_batch_size"),
-    (["--group_size", "0"], "group_size"),
-    (["--prompts_per_step", "-1"], "prompts_per_step"),
-    (["--max_new_tokens", "-1"], "max_new_tokens"),
-    (["--steps", "-1"], "steps"),
-    (["--temperature", "-0.1"], "temperature"),
-    (["--clip_low", "-0.01"], "clip_low"),
-    (["--clip_low", "1.01"], "clip_low"),
-    (["--eval_problems", "-1"], "eval_problems"),
-    (["--digits", "10"], "digits"),
-    (["--digits", "-1"], "digits"),
-    (["--eval_every", "-1"], "eval_every"),
-    (["--algorithm", "reinforce"], "algorithm"),
-    (["--entropy_coef", "-0.01"], "entropy_coef"),
-    (["--critic_lr", "0"], "critic_lr"),
-    (["--critic_lr", "-1e-6"], "critic_lr"),
-    (["--value_clip", "0"], "value_clip"),
-    (["--gae_gamma", "1.01"], "gae_gamma"),
-    (["--gae_gamma", "-0.01"], "gae_gamma"),
-    (["--gae_lambda", "1.01"], "gae_lambda"),
-    (["--gae_lambda", "-0.01"], "gae_lambda"),
-    (["--max_grad_norm", "0"], "max_grad_norm"),
-    (["--eval_problems", "many"], "eval_problems"),
-    (["--entropy_top_fraction", "1.5"], "entropy_top_fraction"),
-    (["--entropy_top_fraction", "-0.1"], "entropy_top_fraction"),
+    (["--micro_batch_size", "0"], "--micro_batch_size must be"),
+    (["--updates_per_rollout", "0"], "--updates_per_rollout must be"),
+    (["--updates_per_rollout", "-1"], "--updates_per_rollout must be"),
+    (["--micro_batch_size", "-1"], "--micro_batch_size must be"),
+    (["--group_size", "0"], "--group_size must be"),
+    (["--prompts_per_step", "-1"], "--prompts_per_step must be"),
+    (["--max_new_tokens", "-1"], "--max_new_tokens must be"),
+    (["--steps", "-1"], "--steps must be"),
+    (["--temperature", "-0.1"], "--temperature must be"),
+    (["--clip_low", "-0.01"], "--clip_low must be"),
+    (["--clip_low", "1.01"], "--clip_low must be"),
+    (["--eval_problems", "-1"], "--eval_problems must be"),
+    (["--digits", "10"], "--digits must be"),
+    (["--digits", "-1"], "--digits must be"),
+    (["--eval_every", "-1"], "--eval_every must be"),
+    (["--algorithm", "reinforce"], "algorithm must be grpo or ppo (got 'reinforce')"),
+    (["--entropy_coef", "-0.01"], "--entropy_coef must be"),
+    (["--critic_lr", "0"], "--critic_lr must be"),
+    (["--critic_lr", "-1e-6"], "--critic_lr/--critic-lr: expected one argument"),  # argparse: "-1e-6" is an option
+    (["--value_clip", "0"], "--value_clip must be"),
+    (["--gae_gamma", "1.01"], "--gae_gamma must be"),
+    (["--gae_gamma", "-0.01"], "--gae_gamma must be"),
+    (["--gae_lambda", "1.01"], "--gae_lambda must be"),
+    (["--gae_lambda", "-0.01"], "--gae_lambda must be"),
+    (["--max_grad_norm", "0"], "--max_grad_norm must be"),
+    (["--eval_problems", "many"], "--eval_problems/--eval-problems: invalid int value: 'many'"),
+    (["--entropy_top_fraction", "1.5"], "--entropy_top_fraction must be"),
+    (["--entropy_top_fraction", "-0.1"], "--entropy_top_fraction must be"),
+    # not a number, not finite, or past what torch and the task can hold: refused before anything loads
+    (["--seed", "99999999999999999999999"], "--seed must be 0..2**62 (got 99999999999999999999999)"),
+    (["--seed", "-1"], "--seed must be 0..2**62 (got -1)"),
+    (["--entropy_alpha", "nan"], "--entropy_alpha must be >= 0 and finite (got nan)"),
+    (["--entropy_kappa", "nan"], "--entropy_kappa must be > 1 and finite (got nan)"),
+    (["--clip_low", "nan"], "--clip_low must be [0, 1) (got nan)"),
+    (["--kl_coef", "nan"], "--kl_coef must be >= 0 and finite (got nan)"),
+    (["--lr", "inf"], "--lr must be > 0 and finite (got inf)"),
+    (["--temperature", "inf"], "--temperature must be > 0 and finite (got inf)"),
+    (["--max_grad_norm", "nan"], "--max_grad_norm must be > 0 (inf: no clipping) (got nan)"),
+    (["--max_new_tokens", "100000000000"], "--max_new_tokens must be 1..10**6 (got 100000000000)"),
+    (["--prompts_per_step", "1000000000"], "--prompts_per_step must be 1..10**6 (got 1000000000)"),
+    (["--eval_problems", "10000000"], "--eval_problems must be 1..10**6 (got 10000000)"),
+    (["--model", "."], "model folder '.' has no config.json"),
 ]
 
 
@@ -1724,12 +1782,77 @@ def test_a_missing_loader_package_is_one_line(tiny_dir, sevens, tmp_path, monkey
                   "load a GGUF checkpoint in PyTorch."
 
 
+class _ModelReached(Exception):
+    """Raised by the stub that replaces load_model in the hostile command-line test."""
+
+
+HOSTILE_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", str(2**70), str(-(2**70)), "many", ""]
+# the hostile values each script may accept for a knob: 0 where it means off or none, inf where it means
+# no limit, 1e30 (and 2**70) where only "finite" bounds the knob. Written here, apart from minigrpo.BOUNDS.
+ACCEPTED = {"0": {"entropy_alpha", "kl_coef", "entropy_coef", "clip_low", "clip_high", "entropy_top_fraction",
+                  "gae_gamma", "gae_lambda", "save_every", "eval_every", "seed"},
+            "inf": {"max_grad_norm"},
+            "1e30": {"lr", "max_grad_norm", "clip_high", "kl_coef", "entropy_coef", "entropy_alpha", "entropy_kappa",
+                     "critic_lr", "value_clip", "temperature"}}
+ACCEPTED[str(2**70)] = ACCEPTED["1e30"]  # a float knob reads 2**70 as the finite 1.2e21
+
+
+def numeric_flags(script):
+    """The --flags of a script's --help whose knob is a number."""
+    config = mg.Config if script == "minigrpo" else ev.EvalConfig
+    types = {f.name: f.type for f in dataclasses.fields(config)}
+    shown = set(re.findall(r"--([a-z_]+)", mg.ConfigParser(config).format_help()))
+    return sorted(name for name in shown if types.get(name) in (int, float, "int", "float"))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(["minigrpo", "eval"]), st.data())
+def test_hostile_command_lines_exit_0_or_2_in_one_line(tiny_dir, script, data):
+    """Numeric flags from --help with nan, inf, -1, 0, 1e30, integers beyond 64 bits, words and the empty
+    string: exit code 0 or 2, at most three lines on stderr and no traceback; loading the model is a stub,
+    and reaching it with a value no knob should take fails the test."""
+    import contextlib
+    import io
+    import tempfile
+
+    flags = data.draw(st.lists(st.sampled_from(numeric_flags(script)), min_size=1, max_size=3, unique=True))
+    values = [data.draw(st.sampled_from(HOSTILE_VALUES)) for _ in flags]
+    argv = ["--model", tiny_dir, "--output_dir", tempfile.mkdtemp()]
+    argv += [x for flag, value in zip(flags, values) for x in (f"--{flag}={value}",)]
+    real, err = mg.load_model, io.StringIO()
+
+    def stub(*args, **kwargs):
+        raise _ModelReached
+
+    mg.load_model = stub
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = (mg.main if script == "minigrpo" else ev.main)(argv)
+    except _ModelReached:
+        code = "reached"
+    finally:
+        mg.load_model = real
+    if code == "reached":  # every value was one its knob may take
+        assert all(flag in ACCEPTED.get(value, ()) for flag, value in zip(flags, values)), (script, flags, values)
+    else:
+        assert code in (0, 2), (script, argv, code)
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) <= 3 and "Traceback" not in err.getvalue(), (script, argv, lines)
+    assert code == "reached" or lines[-1].startswith(("minigrpo: error:", "eval: error:")), (argv, lines)
+
+
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(HERE, "minigrpo.py"), "--entropy_kappa", "1.0",
                              "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_folder_is_named_as_a_folder(tiny_dir, tmp_path, capsys):
+    (tmp_path / "x.jsonl").mkdir()
+    assert mg.main(["--model", tiny_dir, "--dataset", str(tmp_path / "x.jsonl"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"minigrpo: error: dataset {str(tmp_path / 'x.jsonl')!r} is a folder, not a file"
 
 
 def test_dataset_names_are_checked_before_anything_loads(tmp_path):
@@ -1876,6 +1999,22 @@ def test_training_curves_png_or_a_notice(tmp_path, monkeypatch, capsys):
 # is not reachable in tests), the problem stream
 
 
+def test_a_held_out_size_beyond_the_split_is_capped_fast(monkeypatch, capsys):
+    """The built-in held-out split of one-digit + and * has 36 problems: asking for a million gives those
+    36 (the same list, in the same order, as asking for 64) after a bounded number of draws, and a notice."""
+    draws = [0]
+    real = mg._is_heldout
+    monkeypatch.setattr(mg, "_is_heldout", lambda *a: draws.__setitem__(0, draws[0] + 1) or real(*a))
+    default = mg.heldout_problems(64)
+    many = mg.heldout_problems(10**6)
+    assert many == default and len(many) == 36 == len({p["question"] for p in many})
+    assert draws[0] < 100_000  # no loop of 100 million draws
+    notes = capsys.readouterr().out.strip().splitlines()
+    assert notes[-1] == "note: the held-out split of 1-digit +* has 36 problems: all of them are used (1000000 asked for)"
+    assert mg.heldout_problems(10) == default[:10]  # a size within the split: no notice, the same first ones
+    assert capsys.readouterr().out == ""
+
+
 def test_arithmetic_splits_never_overlap():
     for digits, ops in [(1, "+*"), (1, "+-*"), (2, "+-*")]:
         stream = mg.arithmetic_problems("train", digits, ops, seed=3)
@@ -1927,9 +2066,12 @@ def test_load_problems_from_files(tmp_path):
     ([{"question": "Q1", "answer": "   "}], "row 1 has no 'answer' field"),
     ([{"question": "Q1", "answer": "work shown #### "}], "row 1: no gold answer"),
     ([], "empty"),
+    ("\n  \n\t\n", "the dataset is empty"),  # a file of blank lines
 ])
 def test_bad_rows_are_one_line_errors(tiny_dir, tmp_path, capsys, rows, named):
-    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    data = write_jsonl(tmp_path / "bad.jsonl", rows) if isinstance(rows, list) else str(tmp_path / "bad.jsonl")
+    if isinstance(rows, str):  # the file's text as it is
+        (tmp_path / "bad.jsonl").write_text(rows)
     with pytest.raises(mg.UsageError, match=named):
         mg.load_problems(data)
     out = tmp_path / "out"
@@ -2107,6 +2249,45 @@ def test_a_kill_during_a_save_leaves_no_complete_looking_folder(tiny_dir, sevens
     assert mg.main(tiny_run_args(tiny_dir, out, sevens) + ["--resume"]) == 0
     assert read_metrics(out) == uninterrupted
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", "7"])
+def test_a_run_config_that_is_not_a_config_is_one_line(tiny_dir, sevens, tmp_path, capsys, text):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run_config.json").write_text(text)
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"minigrpo: error: output_dir {str(out)!r}: its run_config.json is not a minigrpo run config; "
+                   "pass --overwrite or another --output_dir")
+    assert (out / "run_config.json").read_text() == text  # refused: nothing touched
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--overwrite"]) == 0
+    assert json.loads((out / "run_config.json").read_text())["steps"] == 1
+
+
+def test_a_start_that_fails_to_load_leaves_nothing_that_refuses_the_fix(tiny_dir, sevens, tmp_path, capsys):
+    """A model that cannot load stops the run (one line, exit 2) with no run_config.json or metrics
+    written: the corrected command then starts in the same folder."""
+    out = tmp_path / "run"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # a folder that looks like a model and is not one
+    args = tiny_run_args(tiny_dir, out, sevens, steps=1)
+    assert mg.main(args[:1] + [str(broken)] + args[2:]) == 2
+    assert "cannot load model" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not {p.name for p in out.iterdir()} & {"run_config.json", "metrics.jsonl", "samples.jsonl"}
+    assert mg.main(args) == 0  # the fix, same folder: not "holds another run"
+    assert json.loads((out / "run_config.json").read_text())["model"] == tiny_dir
+    assert not list(out.glob(".run_config*"))
+
+
+def test_resuming_a_step_folder_without_its_model_names_the_folder(tiny_dir, sevens, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_and_kill(tiny_run_args(tiny_dir, out, sevens, steps=3), "mg", "update_policy", when=3)
+    (out / "step_000002" / "config.json").unlink()  # a damaged checkpoint: its training state, no model
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=3)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"minigrpo: error: model folder {str(out / 'step_000002')!r} has no config.json")
 
 
 def test_output_dir_of_another_run_is_refused(tiny_dir, sevens, tmp_path, capsys):
@@ -2332,15 +2513,20 @@ def test_eval_plot_with_matplotlib(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-EVAL_BAD_INPUT = [
-    (["--n", "4", "--k", "8"], "k"),
-    (["--n", "0"], "--n"),
-    (["--k", "a,b"], "--k"),
-    (["--greedy", "--k", "4"], "k"),
-    (["--temperature", "0", "--n", "4"], "greedy"),
-    (["--top_p", "0"], "--top_p"),
-    (["--dataset", "nope"], "dataset"),
-    (["--limit", "0"], "--limit"),
+EVAL_BAD_INPUT = [  # each message names its own flag: a message about another flag fails
+    (["--n", "4", "--k", "8"], "every k must be in 1..n=4 (got [8])"),
+    (["--n", "0"], "--n must be 1..10**5 (got 0)"),
+    (["--k", "a,b"], "--k must be comma-separated integers (got 'a,b')"),
+    (["--greedy", "--k", "4"], "every k must be in 1..n=1 (got [4])"),
+    (["--temperature", "0", "--n", "4"], "greedy decoding (temperature 0) gives one answer: use --n 1"),
+    (["--top_p", "0"], "--top_p must be (0, 1] (got 0.0)"),
+    (["--top_p", "nan"], "--top_p must be (0, 1] (got nan)"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--limit", "0"], "--limit must be 1..10**6 (got 0)"),
+    (["--limit", "10000000"], "--limit must be 1..10**6 (got 10000000)"),
+    (["--temperature", "inf"], "--temperature must be >= 0 and finite (0: greedy) (got inf)"),
+    (["--seed", "99999999999999999999999"], "--seed must be 0..2**62 (got 99999999999999999999999)"),
+    (["--batch_size", "-1"], "--batch_size must be 1..10**6 (got -1)"),
 ]
 
 
