@@ -492,7 +492,7 @@ def main(argv=None):
         try:
             records = sample_model(name, problems, args, device)
         except (OSError, ValueError) as e:
-            print(f"eval: error: cannot load model {name!r}: {str(e).splitlines()[0]}", file=sys.stderr)
+            print(f"eval: error: cannot load model {name!r}: {mg.one_line(e)}", file=sys.stderr)
             return 2
         summary[name] = {
             **summarize(correct_counts(records), args.n, ks),

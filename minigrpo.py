@@ -107,7 +107,8 @@ class Config:
     overwrite: bool = knob(False, "replace a different run's files in output_dir")
     trust_remote_code: bool = knob(False, "allow a hub model's own Python code to run")
     eval_every: int = knob(5, "greedy accuracy on the held-out split every N steps (0: never)")
-    eval_problems: int = knob(64, "held-out problems per evaluation")
+    eval_problems: int = knob(64, "held-out problems per evaluation (a smaller split: all of it, with a "
+                                  "notice)")
 
 
 # -----------------------------------------------------------------------------
@@ -554,6 +555,12 @@ def update_critic(critic, optimizer, batch, old_values, returns, cfg):
 
 class UsageError(Exception):
     """Bad input: reported as one line, exit code 2."""
+
+
+def one_line(error, limit=300):
+    """A library's error message, however many lines, as one line of at most limit characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check(conditions):
@@ -1578,7 +1585,7 @@ def load_problems(dataset, split="train", question_field="question", answer_fiel
         rows = load()
     except Exception as e:  # unreadable file, bad JSON, unreachable hub: one line, not a traceback
         reason = str(e.__cause__ or e).strip() or type(e).__name__
-        raise UsageError(f"cannot load dataset {where}: {reason.splitlines()[0]}")
+        raise UsageError(f"cannot load dataset {where}: {one_line(reason)}")
     problems = []
     for number, row in enumerate(rows, start=1):
         for name in (question_field, answer_field):
@@ -1750,7 +1757,7 @@ def load_models(cfg, resume_from=None):
         if cfg.kl_coef > 0:
             ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
     except (OSError, ValueError, ImportError) as e:  # a hub id not reached or not there; gguf not installed
-        raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {str(e).splitlines()[0]}")
+        raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {one_line(e)}")
     same_weights_on_every_rank(model)
     cfg.shared_prefix = shared_prefix_if_possible(model, cfg.shared_prefix)
     return model, tokenizer, ref_model

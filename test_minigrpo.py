@@ -1779,7 +1779,7 @@ def test_a_missing_loader_package_is_one_line(tiny_dir, sevens, tmp_path, monkey
     assert mg.main(tiny_run_args(tiny_dir, tmp_path / "run", sevens)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after datasets' progress lines
     assert err == f"minigrpo: error: cannot load model {tiny_dir!r}: Please install torch and gguf>=0.10.0 to " \
-                  "load a GGUF checkpoint in PyTorch."
+                  "load a GGUF checkpoint in PyTorch. more"  # a message of several lines, whole, on one
 
 
 class _ModelReached(Exception):
