@@ -1297,9 +1297,9 @@ class MetricsLog:
 
     def __init__(self, cfg, tokenizer, start_step, resumed):
         self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
-        if rank() == 0:  # the model has loaded: from now on the folder holds this run
-            folder = cfg.output_dir
-            os.replace(os.path.join(folder, PENDING_CONFIG), os.path.join(folder, "run_config.json"))
+        pending = os.path.join(cfg.output_dir, PENDING_CONFIG)
+        if rank() == 0 and os.path.isfile(pending):  # the model has loaded: the folder holds this run now
+            os.replace(pending, os.path.join(cfg.output_dir, "run_config.json"))
         self.file, self.samples = (self.reopen(name, resumed) for name in ("metrics.jsonl", "samples.jsonl"))
 
     def reopen(self, name, resumed):
@@ -1891,11 +1891,11 @@ def prepare_output_dir(cfg):
         try:
             saved = json.load(open(path))
         except ValueError:  # cut short, or not JSON
-            saved = "unreadable"
+            saved = None
         if not isinstance(saved, dict) and not cfg.overwrite:
             raise UsageError(f"output_dir {cfg.output_dir!r}: its run_config.json is not a minigrpo run "
                              "config; pass --overwrite or another --output_dir")
-        saved = saved if isinstance(saved, dict) else {}
+        saved = saved if isinstance(saved, dict) else {}  # --overwrite: another run's
     if saved is not None:  # a run from before a flag existed ran with its default; a knob since removed
         known = set(this_run) | {"world_size"}  # (--sampler: bench/static_sampler.py) is not compared
         saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
