@@ -8,7 +8,7 @@ grades them with minigrpo's grader, and prints one table.
   python eval.py --model runs/minigrpo/final --greedy          # greedy accuracy, n = 1
 
 Writes to --output_dir: samples.jsonl (one line per completion), summary.json (Pass@k for
-every power of two up to n and each requested k), passk.png (when matplotlib is installed).
+every power of two up to n and each requested k, and the distinct answers per problem), passk.svg.
 A killed evaluation, run again with the same arguments, keeps every generate call it had finished.
 
   python eval.py --model smollm2 --n 8 --entropy_report   # which tokens are the "forks"?
@@ -24,11 +24,13 @@ the curves, then for a few steps (the first, three between, the last) every grou
 with their rewards and advantages, and one group's tokens colored by entropy. It loads no model.
 """
 
+import glob
 import hashlib
 import html
 import json
 import math
 import os
+import re
 import sys
 import time
 import dataclasses
@@ -64,6 +66,19 @@ def correct_counts(records):
     for r in records:
         counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + r["correct"]
     return [counts[i] for i in sorted(counts)]
+
+
+def distinct_answers(records):
+    """The mean, over problems, of how many different final answers (extract_answer) the model gave among
+    its samples: numbers compared by value ('72', '72.0' and '$72' are one answer), other answers as
+    written; a completion with no final answer adds none. Low: the model says the same thing every time."""
+    answers = {}
+    for r in records:
+        seen = answers.setdefault(r["problem_id"], set())
+        if r["extracted_answer"] is not None:
+            value = mg.parse_number(r["extracted_answer"])
+            seen.add(r["extracted_answer"].strip() if value is None else value)
+    return sum(len(a) for a in answers.values()) / len(answers)
 
 
 def summarize(correct_counts, n, ks):
@@ -109,14 +124,15 @@ class EvalConfig:
     seed: int = mg.knob(0, "sampling seed, the same for every model")
     dtype: str = training_knob("dtype")
     device: str = training_knob("device")
-    output_dir: str = mg.knob("runs/eval", "where samples.jsonl, summary.json, passk.png go")
+    output_dir: str = mg.knob("runs/eval", "where samples.jsonl, summary.json, passk.svg go")
     trust_remote_code: bool = training_knob("trust_remote_code")
     entropy_report: bool = mg.knob(False, "per-token entropy: high/low-entropy tokens and an HTML page")
     entropy_min_count: int = mg.knob(20, "entropy report: list only tokens seen this often")
-    report: str = mg.knob("", "a training run's folder: write its page, RUN_DIR/report.html (curves, "
-                              "completions, entropy colors), and nothing else")
-    report_steps: str = mg.knob("", "--report: the steps to show, comma-separated (default: the first, "
-                                    "three between, the last)")
+    report: list[str] = field(default_factory=list, metadata={"help": (
+        "training run folders (or a glob such as 'runs/grpo_seed*'): write their page and nothing else; one "
+        "run: RUN_DIR/report.html, several: output_dir/report.html")})
+    report_steps: str = mg.knob("", "--report of one run: the steps to show, comma-separated (default: the "
+                                    "first, three between, the last)")
 
 
 # every numeric knob's range (minigrpo.BOUNDS for the knobs shared with training), checked lo <= x <= hi
@@ -155,30 +171,32 @@ def parse_args(argv=None):
 
 
 def check_report_args(args):
-    """--report RUN_DIR: the folder holds a run's metrics.jsonl and samples.jsonl; report_steps are steps."""
-    missing = [f for f in ("metrics.jsonl", "samples.jsonl")
-               if not os.path.isfile(os.path.join(args.report, f))]
-    if not os.path.isdir(args.report):
-        raise mg.UsageError(f"--report {args.report!r}: no such folder (a training run's --output_dir)")
-    if missing:
-        raise mg.UsageError(f"--report {args.report!r} holds no {' or '.join(missing)}: not a minigrpo run "
-                            "folder, or a run from before samples.jsonl was written")
+    """--report RUN_DIR ...: the folders (a pattern with * ? [ expanded, in sorted order), each read as a run
+    (read_run: one that is not a run is a UsageError); report_steps are steps of a single run's samples."""
+    folders = []
+    for pattern in args.report:
+        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matched:
+            raise mg.UsageError(f"--report {pattern!r} matches no folder")
+        folders += [f for f in matched if f not in folders]
     try:
         args.report_steps = sorted({int(s) for s in args.report_steps.split(",") if s.strip()})
     except ValueError:
         raise mg.UsageError(f"--report_steps must be comma-separated integers (got {args.report_steps!r})")
+    args.runs = [read_run(folder) for folder in folders]
+    if args.report_steps and len(args.runs) > 1:
+        raise mg.UsageError("--report_steps chooses the steps of one run's page (several runs: give one)")
+    if args.report_steps and not {r["step"] for r in args.runs[0].samples} & set(args.report_steps):
+        raise mg.UsageError(f"{args.report[0]}/samples.jsonl has no samples of steps {args.report_steps}")
     return args
 
 
 def write_report(args):
-    """Write RUN_DIR/report.html; exit code 0, or 2 when the run has no samples to show."""
-    page = run_page(args.report, args.report_steps)
-    if "<section id='step-" not in page:
-        wanted = f"steps {args.report_steps}" if args.report_steps else "any step"
-        print(f"eval: error: {args.report}/samples.jsonl has no samples of {wanted}", file=sys.stderr)
-        return 2
-    path = os.path.join(args.report, "report.html")
-    mg.write_then_rename(path, page)
+    """Write the page of the runs: RUN_DIR/report.html for one, output_dir/report.html for several."""
+    folder = args.runs[0].folder if len(args.runs) == 1 else args.output_dir
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "report.html")
+    mg.write_then_rename(path, report_page(args.runs, args.report_steps))
     print(f"wrote {path}")
     return 0
 
@@ -314,49 +332,145 @@ def entropy_html(records_by_model, examples=8):
 
 
 # -----------------------------------------------------------------------------
-# The pages: one renderer for the entropy report and a training run's page (--report RUN_DIR).
-# Model text is escaped everywhere: a completion holding <script> shows as text.
+# The pages and figures: one SVG renderer draws every curve the project draws (a run's page, several
+# runs' page, Pass@k, the experiments' figures). Whatever comes from a file reaches a page escaped
+# (text, attributes) or converted to a number: a completion holding <script> shows as text.
 
-STYLE = ("body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em} "
+STYLE = ("body{font-family:sans-serif;max-width:76em;margin:1em auto;padding:0 1em} "
          ".c{font-family:monospace;white-space:pre-wrap;border:1px solid #ccc;padding:.4em;margin:.4em 0} "
          "table{border-collapse:collapse;margin:.4em 0} td,th{border:1px solid #ddd;padding:.2em .5em;"
          "vertical-align:top;text-align:left} td.t{font-family:monospace;white-space:pre-wrap} "
-         ".right{background:#eaf7ea} .curves{display:flex;flex-wrap:wrap;gap:1em}")
+         ".right{background:#eaf7ea} .curves{display:flex;flex-wrap:wrap;gap:1em} "
+         ".warning{color:#a00} .normal{color:#555} .key{display:inline-block;width:1.5em;height:.6em;"
+         "margin:0 .3em 0 1em} .tok{border-bottom:3px solid transparent} .clip{outline:1px dashed #000} "
+         ".off{opacity:.3;text-decoration:line-through}")
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf")
+
+PANELS = {  # what a run page draws: metrics.jsonl's key, the panel's title
+    "reward/accuracy": "training accuracy", "eval/accuracy": "held-out greedy accuracy",
+    "policy/entropy": "entropy (nats)", "policy/psi_over_abs_adv": "psi / |A|",
+    "rollout/response_length": "response length (tokens)", "rollout/truncated_frac": "truncated fraction",
+    "reward/zero_std_frac": "zero-std fraction (groups without signal)",
+    "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
+
+
+def esc(value):
+    """Any value as text safe inside an element or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def number(value):
+    """value as a finite float, or None (text, bool, NaN, inf, a missing value)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def html_page(title, parts):
     """One self-contained HTML document (no script, no outside file) from its body's parts."""
-    head = f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
+    head = f"<!doctype html><meta charset='utf-8'><title>{esc(title)}</title><style>{STYLE}</style>"
     return "\n".join([head, *parts]) + "\n"
 
 
-def token_spans(tokens, entropies, top):
-    """Each token in a span whose background is redder the higher its entropy (0 white, top red)."""
-    return "".join(f"<span title='{h:.3f}' style='background:rgba(230,30,30,{min(h / top, 1):.2f})'>"
-                   f"{html.escape(t)}</span>" for t, h in zip(tokens, entropies))
-
-
-def entropy_legend(top):
-    return ("<p>Background: the entropy of the model's next-token distribution at each token, "
-            f"white 0 to red {top:.2f} nats. Hover a token for its value.</p>")
-
-
-def svg_curve(points, label, width=300, height=150):
-    """A line chart of (step, value) points as inline SVG, with the axes' ranges written on it."""
-    xs, ys = [x for x, _ in points], [y for _, y in points]
+def svg_chart(title, series, width=340, height=190, log2_x=False, x_label="step"):
+    """A line chart as one inline <svg>: series is [(label, color, points, band)], points [(x, y)] and band
+    [(x, low, high)] (a shaded range, e.g. min-max over seeds) or None. log2_x: a log2 axis (Pass@k's k).
+    Each line and band carries its values (data-points, data-band); the axes' ranges are written on it."""
+    fx = math.log2 if log2_x else float
+    xs = [fx(x) for _, _, points, band in series for x, *_ in points + (band or [])]
+    ys = [y for _, _, points, band in series for _, *y in points + (band or []) for y in y]
+    if not xs:
+        return ""
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    sx = lambda x: 40 + (x - x0) / ((x1 - x0) or 1) * (width - 50)  # noqa: E731
-    sy = lambda y: height - 20 - (y - y0) / ((y1 - y0) or 1) * (height - 40)  # noqa: E731
-    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-    return (f"<svg width='{width}' height='{height}' role='img' aria-label='{html.escape(label)}'>"
-            f"<text x='40' y='12' font-size='12'>{html.escape(label)}</text>"
-            f"<rect x='40' y='20' width='{width - 50}' height='{height - 40}' fill='none' stroke='#ccc'/>"
-            f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='1.5'/>"
-            + "".join(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='2' fill='#1f77b4'/>" for x, y in points)
-            + f"<text x='0' y='{sy(y1) + 4:.0f}' font-size='10'>{y1:.3g}</text>"
-            f"<text x='0' y='{sy(y0) + 4:.0f}' font-size='10'>{y0:.3g}</text>"
-            f"<text x='40' y='{height - 4}' font-size='10'>step {x0}</text>"
-            f"<text x='{width - 50}' y='{height - 4}' font-size='10'>{x1}</text></svg>")
+    sx = lambda x: 45 + (fx(x) - x0) / ((x1 - x0) or 1) * (width - 55)  # noqa: E731
+    sy = lambda y: height - 22 - (y - y0) / ((y1 - y0) or 1) * (height - 44)  # noqa: E731
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+           f"aria-label='{esc(title)}'><text x='45' y='13' font-size='12'>{esc(title)}</text>"
+           f"<rect x='45' y='22' width='{width - 55}' height='{height - 44}' fill='none' stroke='#ccc'/>"]
+    for label, color, points, band in series:
+        if band:
+            outline = [(x, hi) for x, _, hi in band] + [(x, lo) for x, lo, _ in reversed(band)]
+            shape = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in outline)
+            out.append(f"<polygon data-band='{esc(json.dumps(band))}' points='{shape}' fill='{color}' "
+                       f"fill-opacity='0.18' stroke='none'><title>{esc(label)}</title></polygon>")
+        line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+        out.append(f"<polyline data-label='{esc(label)}' data-points='{esc(json.dumps(points))}' "
+                   f"points='{line}' fill='none' stroke='{color}' stroke-width='1.6'>"
+                   f"<title>{esc(label)}</title></polyline>")
+        if len(points) <= 25:
+            out += [f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='2' fill='{color}'/>" for x, y in points]
+    first, last = (2 ** x0, 2 ** x1) if log2_x else (x0, x1)
+    out.append(f"<text x='0' y='{sy(y1) + 4:.0f}' font-size='10'>{y1:.3g}</text>" * (y1 != y0)
+               + f"<text x='0' y='{sy(y0) + 4:.0f}' font-size='10'>{y0:.3g}</text>"
+               f"<text x='45' y='{height - 6}' font-size='10'>{esc(x_label)} {first:g}</text>"
+               f"<text x='{width - 10}' y='{height - 6}' font-size='10' text-anchor='end'>{last:g}</text>"
+               "</svg>")
+    return "".join(out)
+
+
+def svg_figure(charts, legend, columns=3, chart_size=(340, 190)):
+    """Several svg_chart panels in one standalone SVG file (a README or a results page can show it), with a
+    legend row of (label, color) on top."""
+    width, height = chart_size
+    rows = math.ceil(len(charts) / columns)
+    total_w, total_h = columns * width, 24 + rows * height
+    keys = "".join(f"<rect x='{10 + 230 * i}' y='6' width='18' height='8' fill='{color}'/>"
+                   f"<text x='{32 + 230 * i}' y='14' font-size='11'>{esc(label)}</text>"
+                   for i, (label, color) in enumerate(legend))
+    placed = "".join(f"<g transform='translate({width * (i % columns)},{24 + height * (i // columns)})'>"
+                     f"{chart}</g>" for i, chart in enumerate(charts))
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{total_w}' height='{total_h}' "
+            f"font-family='sans-serif'><rect width='100%' height='100%' fill='white'/>{keys}{placed}</svg>\n")
+
+
+def token_spans(tokens, entropies, top, marks=None, top_psi=1.0):
+    """Each token in a span whose background is redder the higher its entropy (0 white, top red). marks
+    (a run page): per token (A_t, psi, clipped, trained), drawn as a blue underline the darker the larger psi
+    (up to top_psi), a dashed box where the clip bound and A_t != 0, faded where the token was not trained."""
+    spans = []
+    for i, (token, h) in enumerate(zip(tokens, entropies)):
+        h = number(h) or 0.0
+        style = f"background:rgba(230,30,30,{min(h / top, 1):.2f})"
+        classes, title, data = "tok", f"H {h:.3f}", ""
+        if marks is not None:
+            a, psi, clipped, trained = marks[i]
+            bound = clipped and a != 0
+            style += f";border-bottom-color:rgba(31,119,180,{min(psi / top_psi, 1):.2f})"
+            classes += " clip" * bound + " off" * (not trained)
+            title += (f" | A {a:+.3f} | psi {psi:.3f}" + " (clipped at |A|/kappa)" * bound
+                      + " | not trained" * (not trained))
+            data = (f" data-a='{a:.6g}' data-psi='{psi:.6g}' data-clip='{int(bound)}' "
+                    f"data-trained='{int(trained)}'")
+        spans.append(f"<span class='{classes}' title='{title}' data-h='{h:.6g}'{data} style='{style}'>"
+                     f"{esc(token)}</span>")
+    return "".join(spans)
+
+
+def token_marks(record):
+    """(A_t, psi, clipped, trained) of each token of a samples.jsonl record that has tokens: its stored
+    per-token values, the row's advantage for GRPO, all trained without the forking-token rule; None for a
+    record written before samples.jsonl kept psi."""
+    n = len(record["tokens"])
+    if not isinstance(record.get("psi"), list):
+        return None
+    column = lambda key, default: [number(v) or 0.0 for v in record.get(key) or [default] * n]  # noqa: E731
+    advantages = column("token_advantage", number(record.get("advantage")) or 0.0)
+    return [(a, psi, bool(clipped), bool(trained)) for a, psi, clipped, trained
+            in zip(advantages, column("psi", 0.0), column("clipped", 0), column("trained", 1))]
+
+
+def entropy_legend(top, top_psi=None):
+    text = ("<p>Background: the entropy H_t of the model's next-token distribution at each token, white 0 to "
+            f"red {top:.2f} nats.")
+    if top_psi is not None:
+        text += (" Blue underline: psi = min(alpha * H_t, |A_t| / kappa), the bonus added to the token's "
+                 f"advantage (Eq. 5-6), darker up to {top_psi:.3f}. Dashed box: the clip bound (alpha * H_t "
+                 "> |A_t| / kappa, so psi = |A_t| / kappa and a negative advantage keeps its sign); where "
+                 "A_t = 0 the clip makes psi 0 and nothing is boxed. Faded and struck through: not trained "
+                 "(the forking-token rule).")
+    return text + " Hover a token for its numbers.</p>"
 
 
 def chosen_steps(steps, wanted=5):
@@ -368,108 +482,280 @@ def chosen_steps(steps, wanted=5):
 
 
 def read_jsonl(path):
-    """The records of a JSONL file a run is writing: a last line cut short by a kill is left out."""
+    """The JSON objects with an integer step in a JSONL file a run writes ([] when there is no file): a
+    last line cut short by a kill, or any line of another shape, is left out."""
+    if not os.path.isfile(path):
+        return []
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                pass
+                continue
+            if isinstance(record, dict) and type(record.get("step")) is int:
+                records.append(record)
     return records
 
 
-def run_page(run_dir, steps=None):
-    """A training run's page: its curves, then for the chosen steps every group's completions with
-    their rewards and advantages, and the first group's tokens colored by entropy."""
-    metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    samples = read_jsonl(os.path.join(run_dir, "samples.jsonl"))
-    config_path = os.path.join(run_dir, "run_config.json")
-    config = json.load(open(config_path)) if os.path.isfile(config_path) else {}
-    by_step = {}
-    for r in samples:
-        by_step.setdefault(r["step"], []).append(r)
-    shown = [s for s in (steps or chosen_steps(by_step)) if s in by_step]
-    shown_settings = ("model", "dataset", "algorithm", "entropy_alpha", "steps", "group_size", "temperature",
-                      "seed")
-    settings = ", ".join(f"{k} {config[k]}" for k in shown_settings if k in config)
-    parts = [f"<h1>{html.escape(os.path.basename(os.path.abspath(run_dir)))}</h1>",
-             f"<p>{html.escape(settings)}</p>", "<h2>Training curves</h2><div class='curves'>"]
-    for key, label in mg.CURVES.items():
-        points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))
-                  and math.isfinite(m[key])]
-        if points:
-            parts.append(svg_curve(points, label))
-    parts.append("</div>")
-    parts.append(f"<p>Steps shown: {', '.join(map(str, shown))} of {len(by_step)} with samples.</p>")
-    for step in shown:
-        parts += step_section(step, by_step[step])
-    return html_page(f"minigrpo run {run_dir}", parts)
+@dataclass
+class RunFiles:
+    """What a run folder holds for its page."""
+
+    folder: str
+    config: dict  # run_config.json ({}: none)
+    metrics: list  # metrics.jsonl's rows
+    samples: list  # samples.jsonl's rows
+    answers: list  # eval_samples.jsonl's rows: the held-out greedy answers
 
 
-def step_section(step, records):
-    """One step: its accuracy and length, the first group's tokens by entropy, every group's completions."""
-    accuracy = sum(r["reward"] == 1.0 for r in records) / len(records)
-    length = sum(r["length"] for r in records) / len(records)
-    parts = [f"<section id='step-{step}'><h2>Step {step}</h2>",
-             f"<p>{len(records)} completions, accuracy {accuracy:.3f}, mean length {length:.1f} tokens</p>"]
-    colored = [r for r in records if "tokens" in r]
-    if colored:
-        top = max((h for r in colored for h in r["entropy"]), default=1.0) or 1.0
-        parts.append(f"<h3>Tokens of the first group ({html.escape(str(colored[0]['problem']))})</h3>")
-        parts.append(entropy_legend(top))
-        for r in colored:
-            parts.append(f"<div class='c'>{token_spans(r['tokens'], r['entropy'], top)}</div>")
+def read_run(folder):
+    """A run folder's files; UsageError when it is not a minigrpo run (no metrics.jsonl with a step)."""
+    if not os.path.isdir(folder):
+        raise mg.UsageError(f"--report {folder!r}: no such folder (a training run's --output_dir)")
+    metrics = read_jsonl(os.path.join(folder, "metrics.jsonl"))
+    if not metrics:
+        raise mg.UsageError(f"--report {folder!r} holds no metrics.jsonl with a step: not a minigrpo run "
+                            "folder")
+    try:
+        with open(os.path.join(folder, "run_config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = {}
+    return RunFiles(folder, config if isinstance(config, dict) else {}, metrics,
+                    read_jsonl(os.path.join(folder, "samples.jsonl")),
+                    read_jsonl(os.path.join(folder, "eval_samples.jsonl")))
+
+
+def run_names(runs):
+    """Each run's name: its folder's name, or its path where two folders share a name."""
+    names = [os.path.basename(os.path.normpath(r.folder)) for r in runs]
+    return [n if names.count(n) == 1 else os.path.normpath(r.folder) for n, r in zip(names, runs)]
+
+
+def differing_keys(runs):
+    """The config keys whose values differ between the runs (not output_dir), in Config's order."""
+    keys = dict.fromkeys(k for r in runs for k in r.config if k != "output_dir")
+    return [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
+
+
+def seed_groups(runs):
+    """The runs as groups of indices: runs whose configs differ only in --seed (and output_dir) together, in
+    the order first seen; a run without run_config.json alone."""
     groups = {}
-    for r in records:
-        groups.setdefault(r["group"], []).append(r)
-    for group, rows in groups.items():
-        problem, gold = html.escape(str(rows[0]["problem"])), html.escape(str(rows[0]["answer"]))
-        parts.append(f"<h3>{problem} (gold {gold})</h3>"
-                     "<table><tr><th>reward</th><th>advantage</th><th>tokens</th><th>completion</th></tr>")
-        for i, r in enumerate(rows):
-            cut = " (cut)" if r["truncated"] else ""
-            right = " right" if r["reward"] == 1.0 else ""
-            parts.append(f"<tr class='sample{right}' data-step='{step}' data-group='{group}' data-i='{i}'>"
-                         f"<td>{r['reward']:g}</td><td>{r['advantage']:+.3f}</td><td>{r['length']}{cut}</td>"
-                         f"<td class='t'>{html.escape(r['completion'])}</td></tr>")
-        parts.append("</table>")
-    parts.append("</section>")
+    for i, run in enumerate(runs):
+        same = {k: v for k, v in run.config.items() if k not in ("seed", "output_dir")}
+        groups.setdefault(json.dumps(same, sort_keys=True) if run.config else f"run {i}", []).append(i)
+    return list(groups.values())
+
+
+def group_label(runs, names, group, keys):
+    """A group's name: the run's name, or for several seeds their common name and seeds; then the config
+    keys where the page's runs differ (but the seed)."""
+    if len(group) == 1:
+        label = names[group[0]]
+    else:
+        stems = {re.sub(r"[_-]?seed\d+$", "", names[i]) for i in group}
+        seeds = ", ".join(str(runs[i].config.get("seed")) for i in group)
+        stem = stems.pop() if len(stems) == 1 else names[group[0]] + " ..."
+        label = f"{stem} ({len(group)} seeds: {seeds})"
+    shown = [f"{k} {runs[group[0]].config.get(k)}" for k in keys if k != "seed" or len(group) == 1]
+    return label + (f" [{', '.join(shown)}]" if shown else "")
+
+
+def group_curve(runs, group, key):
+    """A group's curve of one metric: (points, band). One run: its points, no band. Several: at each step
+    every run logged, the mean and the band from the lowest to the highest run."""
+    per_run = [{m["step"]: number(m.get(key)) for m in runs[i].metrics} for i in group]
+    per_run = [{step: v for step, v in values.items() if v is not None} for values in per_run]
+    if len(group) == 1:
+        return sorted(per_run[0].items()), None
+    steps = sorted(set.intersection(*(set(values) for values in per_run)))
+    points = [(s, sum(v[s] for v in per_run) / len(per_run)) for s in steps]
+    return points, [(s, min(v[s] for v in per_run), max(v[s] for v in per_run)) for s in steps]
+
+
+def diagnosis_section(runs, names):
+    """What each run's metrics say (minigrpo.diagnosis), warnings first."""
+    parts = ["<h2>What the metrics say</h2>"]
+    for run, name in zip(runs, names):
+        lines = sorted(mg.diagnosis(run.metrics, run.config), key=lambda line: line[0] != "warning")
+        if len(runs) > 1:
+            parts.append(f"<h3>{esc(name)}</h3>")
+        if not any(kind == "warning" for kind, _ in lines):
+            lines.insert(0, ("normal", "no warning: signal in most groups, completions finish, accuracy "
+                                       "moves, entropy did not collapse, no step skipped"))
+        items = "".join(f"<li class='{esc(kind)}'>{esc(kind)}: {esc(text)}</li>" for kind, text in lines)
+        parts.append(f"<ul>{items}</ul>")
     return parts
 
 
-def plot_pass_at_k(summary, path):
-    """Pass@k against k on a log2 axis, one line per model; a one-line notice without matplotlib."""
-    plt = mg.optional_pyplot("passk.png")
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, s in summary.items():
-        ks = sorted(int(k) for k in s["pass@k"])
-        ax.plot(ks, [s["pass@k"][str(k)] for k in ks], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("Pass@k")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+def curves_section(runs, groups, labels):
+    """One panel per metric of PANELS, every group overlaid (a seed group: its mean and min-max band)."""
+    legend = [(label, COLORS[i % len(COLORS)]) for i, label in enumerate(labels)]
+    parts = ["<h2>Training curves</h2><p>" + "".join(f"<span class='key' style='background:{color}'></span>"
+                                                      f"{esc(label)}" for label, color in legend) + "</p>",
+             "<div class='curves'>"]
+    for key, title in PANELS.items():
+        series = [(label, color, *group_curve(runs, group, key))
+                  for (label, color), group in zip(legend, groups)]
+        parts.append(svg_chart(title, [s for s in series if s[2]]))
+    return parts + ["</div>"]
+
+
+def short(text, limit=300):
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def answers_at(runs, group, last):
+    """{problem: [record]}: the group's held-out greedy answers (eval_samples.jsonl) at each run's last
+    evaluation (last) or its first, one record per run of the group."""
+    answers = {}
+    for i in group:
+        steps = [r["step"] for r in runs[i].answers]
+        step = (max if last else min)(steps, default=None)
+        for r in runs[i].answers:
+            if r["step"] == step:
+                answers.setdefault(str(r.get("problem")), []).append(r)
+    return answers
+
+
+def share_right(records):
+    return sum(r.get("correct") is True for r in records) / max(len(records), 1)
+
+
+def answers_section(runs, groups, labels):
+    """The held-out problems' greedy answers. One run: each problem at the first and the last evaluation
+    side by side, the problems that flipped first. Several: each group's answers at its runs' last
+    evaluation, the problems on which the groups differ most first."""
+    if len(runs) == 1:
+        steps = sorted({r["step"] for r in runs[0].answers})
+        columns = [(f"step {steps[0]}", answers_at(runs, [0], False)),
+                   (f"step {steps[-1]}", answers_at(runs, [0], True))] if steps else []
+        what = "at the first and the last evaluation, the problems that flipped first"
+    else:
+        columns = [(label, answers_at(runs, group, True)) for label, group in zip(labels, groups)]
+        what = ("at each run's last evaluation (a seed group: how many seeds answered right, and the first "
+                "seed's answer), the problems the runs disagree on first")
+    columns = [(title, answers) for title, answers in columns if answers]
+    if not columns:
+        return []
+    problems = list(dict.fromkeys(p for _, answers in columns for p in answers))
+    right = {p: [share_right(answers.get(p, [])) for _, answers in columns] for p in problems}
+    problems.sort(key=lambda p: (-(max(right[p]) - min(right[p])), right[p][0] - right[p][-1]))
+    parts = [f"<h2>Held-out problems before and after</h2><p>Greedy answers {what}.</p><table><tr>"
+             "<th>problem (gold)</th>" + "".join(f"<th>{esc(title)}</th>" for title, _ in columns) + "</tr>"]
+    for p in problems:
+        gold = next(r.get("answer") for _, answers in columns for r in answers.get(p, []))
+        cells = []
+        for _, answers in columns:
+            records = answers.get(p, [])
+            count = f"{sum(r.get('correct') is True for r in records)} of {len(records)} right: "
+            text = short(records[0].get("completion", "")) if records else ""
+            cells.append(f"<td class='t{' right' * (share_right(records) == 1)}'>"
+                         f"{esc(count * (len(records) > 1) + text)}</td>")
+        parts.append(f"<tr class='answer'><td>{esc(p)} ({esc(gold)})</td>{''.join(cells)}</tr>")
+    return parts + ["</table>"]
+
+
+def tokens_block(records):
+    """The first group's completions, token by token: entropy, psi, the clip, the forking-token rule."""
+    colored = [r for r in records if isinstance(r.get("tokens"), list) and isinstance(r.get("entropy"), list)]
+    if not colored:
+        return []
+    top = max((number(h) or 0.0 for r in colored for h in r["entropy"]), default=1.0) or 1.0
+    marks = [token_marks(r) for r in colored]
+    top_psi = max((psi for m in marks if m for _, psi, _, _ in m), default=0.0) or 1.0
+    parts = [f"<h3>Tokens of the first group ({esc(colored[0].get('problem'))})</h3>",
+             entropy_legend(top, top_psi if any(marks) else None)]
+    for r, m in zip(colored, marks):
+        parts.append(f"<div class='c'>A {number(r.get('advantage')) or 0.0:+.3f}: "
+                     f"{token_spans(r['tokens'], r['entropy'], top, m, top_psi)}</div>")
+    return parts
+
+
+def step_section(step, records):
+    """One step: its accuracy and length, the first group's tokens, every group's completions."""
+    accuracy = sum(r.get("reward") == 1.0 for r in records) / len(records)
+    length = sum(number(r.get("length")) or 0 for r in records) / len(records)
+    parts = [f"<section id='step-{step}'><h2>Step {step}</h2>",
+             f"<p>{len(records)} completions, accuracy {accuracy:.3f}, mean length {length:.1f} tokens</p>",
+             *tokens_block(records)]
+    groups = {}
+    for r in records:
+        groups.setdefault(str(r.get("group")), []).append(r)
+    for group, rows in groups.items():
+        parts.append(f"<h3>{esc(rows[0].get('problem'))} (gold {esc(rows[0].get('answer'))})</h3>"
+                     "<table><tr><th>reward</th><th>advantage</th><th>tokens</th><th>completion</th></tr>")
+        for i, r in enumerate(rows):
+            reward, advantage = number(r.get("reward")) or 0.0, number(r.get("advantage")) or 0.0
+            cut = " (cut)" if r.get("truncated") is True else ""
+            parts.append(f"<tr class='sample{' right' * (reward == 1.0)}' data-step='{step}' "
+                         f"data-group='{esc(group)}' data-i='{i}'><td>{reward:g}</td>"
+                         f"<td>{advantage:+.3f}</td>"
+                         f"<td>{number(r.get('length')) or 0:g}{cut}</td>"
+                         f"<td class='t'>{esc(r.get('completion'))}</td></tr>")
+        parts.append("</table>")
+    return parts + ["</section>"]
+
+
+def report_page(runs, steps=None):
+    """The page of one run or several: what the metrics say, the curves overlaid (seed groups as mean and
+    min-max band), the held-out answers before and after; one run: the chosen steps' completions and
+    tokens; several: each run's last step's first group, token by token."""
+    names, keys, groups = run_names(runs), differing_keys(runs), seed_groups(runs)
+    labels = [group_label(runs, names, group, keys) for group in groups]
+    shown_settings = ("model", "dataset", "algorithm", "entropy_alpha", "entropy_coef",
+                      "entropy_top_fraction", "steps", "group_size", "temperature", "seed")
+    parts = [f"<h1>{esc(names[0] if len(runs) == 1 else f'{len(runs)} runs')}</h1>",
+             "<table><tr><th>run</th><th>settings</th></tr>"]
+    for run, name in zip(runs, names):
+        settings = ", ".join(f"{k} {run.config[k]}" for k in shown_settings if k in run.config)
+        settings = settings or "no run_config.json"
+        parts.append(f"<tr class='run'><td>{esc(name)}</td><td>{esc(settings)}</td></tr>")
+    parts += ["</table>", *diagnosis_section(runs, names), *curves_section(runs, groups, labels),
+              *answers_section(runs, groups, labels)]
+    if len(runs) > 1:
+        parts.append("<h2>The last step's first group, token by token</h2>")
+        for run, name in zip(runs, names):
+            last = max((r["step"] for r in run.samples), default=None)
+            last = [r for r in run.samples if r["step"] == last]
+            parts.append(f"<details><summary>{esc(name)}</summary>{''.join(tokens_block(last))}</details>")
+        return html_page("minigrpo runs", parts)
+    by_step = {}
+    for r in runs[0].samples:
+        by_step.setdefault(r["step"], []).append(r)
+    shown = [s for s in (steps or chosen_steps(by_step)) if s in by_step]
+    parts.append(f"<p>Steps shown: {', '.join(map(str, shown))} of {len(by_step)} with samples.</p>")
+    for step in shown:
+        parts += step_section(step, by_step[step])
+    return html_page(f"minigrpo run {names[0]}", parts)
+
+
+def passk_figure(summary):
+    """passk.svg: Pass@k against k (log2 axis), one line per model."""
+    series = []
+    for i, (name, s) in enumerate(summary.items()):
+        points = sorted((int(k), number(v) or 0.0) for k, v in s["pass@k"].items())
+        series.append((name, COLORS[i % len(COLORS)], points, None))
+    return svg_figure([svg_chart("Pass@k", series, width=420, height=260, log2_x=True, x_label="k")],
+                      [(name, color) for name, color, _, _ in series], columns=1, chart_size=(420, 260))
 
 
 def table(summary, ks):
+    """One line per model: Pass@1 with its standard error, Pass@k, mean tokens and distinct answers."""
     name_width = max(12, *(len(name) for name in summary))
     others = [k for k in ks if k != 1]
     header = f"{'model':<{name_width}}  {'pass@1':>15}" + "".join(f"  {f'pass@{k}':>8}" for k in others)
-    header += f"  {'tokens':>7}"
+    header += f"  {'tokens':>7}  {'answers':>7}"
     lines = [header]
     for name, s in summary.items():
         p1 = f"{s['pass@k']['1']:.3f} ± {s['pass@1_stderr']:.3f}"
         cells = "".join(f"  {s['pass@k'][str(k)]:>8.3f}" for k in others)
-        lines.append(f"{name:<{name_width}}  {p1:>15}{cells}  {s['mean_tokens']:>7.1f}")
-    return "\n".join(lines)
+        lines.append(f"{name:<{name_width}}  {p1:>15}{cells}  {s['mean_tokens']:>7.1f}  "
+                     f"{s['distinct_answers']:>7.2f}")
+    return "\n".join(lines) + "\n(answers: distinct final answers per problem among the n samples, mean)"
 
 
 def main(argv=None):
@@ -498,6 +784,7 @@ def main(argv=None):
             **summarize(correct_counts(records), args.n, ks),
             "n": args.n, "problems": len(problems),
             "mean_tokens": sum(r["num_tokens"] for r in records) / len(records),
+            "distinct_answers": distinct_answers(records),
             "truncated_frac": sum(r["truncated"] for r in records) / len(records),
             "dataset": args.dataset, "split": args.split, "instruction": args.instruction,
             "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
@@ -506,7 +793,7 @@ def main(argv=None):
         all_records += records
     # written at the end, each through a temporary name: an interrupted eval leaves no partial file
     outputs = [("samples.jsonl", "".join(json.dumps(r) + "\n" for r in all_records)),
-               ("summary.json", json.dumps(summary, indent=2) + "\n")]
+               ("summary.json", json.dumps(summary, indent=2) + "\n"), ("passk.svg", passk_figure(summary))]
     if args.entropy_report:
         by_model = {name: [r for r in all_records if r["model"] == name] for name in args.model}
         stats = {name: token_entropy_stats(records) for name, records in by_model.items()}
@@ -519,7 +806,6 @@ def main(argv=None):
         mg.write_then_rename(os.path.join(args.output_dir, filename), text)
     for name in args.model:  # the evaluation is complete: its progress files are no longer needed
         os.remove(progress_path(name, args))
-    plotted = plot_pass_at_k(summary, os.path.join(args.output_dir, "passk.png"))
     print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, "
           f"top_p {args.top_p}")
     print(table(summary, shown))
@@ -527,8 +813,7 @@ def main(argv=None):
         for name in args.model:
             print(f"\n{name}: token entropy")
             print(entropy_table(stats[name], args.entropy_min_count))
-    written = [f for f, _ in outputs] + (["passk.png"] if plotted else [])
-    print(f"wrote {args.output_dir}/" + ", ".join(written))
+    print(f"wrote {args.output_dir}/" + ", ".join(f for f, _ in outputs))
     return 0
 
 

