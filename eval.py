@@ -192,12 +192,15 @@ def check_report_args(args):
 
 
 def write_report(args):
-    """Write the page of the runs: RUN_DIR/report.html for one, output_dir/report.html for several."""
+    """Write the page of the runs and their curves as one SVG image (report.html, curves.svg): into RUN_DIR
+    for one run, into output_dir for several."""
     folder = args.runs[0].folder if len(args.runs) == 1 else args.output_dir
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "report.html")
-    mg.write_then_rename(path, report_page(args.runs, args.report_steps))
-    print(f"wrote {path}")
+    _, groups, labels = named_groups(args.runs)
+    mg.write_then_rename(os.path.join(folder, "report.html"), report_page(args.runs, args.report_steps))
+    mg.write_then_rename(os.path.join(folder, "curves.svg"), svg_figure(*curve_charts(args.runs, groups,
+                                                                                        labels)))
+    print(f"wrote {folder}/report.html, curves.svg")
     return 0
 
 
@@ -340,9 +343,10 @@ STYLE = ("body{font-family:sans-serif;max-width:76em;margin:1em auto;padding:0 1
          ".c{font-family:monospace;white-space:pre-wrap;border:1px solid #ccc;padding:.4em;margin:.4em 0} "
          "table{border-collapse:collapse;margin:.4em 0} td,th{border:1px solid #ddd;padding:.2em .5em;"
          "vertical-align:top;text-align:left} td.t{font-family:monospace;white-space:pre-wrap} "
-         ".right{background:#eaf7ea} .curves{display:flex;flex-wrap:wrap;gap:1em} "
+         ".right{background:#eaf7ea} .wrong{background:#fbecec} .curves{display:flex;flex-wrap:wrap;gap:1em} "
          ".warning{color:#a00} .normal{color:#555} .key{display:inline-block;width:1.5em;height:.6em;"
-         "margin:0 .3em 0 1em} .tok{border-bottom:3px solid transparent} .clip{outline:1px dashed #000} "
+         "margin:0 .3em 0 1em} .tok{border-bottom:3px solid transparent} "
+         ".clip{box-shadow:inset 0 2px 0 #333} "
          ".off{opacity:.3;text-decoration:line-through}")
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -374,18 +378,19 @@ def html_page(title, parts):
     return "\n".join([head, *parts]) + "\n"
 
 
-def svg_chart(title, series, width=340, height=190, log2_x=False, x_label="step"):
+def svg_chart(title, series, width=340, height=190, log2_x=False, x_label="step", y_range=None):
     """A line chart as one inline <svg>: series is [(label, color, points, band)], points [(x, y)] and band
-    [(x, low, high)] (a shaded range, e.g. min-max over seeds) or None. log2_x: a log2 axis (Pass@k's k).
-    Each line and band carries its values (data-points, data-band); the axes' ranges are written on it."""
+    [(x, low, high)] (a shaded range, e.g. min-max over seeds) or None. log2_x: a log2 axis (Pass@k's k);
+    y_range: (low, high) to draw, what lies outside drawn at its edge (default: the data's range). Each line
+    and band carries its values (data-points, data-band); the axes' ranges are written on it."""
     fx = math.log2 if log2_x else float
     xs = [fx(x) for _, _, points, band in series for x, *_ in points + (band or [])]
     ys = [y for _, _, points, band in series for _, *y in points + (band or []) for y in y]
     if not xs:
         return ""
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    (x0, x1), (y0, y1) = (min(xs), max(xs)), y_range or (min(ys), max(ys))
     sx = lambda x: 45 + (fx(x) - x0) / ((x1 - x0) or 1) * (width - 55)  # noqa: E731
-    sy = lambda y: height - 22 - (y - y0) / ((y1 - y0) or 1) * (height - 44)  # noqa: E731
+    sy = lambda y: height - 22 - (min(max(y, y0), y1) - y0) / ((y1 - y0) or 1) * (height - 44)  # noqa: E731
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
            f"aria-label='{esc(title)}'><text x='45' y='13' font-size='12'>{esc(title)}</text>"
            f"<rect x='45' y='22' width='{width - 55}' height='{height - 44}' fill='none' stroke='#ccc'/>"]
@@ -411,24 +416,25 @@ def svg_chart(title, series, width=340, height=190, log2_x=False, x_label="step"
 
 
 def svg_figure(charts, legend, columns=3, chart_size=(340, 190)):
-    """Several svg_chart panels in one standalone SVG file (a README or a results page can show it), with a
-    legend row of (label, color) on top."""
+    """Several svg_chart panels as one standalone SVG file (a README shows it as an image), under a legend
+    of (label, color), one label a line."""
     width, height = chart_size
-    rows = math.ceil(len(charts) / columns)
-    total_w, total_h = columns * width, 24 + rows * height
-    keys = "".join(f"<rect x='{10 + 230 * i}' y='6' width='18' height='8' fill='{color}'/>"
-                   f"<text x='{32 + 230 * i}' y='14' font-size='11'>{esc(label)}</text>"
+    top = 8 + 16 * len(legend)
+    keys = "".join(f"<rect x='10' y='{6 + 16 * i}' width='18' height='8' fill='{color}'/>"
+                   f"<text x='34' y='{14 + 16 * i}' font-size='11'>{esc(label)}</text>"
                    for i, (label, color) in enumerate(legend))
-    placed = "".join(f"<g transform='translate({width * (i % columns)},{24 + height * (i // columns)})'>"
+    placed = "".join(f"<g transform='translate({width * (i % columns)},{top + height * (i // columns)})'>"
                      f"{chart}</g>" for i, chart in enumerate(charts))
-    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{total_w}' height='{total_h}' "
-            f"font-family='sans-serif'><rect width='100%' height='100%' fill='white'/>{keys}{placed}</svg>\n")
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{columns * width}' "
+            f"height='{top + math.ceil(len(charts) / columns) * height}' font-family='sans-serif'>"
+            f"<rect width='100%' height='100%' fill='white'/>{keys}{placed}</svg>\n")
 
 
 def token_spans(tokens, entropies, top, marks=None, top_psi=1.0):
     """Each token in a span whose background is redder the higher its entropy (0 white, top red). marks
     (a run page): per token (A_t, psi, clipped, trained), drawn as a blue underline the darker the larger psi
-    (up to top_psi), a dashed box where the clip bound and A_t != 0, faded where the token was not trained."""
+    (up to top_psi), a dark line above where the clip bound and A_t != 0, faded where the token was not
+    trained."""
     spans = []
     for i, (token, h) in enumerate(zip(tokens, entropies)):
         h = number(h) or 0.0
@@ -466,10 +472,10 @@ def entropy_legend(top, top_psi=None):
             f"red {top:.2f} nats.")
     if top_psi is not None:
         text += (" Blue underline: psi = min(alpha * H_t, |A_t| / kappa), the bonus added to the token's "
-                 f"advantage (Eq. 5-6), darker up to {top_psi:.3f}. Dashed box: the clip bound (alpha * H_t "
-                 "> |A_t| / kappa, so psi = |A_t| / kappa and a negative advantage keeps its sign); where "
-                 "A_t = 0 the clip makes psi 0 and nothing is boxed. Faded and struck through: not trained "
-                 "(the forking-token rule).")
+                 f"advantage (Eq. 5-6), darker up to {top_psi:.3f}. Dark line above: the clip bound "
+                 "(alpha * H_t > |A_t| / kappa, so psi = |A_t| / kappa and a negative advantage keeps its "
+                 "sign); where A_t = 0 the clip makes psi 0 and nothing is marked. Faded and struck through: "
+                 "not trained (the forking-token rule).")
     return text + " Hover a token for its numbers.</p>"
 
 
@@ -563,6 +569,12 @@ def group_label(runs, names, group, keys):
     return label + (f" [{', '.join(shown)}]" if shown else "")
 
 
+def named_groups(runs):
+    """The runs' names, their seed groups and each group's label."""
+    names, keys, groups = run_names(runs), differing_keys(runs), seed_groups(runs)
+    return names, groups, [group_label(runs, names, group, keys) for group in groups]
+
+
 def group_curve(runs, group, key):
     """A group's curve of one metric: (points, band). One run: its points, no band. Several: at each step
     every run logged, the mean and the band from the lowest to the highest run."""
@@ -576,31 +588,36 @@ def group_curve(runs, group, key):
 
 
 def diagnosis_section(runs, names):
-    """What each run's metrics say (minigrpo.diagnosis), warnings first."""
-    parts = ["<h2>What the metrics say</h2>"]
+    """What each run's metrics say (minigrpo.diagnosis): each run's warnings, or that it has none; then
+    what is normal, each line once."""
+    items, normal = [], {}
     for run, name in zip(runs, names):
-        lines = sorted(mg.diagnosis(run.metrics, run.config), key=lambda line: line[0] != "warning")
-        if len(runs) > 1:
-            parts.append(f"<h3>{esc(name)}</h3>")
-        if not any(kind == "warning" for kind, _ in lines):
-            lines.insert(0, ("normal", "no warning: signal in most groups, completions finish, accuracy "
-                                       "moves, entropy did not collapse, no step skipped"))
-        items = "".join(f"<li class='{esc(kind)}'>{esc(kind)}: {esc(text)}</li>" for kind, text in lines)
-        parts.append(f"<ul>{items}</ul>")
-    return parts
+        lines = mg.diagnosis(run.metrics, run.config)
+        warnings = [text for kind, text in lines if kind == "warning"]
+        normal.update((text, None) for kind, text in lines if kind == "normal")
+        who = f"{name}: " if len(runs) > 1 else ""
+        items += [f"<li class='warning'>{esc(who)}warning: {esc(text)}</li>" for text in warnings] or [
+            f"<li class='normal'>{esc(who)}no warning: most groups had signal, completions finished, "
+            "accuracy moved, entropy did not collapse, no step was skipped</li>"]
+    items += [f"<li class='normal'>normal: {esc(text)}</li>" for text in normal]
+    return ["<h2>What the metrics say</h2>", f"<ul>{''.join(items)}</ul>"]
 
 
-def curves_section(runs, groups, labels):
-    """One panel per metric of PANELS, every group overlaid (a seed group: its mean and min-max band)."""
+def curve_charts(runs, groups, labels):
+    """One svg_chart per metric of PANELS, every group overlaid (a seed group: its mean and min-max band),
+    and the legend [(label, color)]."""
     legend = [(label, COLORS[i % len(COLORS)]) for i, label in enumerate(labels)]
-    parts = ["<h2>Training curves</h2><p>" + "".join(f"<span class='key' style='background:{color}'></span>"
-                                                      f"{esc(label)}" for label, color in legend) + "</p>",
-             "<div class='curves'>"]
+    charts = []
     for key, title in PANELS.items():
         series = [(label, color, *group_curve(runs, group, key))
                   for (label, color), group in zip(legend, groups)]
-        parts.append(svg_chart(title, [s for s in series if s[2]]))
-    return parts + ["</div>"]
+        charts.append(svg_chart(title, [s for s in series if s[2]]))
+    return [chart for chart in charts if chart], legend
+
+
+def curves_section(charts, legend):
+    keys = "".join(f"<span class='key' style='background:{c}'></span>{esc(label)}" for label, c in legend)
+    return ["<h2>Training curves</h2>", f"<p>{keys}</p>", "<div class='curves'>", *charts, "</div>"]
 
 
 def short(text, limit=300):
@@ -653,7 +670,8 @@ def answers_section(runs, groups, labels):
             records = answers.get(p, [])
             count = f"{sum(r.get('correct') is True for r in records)} of {len(records)} right: "
             text = short(records[0].get("completion", "")) if records else ""
-            cells.append(f"<td class='t{' right' * (share_right(records) == 1)}'>"
+            verdict = " right" if share_right(records) == 1 else " wrong" if share_right(records) == 0 else ""
+            cells.append(f"<td class='t{verdict * bool(records)}'>"
                          f"{esc(count * (len(records) > 1) + text)}</td>")
         parts.append(f"<tr class='answer'><td>{esc(p)} ({esc(gold)})</td>{''.join(cells)}</tr>")
     return parts + ["</table>"]
@@ -704,21 +722,26 @@ def report_page(runs, steps=None):
     """The page of one run or several: what the metrics say, the curves overlaid (seed groups as mean and
     min-max band), the held-out answers before and after; one run: the chosen steps' completions and
     tokens; several: each run's last step's first group, token by token."""
-    names, keys, groups = run_names(runs), differing_keys(runs), seed_groups(runs)
-    labels = [group_label(runs, names, group, keys) for group in groups]
+    names, groups, labels = named_groups(runs)
     shown_settings = ("model", "dataset", "algorithm", "entropy_alpha", "entropy_coef",
                       "entropy_top_fraction", "steps", "group_size", "temperature", "seed")
+    keys = differing_keys(runs)  # several runs: the settings they share once, then what differs
+    shared = ", ".join(f"{k} {runs[0].config[k]}" for k in shown_settings
+                       if k in runs[0].config and k not in keys)
     parts = [f"<h1>{esc(names[0] if len(runs) == 1 else f'{len(runs)} runs')}</h1>",
-             "<table><tr><th>run</th><th>settings</th></tr>"]
+             f"<p>{esc(shared)}</p>" * (len(runs) > 1),
+             "<table><tr><th>run</th><th>" + ("settings" if len(runs) == 1 else "where the runs differ")
+             + "</th></tr>"]
     for run, name in zip(runs, names):
-        settings = ", ".join(f"{k} {run.config[k]}" for k in shown_settings if k in run.config)
+        settings = ", ".join(f"{k} {run.config[k]}" for k in (shown_settings if len(runs) == 1 else keys)
+                             if k in run.config)
         settings = settings or "no run_config.json"
         parts.append(f"<tr class='run'><td>{esc(name)}</td><td>{esc(settings)}</td></tr>")
-    parts += ["</table>", *diagnosis_section(runs, names), *curves_section(runs, groups, labels),
-              *answers_section(runs, groups, labels)]
+    parts += ["</table>", *diagnosis_section(runs, names),
+              *curves_section(*curve_charts(runs, groups, labels)), *answers_section(runs, groups, labels)]
     if len(runs) > 1:
-        parts.append("<h2>The last step's first group, token by token</h2>")
-        for run, name in zip(runs, names):
+        parts.append("<h2>The last step's first group, token by token</h2>" * any(r.samples for r in runs))
+        for run, name in ((r, n) for r, n in zip(runs, names) if r.samples):
             last = max((r["step"] for r in run.samples), default=None)
             last = [r for r in run.samples if r["step"] == last]
             parts.append(f"<details><summary>{esc(name)}</summary>{''.join(tokens_block(last))}</details>")

@@ -1301,6 +1301,9 @@ def log_line(step, steps, m):
             + (f" | eval {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""))
 
 
+LOGS = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")  # MetricsLog's files; resuming cuts them back
+
+
 def _step_of(line):
     """The step of a metrics.jsonl line; infinity for a line cut short by a kill."""
     try:
@@ -1375,9 +1378,6 @@ class MetricsLog:
         return self.skipped_in_a_row == 3
 
 
-LOGS = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")  # MetricsLog's files; resuming cuts them back
-
-
 def step_ranges(steps):
     """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
     spans = []
@@ -1396,7 +1396,7 @@ def diagnosis(metrics, config):
     the run page opens with it."""
     read = ("reward/accuracy", "reward/zero_std_frac", "rollout/truncated_frac", "policy/entropy",
             "update/skipped_steps", "update/loss", "update/clip_frac")
-    steps = [m for m in metrics if all(isinstance(m.get(key), (int, float)) for key in read)]  # training steps
+    steps = [m for m in metrics if all(isinstance(m.get(key), (int, float)) for key in read)]  # trained ones
     n, lines = len(steps), []
     if not steps:
         return lines
@@ -1432,9 +1432,8 @@ def diagnosis(metrics, config):
                       f"{where(lambda m: m['update/skipped_steps'] > 0)}: try a lower --lr or --dtype "
                       "float32"))
     if abs(mean(steps, "update/loss")) < 0.1 and config.get("algorithm") == "grpo":
-        lines.append(("normal", f"the loss is near 0 (mean {mean(steps, 'update/loss'):+.3f}): GRPO's "
-                      "advantages sum to 0 in each group, so the loss measures no progress; the accuracy "
-                      "does"))
+        lines.append(("normal", "a loss near 0: GRPO's advantages sum to 0 in each group, so its loss "
+                      "measures no progress; the accuracy does"))
     if config.get("updates_per_rollout") == 1 and all(m["update/clip_frac"] == 0 for m in steps):
         lines.append(("normal", "clip fraction 0: with one update per rollout the policy is its own pi_old, "
                       "every ratio is exactly 1 and nothing is clipped"))

@@ -2050,7 +2050,7 @@ def test_the_diagnosis_is_silent_on_a_healthy_run_and_names_what_is_normal():
     calm = synthetic_metrics(**{"update/loss": lambda s: 0.01, "update/clip_frac": lambda s: 0.0})
     said = mg.diagnosis(calm, {"algorithm": "grpo", "updates_per_rollout": 1})
     assert [kind for kind, _ in said] == ["normal", "normal"]
-    assert said[0][1].startswith("the loss is near 0 (mean +0.010)") and said[1][1].startswith("clip fraction 0")
+    assert said[0][1].startswith("a loss near 0: GRPO") and said[1][1].startswith("clip fraction 0")
     assert [k for k, _ in mg.diagnosis(calm, {"algorithm": "ppo", "updates_per_rollout": 2})] == []
 
 

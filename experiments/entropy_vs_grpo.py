@@ -8,7 +8,7 @@ Stages, each skipping work already on disk (so an interrupted run continues wher
   eval    eval.py on the held-out split, n samples per problem, for the base model and every run;
           --entropy_report for the base model and seed 0 of each method
   report  Pass@k with 95% confidence intervals across seeds (results.md), per-step curves
-          (training_curves.png) and Pass@k curves (passk.png); the plots need matplotlib
+          (training_curves.svg) and Pass@k curves (passk.svg), drawn by eval.py's renderer
 
 Checkpoints go to --runs_dir (large, not committed); metrics, eval summaries, entropy reports and
 the report go to --results_dir.
@@ -25,8 +25,7 @@ from statistics import mean, stdev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import minigrpo as mg  # noqa: E402
-from eval import correct_counts, pass_at_k  # noqa: E402
+from eval import COLORS, correct_counts, pass_at_k, svg_chart, svg_figure  # noqa: E402
 
 METHODS = {"grpo": 0.0, "entropy_adv": 0.4}  # name: entropy_alpha
 LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy advantage"}
@@ -124,38 +123,27 @@ CURVES = [("reward/accuracy", "training accuracy"), ("policy/entropy", "mean tok
 
 
 def plots(args, ks, rows):
-    plt = mg.optional_pyplot("plots")
-    if plt is None:
-        return
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for method in METHODS:
-        runs = read_metrics(args, method)
-        steps = [r["step"] for r in runs[0]]
-        for ax, (key, title) in zip(axes, CURVES):
-            values = [[r[key] for r in run] for run in runs]  # (seeds, steps)
-            mid = [mean(v) for v in zip(*values)]
-            ax.plot(steps, mid, label=LABELS[method])
-            ax.fill_between(steps, [min(v) for v in zip(*values)], [max(v) for v in zip(*values)], alpha=0.2)
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"mean over {args.seeds} seeds; band: min to max", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.results_dir, "training_curves.png"), dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for group, row in rows.items():
-        mid = [row[k][0] for k in ks]
-        ax.errorbar(ks, mid, yerr=[row[k][1] for k in ks], marker="o", capsize=3, label=LABELS[group])
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel(f"Pass@k (held-out, n = {args.n})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.results_dir, "passk.png"), dpi=110)
-    plt.close(fig)
+    """training_curves.svg (mean over seeds, band min to max) and passk.svg (mean and 95% interval band)."""
+    legend = [(LABELS[method], COLORS[i]) for i, method in enumerate(METHODS)]
+    charts = []
+    for key, title in CURVES:
+        series = []
+        for (label, color), method in zip(legend, METHODS):
+            runs = read_metrics(args, method)
+            by_step = list(zip(*[[(r["step"], r[key]) for r in run] for run in runs]))  # (steps, seeds)
+            series.append((label, color, [(v[0][0], mean(y for _, y in v)) for v in by_step],
+                           [(v[0][0], min(y for _, y in v), max(y for _, y in v)) for v in by_step]))
+        charts.append(svg_chart(title, series))
+    legend.append((f"mean over {args.seeds} seeds; band: min to max", "#ffffff"))
+    with open(os.path.join(args.results_dir, "training_curves.svg"), "w") as f:
+        f.write(svg_figure(charts, legend, columns=len(CURVES)))
+    series = [(LABELS[group], COLORS[i], [(k, row[k][0]) for k in ks],
+               [(k, row[k][0] - row[k][1], row[k][0] + row[k][1]) for k in ks])
+              for i, (group, row) in enumerate(rows.items())]
+    with open(os.path.join(args.results_dir, "passk.svg"), "w") as f:
+        f.write(svg_figure([svg_chart(f"Pass@k (held-out, n = {args.n}), 95% interval", series, 460, 300,
+                                      log2_x=True, x_label="k", y_range=(0.0, 1.0))],
+                           [(label, color) for label, color, _, _ in series], columns=1, chart_size=(460, 300)))
 
 
 def report(args):

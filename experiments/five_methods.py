@@ -1,7 +1,7 @@
 """The paper's comparison set on the default task: one seed, 20 steps each, one table.
 
   python experiments/five_methods.py            # train what is missing, then write the table
-  python experiments/five_methods.py --report   # only the table, from the copied metrics
+  python experiments/five_methods.py --report   # only the table and the page, from the copied runs
   python experiments/five_methods.py --results_dir /tmp/rerun   # rerun all five into another folder
 
 Runs GRPO, GRPO + entropy advantage, GRPO + entropy regularization, PPO and PPO + entropy
@@ -10,10 +10,12 @@ tokens by entropy, Wang et al. 2025), with minigrpo's defaults otherwise (the bu
 48 tokens, lr 1e-5). A method whose metrics are already in the results folder (the committed ones,
 by default) is skipped with a notice; a killed run resumes (minigrpo does that when the output_dir
 holds the same config), so the script can be stopped and started again.
-Writes experiments/five_methods/metrics/NAME.jsonl and experiments/five_methods/table.md.
+Writes experiments/five_methods/runs/NAME/ (each run's run_config.json, metrics.jsonl and
+eval_samples.jsonl), table.md, and the runs' page and curves (report.html, curves.svg: eval.py --report).
 """
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -36,9 +38,8 @@ COLUMNS = [("reward/accuracy", "train acc", 2), ("policy/entropy", "entropy", 2)
 
 
 def train(runs_dir, seed):
-    os.makedirs(os.path.join(RESULTS, "metrics"), exist_ok=True)
     for name, (_, flags) in METHODS.items():
-        if os.path.isfile(os.path.join(RESULTS, "metrics", f"{name}.jsonl")):
+        if os.path.isfile(os.path.join(RESULTS, "runs", name, "metrics.jsonl")):
             print(f"skip {name}: its metrics are in {RESULTS} (--results_dir DIR reruns into another folder)")
             continue
         out = os.path.join(runs_dir, name)
@@ -47,7 +48,9 @@ def train(runs_dir, seed):
         print("$ " + " ".join(cmd), flush=True)
         with open(os.path.join(out, "train.log"), "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{name}.jsonl"))
+        os.makedirs(os.path.join(RESULTS, "runs", name), exist_ok=True)
+        for file in ("run_config.json", "metrics.jsonl", "eval_samples.jsonl"):
+            shutil.copy(os.path.join(out, file), os.path.join(RESULTS, "runs", name, file))
 
 
 def mean(values):
@@ -58,7 +61,7 @@ def report():
     header = ["method"] + [f"{label}, steps 1-5 -> 16-20" for _, label, _ in COLUMNS] + ["held-out greedy, step 20"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, (label, _) in METHODS.items():
-        path = os.path.join(RESULTS, "metrics", f"{name}.jsonl")
+        path = os.path.join(RESULTS, "runs", name, "metrics.jsonl")
         if not os.path.isfile(path):
             continue
         rows = [json.loads(line) for line in open(path)]
@@ -74,15 +77,17 @@ def report():
     with open(os.path.join(RESULTS, "table.md"), "w") as f:
         f.write(table)
     print(table)
+    runs = sorted(glob.glob(os.path.join(RESULTS, "runs", "*")))  # the page: every run, overlaid
+    subprocess.run([sys.executable, "eval.py", "--report", *runs, "--output_dir", RESULTS], check=True, cwd=ROOT)
 
 
 def main():
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results_dir", default=RESULTS, help="where metrics/ and table.md go")
+    parser.add_argument("--results_dir", default=RESULTS, help="where runs/, table.md and the page go")
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "five_methods"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--report", action="store_true", help="only write the table")
+    parser.add_argument("--report", action="store_true", help="only write the table and the page")
     args = parser.parse_args()
     RESULTS = args.results_dir
     os.makedirs(RESULTS, exist_ok=True)

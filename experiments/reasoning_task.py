@@ -32,13 +32,15 @@ resumes a run whose output_dir holds the same config; eval.py writes its files o
           length split at the first statement of the answer, and the ten seeds together, is written by
           the report stage.
   report  results.md: Pass@k with 95% intervals, the per-seed paired difference (entropy advantage
-          minus GRPO), the last steps' training metrics; training_curves.png (mean and min-max band
-          over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used); passk.png (Pass@k
-          of every model, and the paired difference by k). Every completion is graded again by the
-          current grader (samples.jsonl keeps them all), with a table of what that changed.
+          minus GRPO), the last steps' training metrics; training_curves.svg (mean and min-max band
+          over seeds) of accuracy, length, entropy, psi/|A| and cov(log pi, A used); passk.svg (Pass@k
+          of every model, and the paired difference by k); report.html and curves.svg (eval.py --report
+          on GRPO's and the entropy advantage's runs: their curves, a band over the seeds). Every
+          completion is graded again by the current grader (samples.jsonl keeps them all), with a table of
+          what that changed.
 
-Checkpoints go to --runs_dir (large, not committed); metrics, eval summaries and the report go to
-experiments/reasoning_task/.
+Checkpoints go to --runs_dir (large, not committed); each run's config and metrics (runs/NAME_seedS/),
+eval summaries and the report go to experiments/reasoning_task/.
 """
 
 import argparse
@@ -58,7 +60,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import minigrpo as mg  # noqa: E402
 from entropy_vs_grpo import interval, per_problem_counts, run  # noqa: E402
-from eval import correct_counts, pass_at_k  # noqa: E402
+from eval import COLORS, correct_counts, pass_at_k, svg_chart, svg_figure  # noqa: E402
 
 RESULTS = os.path.join(HERE, "reasoning_task")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -139,8 +141,9 @@ def run_dir(runs_dir, name, seed, coef=None):
 
 
 def train(name, seed, task_flags, runs_dir, coef=None):
-    """One minigrpo run (entropy_reg: with --entropy_coef coef); its metrics copied to RESULTS/metrics.
-    Returns the metrics rows."""
+    """One minigrpo run (entropy_reg: with --entropy_coef coef); its run_config.json, metrics.jsonl and
+    eval_samples.jsonl copied to RESULTS/runs/NAME_seedS (eval.py --report draws them). Returns the metrics
+    rows."""
     label, flags, _ = METHODS[name]
     flags = flags + (["--entropy_coef", coef] if coef is not None else [])
     out = run_dir(runs_dir, name, seed, coef)
@@ -148,11 +151,12 @@ def train(name, seed, task_flags, runs_dir, coef=None):
         os.makedirs(out, exist_ok=True)
         run([sys.executable, "minigrpo.py", *task_flags, *TASK_SETTINGS, *TRAIN_SETTINGS, *flags, "--seed", str(seed),
              "--output_dir", out], os.path.join(out, "train.log"))
-    os.makedirs(os.path.join(RESULTS, "metrics"), exist_ok=True)
     tag = os.path.basename(out).rsplit("_seed", 1)[0]
-    shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{tag}_seed{seed}.jsonl"))
-    if coef is not None:  # also under the method's own name, for the report
-        shutil.copy(os.path.join(out, "metrics.jsonl"), os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl"))
+    for kept in [f"{tag}_seed{seed}"] + ([f"{name}_seed{seed}"] if coef is not None else []):  # coef: also
+        os.makedirs(os.path.join(RESULTS, "runs", kept), exist_ok=True)  # under the method's own name
+        for file in ("run_config.json", "metrics.jsonl", "eval_samples.jsonl"):
+            if os.path.isfile(os.path.join(out, file)):
+                shutil.copy(os.path.join(out, file), os.path.join(RESULTS, "runs", kept, file))
     return read_metrics(tag, seed)
 
 
@@ -184,7 +188,7 @@ def training_rows(path):
 
 
 def read_metrics(name, seed):
-    return training_rows(os.path.join(RESULTS, "metrics", f"{name}_seed{seed}.jsonl"))
+    return training_rows(os.path.join(RESULTS, "runs", f"{name}_seed{seed}", "metrics.jsonl"))
 
 
 def rise(rows):
@@ -441,7 +445,7 @@ def report(task):
     seeded = {}  # name: [(seed, metric rows)] of the finished runs
     for name, (label, _, seeds) in METHODS.items():
         runs = [(s, read_metrics(name, s)) for s in range(seeds)
-                if os.path.isfile(os.path.join(RESULTS, "metrics", f"{name}_seed{s}.jsonl"))]
+                if os.path.isfile(os.path.join(RESULTS, "runs", f"{name}_seed{s}", "metrics.jsonl"))]
         runs = [(s, r) for s, r in runs if len(r) == int(TRAIN_SETTINGS[1])]
         if not runs:
             continue
@@ -467,6 +471,11 @@ def report(task):
     print(text)
     plot({name: [run for _, run in runs] for name, runs in seeded.items()})
     plot_passk(ks, [pass_at_k_across_problems(base, k) for k in ks], per_seed)
+    core = [os.path.join(RESULTS, "runs", f"{name}_seed{s}") for name in ("grpo", "entropy_adv")
+            for s in range(10)]  # the page: GRPO against the entropy advantage, a band over the ten seeds
+    core = [folder for folder in core if os.path.isdir(folder)]
+    if core:
+        subprocess.run([sys.executable, "eval.py", "--report", *core, "--output_dir", RESULTS], check=True, cwd=ROOT)
 
 
 def per_seed_table(per_seed, ks):
@@ -491,34 +500,28 @@ def seed_count(n):
 
 
 def plot_passk(ks, base, per_seed):
-    """passk.png: left, Pass@k of the base model and each method (mean and 95% interval across seeds; the base
-    model's across problems); right, the per-seed paired difference, entropy advantage minus GRPO."""
-    plt = mg.optional_pyplot("passk.png")
-    if plt is None:
-        return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.errorbar(ks, [m for m, _ in base], yerr=[h for _, h in base], marker="o", capsize=3, label="base model")
-    for name, seeds in per_seed.items():
+    """passk.svg: left, Pass@k of the base model and each method (mean and 95% interval band across seeds;
+    the base model's across problems); right, the per-seed paired difference, entropy advantage minus GRPO."""
+    def band(rows):  # [(mean, half-width)] by k -> points, band
+        return [(k, m) for k, (m, _) in zip(ks, rows)], [(k, m - h, m + h) for k, (m, h) in zip(ks, rows)]
+
+    series = [("base model", COLORS[0], *band(base))]
+    for i, (name, seeds) in enumerate(per_seed.items(), start=1):
         if seeds:
-            rows = [interval([seeds[s][k] for s in seeds]) for k in ks]
-            left.errorbar(ks, [m for m, _ in rows], yerr=[h for _, h in rows], marker="o", capsize=3,
-                          label=f"{METHODS[name][0].replace(' (illustration)', '*')} ({seed_count(len(seeds))})")
+            label = f"{METHODS[name][0].replace(' (illustration)', '*')} ({seed_count(len(seeds))})"
+            series.append((label, COLORS[i], *band([interval([seeds[s][k] for s in seeds]) for k in ks])))
     paired = sorted(set(per_seed["grpo"]) & set(per_seed["entropy_adv"]))
-    diffs = [interval([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in paired]) for k in ks] \
-        if paired else []
-    if diffs:
-        right.errorbar(ks, [m for m, _ in diffs], yerr=[h for _, h in diffs], marker="o", capsize=3, color="C2")
-    right.axhline(0, color="grey", lw=0.8)
-    right.set_title(f"entropy advantage - GRPO, paired by seed ({seed_count(len(paired))}), 95% interval", fontsize=10)
-    left.set_title(f"Pass@k, n = {N} on {PROBLEMS} held-out problems; * = illustration", fontsize=10)
-    left.legend(fontsize=7)
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "passk.png"), dpi=110)
-    plt.close(fig)
+    diffs = [interval([per_seed["entropy_adv"][s][k] - per_seed["grpo"][s][k] for s in paired]) for k in ks]
+    charts = [svg_chart(f"Pass@k, n = {N} on {PROBLEMS} held-out problems; * = illustration", series, 460, 300,
+                        log2_x=True, x_label="k", y_range=(0.0, 1.0))]
+    if paired:
+        charts.append(svg_chart(f"entropy advantage - GRPO, paired by seed ({seed_count(len(paired))})",
+                                [("difference, 95% interval", COLORS[2], *band(diffs)),
+                                 ("0", "#999999", [(ks[0], 0.0), (ks[-1], 0.0)], None)], 460, 300, log2_x=True,
+                                x_label="k"))
+    with open(os.path.join(RESULTS, "passk.svg"), "w") as f:
+        f.write(svg_figure(charts, [(label, color) for label, color, _, _ in series], columns=2,
+                           chart_size=(460, 300)))
 
 
 def trend(runs, key, of):
@@ -530,29 +533,27 @@ def trend(runs, key, of):
 
 
 def plot(curves):
-    plt = mg.optional_pyplot("training_curves.png")
-    if plt is None or not curves:
+    """training_curves.svg: each metric of CURVES per step, each method's mean over its seeds and the band
+    from its lowest to its highest seed."""
+    if not curves:
         return
-    fig, axes = plt.subplots(2, math.ceil(len(CURVES) / 2), figsize=(2 * len(CURVES), 6.4))
-    axes = list(axes.flat)
-    for i, (name, runs) in enumerate(curves.items()):
-        steps = [r["step"] for r in runs[0]]
-        for ax, (key, title) in zip(axes, CURVES):
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("step")
-            values = list(zip(*[[r[key] for r in run] for run in having(runs, key)]))  # (steps, seeds)
-            if not values:
-                continue
-            ax.plot(steps, [mean(v) for v in values], color=f"C{i}",
-                    label=METHODS[name][0].replace(" (illustration)", "*"))
-            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15,
-                            color=f"C{i}")
-    fig.axes[0].legend(fontsize=7)
-    fig.suptitle("mean over seeds; band: min to max; * = illustration (2 seeds); the last panel from commit 10bdabc "
-                 "on (fewer seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "training_curves.png"), dpi=110)
-    plt.close(fig)
+    charts, legend = [], []
+    for i, name in enumerate(curves):
+        legend.append((f"{METHODS[name][0].replace(' (illustration)', '*')} ({seed_count(len(curves[name]))})",
+                       COLORS[i]))
+    for key, title in CURVES:
+        series = []
+        for (label, color), runs in zip(legend, curves.values()):
+            runs = having(runs, key)
+            if runs:
+                by_step = list(zip(*[[(r["step"], r[key]) for r in run] for run in runs]))  # (steps, seeds)
+                series.append((label, color, [(v[0][0], mean(y for _, y in v)) for v in by_step],
+                               [(v[0][0], min(y for _, y in v), max(y for _, y in v)) for v in by_step]))
+        charts.append(svg_chart(title, series))
+    legend.append(("mean over seeds; band: min to max; * = illustration (2 seeds); the last panel from commit "
+                   "10bdabc on (fewer seeds)", "#ffffff"))
+    with open(os.path.join(RESULTS, "training_curves.svg"), "w") as f:
+        f.write(svg_figure(charts, legend))
 
 
 REPLICATION_SEEDS = range(5, 10)
