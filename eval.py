@@ -13,15 +13,19 @@ A killed evaluation, run again with the same arguments, keeps every generate cal
 
   python eval.py --model smollm2 --n 8 --entropy_report   # which tokens are the "forks"?
   python eval.py --report runs/minigrpo                    # a training run's page: what the model wrote
+  python eval.py --report runs/grpo_seed* runs/adv_seed*   # several runs on one page
 
 --entropy_report (the paper's section 2) also computes the entropy of the model's next-token
 distribution (temperature 1) at every token of its own completions, prints the tokens with the
 highest and lowest mean entropy, and writes entropy_tokens.json and entropy_report.html (a few
 completions with each token colored by its entropy).
 
---report RUN_DIR writes RUN_DIR/report.html from a training run's metrics.jsonl and samples.jsonl:
-the curves, then for a few steps (the first, three between, the last) every group's completions
-with their rewards and advantages, and one group's tokens colored by entropy. It loads no model.
+--report RUN_DIR [RUN_DIR ...] writes a page from training runs' metrics.jsonl, samples.jsonl and
+eval_samples.jsonl, and loads no model: what the metrics say (minigrpo.diagnosis), the curves of
+every run overlaid (runs that differ only in --seed as their mean and min-max band), the held-out
+problems' greedy answers before and after; for one run, a few steps' groups (the first, three
+between, the last) with each token's entropy, psi and clip. One run: RUN_DIR/report.html and
+curves.svg; several: output_dir/report.html and curves.svg.
 """
 
 import glob
