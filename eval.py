@@ -38,7 +38,7 @@ import re
 import sys
 import time
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Optional
 
 import torch
@@ -142,7 +142,7 @@ class EvalConfig:
 # every numeric knob's range (minigrpo.BOUNDS for the knobs shared with training), checked lo <= x <= hi
 BOUNDS = {**{name: mg.BOUNDS[name] for name in ("digits", "max_new_tokens", "seed")},
           "limit": (1, mg.MILLION, "1..10**6"), "n": (1, 10**5, "1..10**5"),
-          "temperature": (0.0, mg.FINITE, ">= 0 and finite (0: greedy)"),
+          "temperature": (0.0, 100.0, "0 (greedy) or 0.01..100"),
           "top_p": (mg.ABOVE_0, 1.0, "(0, 1]"),
           "batch_size": (1, mg.MILLION, "1..10**6"), "entropy_min_count": (1, 10**9, "1..10**9")}
 
@@ -152,6 +152,10 @@ def parse_args(argv=None):
     args = mg.parse_dataclass(EvalConfig, argv)
     if args.report:
         return check_report_args(args)
+    for name in ("metrics.jsonl", "run_config.json"):  # eval.py writes samples.jsonl: never over a run's
+        if os.path.lexists(os.path.join(args.output_dir, name)):
+            raise mg.UsageError(f"--output_dir {args.output_dir!r} holds a training run ({name}); eval.py "
+                                "would write over its samples.jsonl: choose another --output_dir")
     if args.greedy:
         args.temperature, args.n = 0.0, 1
     try:
@@ -162,6 +166,8 @@ def parse_args(argv=None):
     mg.check([
         (not args.model, "at least one --model is required"),
         (any(k < 1 or k > args.n for k in args.k), f"every k must be in 1..n={args.n} (got {args.k})"),
+        (0 < args.temperature < 0.01,
+         f"--temperature must be {BOUNDS['temperature'][2]} (got {args.temperature})"),
         (args.temperature == 0 and args.n > 1, "greedy decoding (temperature 0) gives one answer: use --n 1"),
         (len(set(args.model or [])) != len(args.model or []), "a --model is given twice"),
     ])
@@ -177,6 +183,12 @@ def parse_args(argv=None):
 def check_report_args(args):
     """--report RUN_DIR ...: the folders (a pattern with * ? [ expanded, in sorted order), each read as a run
     (read_run: one that is not a run is a UsageError); report_steps are steps of a single run's samples."""
+    default = lambda f: f.default_factory() if f.default is MISSING else f.default  # noqa: E731
+    used = ("report", "report_steps", "output_dir")
+    ignored = [f.name for f in dataclasses.fields(EvalConfig) if f.name not in used and getattr(args, f.name)
+               != default(f)]
+    if ignored:
+        raise mg.UsageError(f"--report draws pages and nothing else: --{ignored[0]} has no effect there")
     folders = []
     for pattern in args.report:
         matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -220,11 +232,8 @@ def sample_model(name, problems, args, device):
     if os.path.isfile(path):
         with open(path) as f:
             for line in f:
-                try:
-                    call = json.loads(line)
+                if call := progress_call(line):  # a line cut short by the kill, or of another shape: redone
                     finished[call["start"]] = call["records"]
-                except (ValueError, KeyError):  # a line cut short by the kill
-                    pass
     per_call = max(1, args.batch_size // args.n)  # problems per generate call
     starts = range(0, len(problems), per_call)
     if any(start not in finished for start in starts):  # else everything is on disk: no model to load
@@ -266,6 +275,18 @@ def sample_call(model, tokenizer, name, problems, start, per_call, args, device,
         if args.entropy_report:
             records[-1].update(tokens=tokens[i], token_entropy=entropies[i])
     return records
+
+
+def progress_call(line):
+    """A progress file's line as {'start', 'records'}, or None: cut short by a kill, or of another shape."""
+    try:
+        call = json.loads(line)
+    except ValueError:
+        return None
+    fields = {"problem_id", "completion", "extracted_answer", "correct", "num_tokens", "truncated"}
+    records = call.get("records") if isinstance(call, dict) else None
+    whole = isinstance(records, list) and all(isinstance(r, dict) and fields <= r.keys() for r in records)
+    return call if whole and type(call.get("start")) is int else None
 
 
 def progress_path(name, args):
@@ -465,7 +486,12 @@ def token_marks(record):
     n = len(record["tokens"])
     if not isinstance(record.get("psi"), list):
         return None
-    column = lambda key, default: [number(v) or 0.0 for v in record.get(key) or [default] * n]  # noqa: E731
+
+    def column(key, default):  # n numbers: what is stored, the default where nothing (or no number) is
+        stored = record.get(key) if isinstance(record.get(key), list) else []
+        numbers = [default if number(v) is None else number(v) for v in stored[:n]]
+        return numbers + [default] * (n - len(numbers))
+
     advantages = column("token_advantage", number(record.get("advantage")) or 0.0)
     return [(a, psi, bool(clipped), bool(trained)) for a, psi, clipped, trained
             in zip(advantages, column("psi", 0.0), column("clipped", 0), column("trained", 1))]

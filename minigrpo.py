@@ -415,8 +415,8 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
 
 def main(argv=None):
     """Check the input, load the model, then one train_step after another: log, evaluate, save."""
-    try:  # nothing is loaded before the input is checked; with torchrun, this joins the other ranks
-        run = prepare_run(argv)  # logs the config, seeds; None: output_dir holds this run, complete
+    try:  # bad input is one line and exit code 2: checked before anything loads (a full disk: when found)
+        run = prepare_run(argv)  # logs the config, seeds, joins torchrun's ranks; None: this run is complete
         if run is None:
             return 0
         cfg, train_problems, heldout, resume_from = run
@@ -425,22 +425,23 @@ def main(argv=None):
         critic, critic_optimizer = make_critic(model, cfg) if cfg.algorithm == "ppo" else (None, None)
         start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems,
                                             cfg)
+        with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log:
+            if not resume_from:  # held-out accuracy in metrics.jsonl, answers: eval_samples.jsonl
+                log.write(0, *evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
+            for step in log.steps_left():
+                problems = this_ranks_share([next(train_problems) for _ in range(cfg.prompts_per_step)])
+                batch, update_metrics, seconds = train_step(model, tokenizer, optimizer, problems, cfg,
+                                                            critic, critic_optimizer, ref_model)
+                evaluation, answers = evaluate_if_due(model, tokenizer, heldout, cfg, step)
+                log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds, **evaluation},
+                          answers)
+                log.write_samples(step, problems, batch, update_metrics)  # what the model wrote
+                if log.too_many_skipped_steps(update_metrics):
+                    return 1
+                save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic, critic_optimizer)
+        finish_run(model, tokenizer, cfg, problems[0], batch)
     except UsageError as e:
         return report_usage_error(e)
-    with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log:
-        if not resume_from:  # held-out accuracy in metrics.jsonl, its greedy answers in eval_samples.jsonl
-            log.write(0, *evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
-        for step in log.steps_left():
-            problems = this_ranks_share([next(train_problems) for _ in range(cfg.prompts_per_step)])
-            batch, update_metrics, seconds = train_step(model, tokenizer, optimizer, problems, cfg, critic,
-                                                        critic_optimizer, ref_model)
-            evaluation, answers = evaluate_if_due(model, tokenizer, heldout, cfg, step)
-            log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds, **evaluation}, answers)
-            log.write_samples(step, problems, batch, update_metrics)  # what the model wrote: samples.jsonl
-            if log.too_many_skipped_steps(update_metrics):
-                return 1
-            save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic, critic_optimizer)
-    finish_run(model, tokenizer, cfg, problems[0], batch)
     return 0
 
 
@@ -580,26 +581,29 @@ def check_task(cfg):
          f"unknown device {cfg.device!r} (auto, cpu, cuda, cuda:N or mps)"),
         (cfg.device.startswith("cuda") and not torch.cuda.is_available(),
          f"device {cfg.device!r} asked for, but torch sees no CUDA GPU"),
+        (cfg.device == "mps" and not torch.backends.mps.is_available(),
+         "device 'mps' asked for, but this torch has no MPS (Apple GPU) backend"),
     ])
     check_dataset_name(cfg.dataset)
 
 
 # Every numeric knob's range, for both scripts (eval.py adds its own), checked as lo <= value <= hi:
 # NaN fails every comparison, and a bound just inside 0, 1 or the largest float keeps an end open or the
-# value finite. Counts stop at a million (steps at a billion): beyond, a typo, not a run.
+# value finite. Counts stop at a million (steps at a billion): beyond, a typo, not a run. A temperature
+# below 0.01 turns float32 logits / T into inf, a learning rate above 1 AdamW's step into one.
 ABOVE_0, FINITE = math.ulp(0.0), sys.float_info.max  # the smallest float above 0, the largest finite one
 ABOVE_1, BELOW_1 = math.nextafter(1.0, 2.0), math.nextafter(1.0, 0.0)
 MILLION = 10**6
 BOUNDS = {  # knob: (lowest, highest, the range as the error message says it)
     "seed": (0, 2**62, "0..2**62"), "digits": (1, 9, "1..9"), "steps": (1, 10**9, "1..10**9"),
     "prompts_per_step": (1, MILLION, "1..10**6"), "group_size": (1, MILLION, "1..10**6"),
-    "max_new_tokens": (1, MILLION, "1..10**6"), "temperature": (ABOVE_0, FINITE, "> 0 and finite"),
-    "lr": (ABOVE_0, FINITE, "> 0 and finite"), "max_grad_norm": (ABOVE_0, math.inf, "> 0 (inf: no clipping)"),
+    "max_new_tokens": (1, MILLION, "1..10**6"), "temperature": (0.01, 100.0, "0.01..100"),
+    "lr": (ABOVE_0, 1.0, "(0, 1]"), "max_grad_norm": (ABOVE_0, math.inf, "> 0 (inf: no clipping)"),
     "updates_per_rollout": (1, MILLION, "1..10**6"), "micro_batch_size": (1, MILLION, "1..10**6"),
     "clip_low": (0.0, BELOW_1, "[0, 1)"), "clip_high": (0.0, FINITE, ">= 0 and finite"),
     "kl_coef": (0.0, FINITE, ">= 0 and finite"), "entropy_coef": (0.0, FINITE, ">= 0 and finite"),
     "entropy_alpha": (0.0, FINITE, ">= 0 and finite"), "entropy_kappa": (ABOVE_1, FINITE, "> 1 and finite"),
-    "entropy_top_fraction": (0.0, 1.0, "[0, 1]"), "critic_lr": (ABOVE_0, FINITE, "> 0 and finite"),
+    "entropy_top_fraction": (0.0, 1.0, "[0, 1]"), "critic_lr": (ABOVE_0, 1.0, "(0, 1]"),
     "gae_gamma": (0.0, 1.0, "[0, 1]"), "gae_lambda": (0.0, 1.0, "[0, 1]"),
     "value_clip": (ABOVE_0, FINITE, "> 0 and finite"), "save_every": (0, 10**9, "0..10**9"),
     "eval_every": (0, 10**9, "0..10**9"), "eval_problems": (1, MILLION, "1..10**6"),
@@ -616,6 +620,7 @@ def check_bounds(config, bounds):
 
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
+    check_launch()
     ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
     check_bounds(cfg, BOUNDS)
     check([  # the sizes below divide by the bounded knobs
@@ -999,14 +1004,27 @@ def gradient_step(parameters, optimizer, max_grad_norm, finite):
 # Without torchrun every function here is a no-op.
 
 
+def started_by_torchrun():
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def world_size():
     """How many processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ["WORLD_SIZE"]) if started_by_torchrun() else 1
 
 
 def rank():
-    """This process's index: 0 prints, evaluates and writes the files."""
-    return int(os.environ.get("RANK", 0))
+    """This process's index: 0 prints, evaluates and writes the files (0 without torchrun)."""
+    return int(os.environ["RANK"]) if started_by_torchrun() else 0
+
+
+def check_launch():
+    """UsageError for torchrun's variables in a process torchrun did not start (left in a shell by hand or
+    by an earlier run): they would make it wait an hour for processes that never come."""
+    seen = [f"{n}={os.environ[n]}" for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if n in os.environ]
+    if seen and not started_by_torchrun() and seen != ["WORLD_SIZE=1"]:
+        raise UsageError(f"{' '.join(seen)} is set, but this process was not started by torchrun: unset it, "
+                         "or run torchrun --nproc_per_node N minigrpo.py ...")
 
 
 def start_distributed(device):
@@ -1305,11 +1323,12 @@ LOGS = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")  # MetricsLog's 
 
 
 def _step_of(line):
-    """The step of a metrics.jsonl line; infinity for a line cut short by a kill."""
+    """The step of a line of the run's logs; infinity for a line cut short by a kill, or damaged."""
     try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError):
-        return float("inf")
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+    return step if type(step) is int else math.inf
 
 
 class MetricsLog:
@@ -1325,13 +1344,20 @@ class MetricsLog:
         self.file, self.samples, self.answers = (self.reopen(name, resumed) for name in LOGS)
 
     def reopen(self, name, resumed):
-        """output_dir/name for appending, holding only the lines up to the resumed step."""
+        """output_dir/name for appending, holding only the lines up to the resumed step, each whole and ending
+        in a newline: a line a kill cut short is dropped, and steps that no line holds any more are named in
+        one line (they are lost, not silently)."""
         if rank() != 0:
             return open(os.devnull, "a")
         path = os.path.join(self.cfg.output_dir, name)
         kept = []
         if resumed and os.path.isfile(path):
-            kept = [line for line in open(path) if _step_of(line) <= self.start_step]
+            with open(path, encoding="utf-8", errors="replace") as f:
+                kept = [line.rstrip("\n") + "\n" for line in f if _step_of(line) <= self.start_step]
+            lost = sorted(set(range(1, self.start_step + 1)) - {_step_of(line) for line in kept})
+            if lost and name != "eval_samples.jsonl":  # every step writes metrics.jsonl and samples.jsonl
+                print(f"note: {name} holds no whole line of steps {step_ranges(lost)} (damaged): the resumed "
+                      "run's file goes on without them", file=sys.stderr)
         write_then_rename(path, "".join(kept))
         return open(path, "a")
 
@@ -1540,7 +1566,7 @@ HUB_DATASETS = {  # name: (hub path, config, question field, answer field)
 
 DATASETS = ("arithmetic", *HUB_DATASETS)  # or a path to a .jsonl, .json or .parquet file
 
-FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+FILE_TYPES = (".jsonl", ".json", ".parquet")
 
 
 DEFAULT_INSTRUCTIONS = {  # the Qwen2.5-Math / DeepSeek-R1 convention; short answers for arithmetic
@@ -1590,11 +1616,16 @@ def default_instruction(dataset):
     return DEFAULT_INSTRUCTIONS["arithmetic" if dataset == "arithmetic" else "other"]
 
 
+def file_type(name):
+    """A dataset file's extension, lower case: '.jsonl', '.json' or '.parquet' for a file it reads."""
+    return os.path.splitext(name)[1].lower()
+
+
 def check_dataset_name(name):
     """A built-in or hub name, or an existing file of a known type; else UsageError."""
     if name in DATASETS:
         return
-    if os.path.splitext(name)[1] not in FILE_TYPES:
+    if file_type(name) not in FILE_TYPES:
         raise UsageError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)}, "
                          "or a .jsonl/.json/.parquet file)")
     if os.path.isdir(name):
@@ -1610,33 +1641,55 @@ def gold_answer(raw):
     return text if after is None else after.replace(",", "")
 
 
-def is_blank(path):
-    """True for a file of nothing but whitespace (read until its first other byte); parquet: an empty file."""
-    if path.endswith(".parquet"):
-        return os.path.getsize(path) == 0
-    with open(path, "rb") as f:
-        return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 20), b""))
+def json_rows(path):
+    """The rows of a local .jsonl or .json file, read here rather than by `datasets` (whose JSON reader
+    crashes on a file holding `null`): one object a line, or a .json list of objects (or one object of
+    equal-length columns). Raises UsageError naming the first thing that is not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (byte {e.start})")
+    try:
+        data = json.loads(text) if path.lower().endswith(".json") else None
+    except ValueError:
+        data = None  # a .json file of JSON lines is read as one
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        if len({len(v) for v in data.values()}) == 1:  # columns
+            data = [dict(zip(data, row)) for row in zip(*data.values())]
+    if data is None:
+        data = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                data.append(json.loads(line)) if line.strip() else None
+            except ValueError as e:
+                raise UsageError(f"{path}: line {number} is not JSON ({e.msg})")
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise UsageError(f"{path}: not a list of JSON objects (one a line, or a .json list)")
+    return data
 
 
 def load_problems(dataset, split="train", question_field="question", answer_field="answer"):
     """[{'question', 'answer'}] from a hub dataset (gsm8k, math500) or a local file, checked row by row."""
-    import datasets  # imported here: only these datasets need it
+    where = dataset
+    if dataset in HUB_DATASETS or file_type(dataset) == ".parquet":
+        import datasets  # imported here: only these datasets need it
 
-    if dataset in HUB_DATASETS:
-        path, config, question_field, answer_field = HUB_DATASETS[dataset]
-        where = f"{path} ({split})"
-        load = lambda: datasets.load_dataset(path, config, split=split)
+        if dataset in HUB_DATASETS:
+            path, config, question_field, answer_field = HUB_DATASETS[dataset]
+            where = f"{path} ({split})"
+            load = lambda: datasets.load_dataset(path, config, split=split)  # noqa: E731
+        else:
+            load = lambda: datasets.load_dataset("parquet", data_files=dataset, split="train")  # noqa: E731
+            if os.path.getsize(dataset) == 0:
+                raise UsageError(f"{where}: the dataset is empty")
+        try:
+            rows = load()
+        except Exception as e:  # unreadable file, unreachable hub: one line, not a traceback
+            reason = str(e.__cause__ or e).strip() or type(e).__name__
+            raise UsageError(f"cannot load dataset {where}: {one_line(reason)}")
     else:
-        where = dataset
-        file_type = FILE_TYPES[os.path.splitext(dataset)[1]]
-        load = lambda: datasets.load_dataset(file_type, data_files=dataset, split="train")
-    if dataset not in HUB_DATASETS and is_blank(dataset):
-        raise UsageError(f"{where}: the dataset is empty")
-    try:
-        rows = load()
-    except Exception as e:  # unreadable file, bad JSON, unreachable hub: one line, not a traceback
-        reason = str(e.__cause__ or e).strip() or type(e).__name__
-        raise UsageError(f"cannot load dataset {where}: {one_line(reason)}")
+        rows = json_rows(dataset)
     problems = []
     for number, row in enumerate(rows, start=1):
         for name in (question_field, answer_field):
@@ -1678,6 +1731,8 @@ def task_problems(cfg):
         train = problem_stream(rows, cfg.seed)
     # math500 is a test set and a file has no second split: they need --eval_dataset for eval_every
     source = cfg.eval_dataset or (cfg.dataset if cfg.dataset in ("arithmetic", "gsm8k") else None)
+    if source is None and cfg.eval_every:
+        print(f"note: no held-out evaluation: {cfg.dataset} has no held-out split (pass --eval_dataset)")
     heldout = source and evaluation_problems(source, "test", cfg.eval_problems, cfg.digits, cfg.operations,
                                              cfg.question_field, cfg.answer_field)
     return train, heldout or []
@@ -1698,7 +1753,8 @@ def resolve_device(name):
     """--device as a torch.device: 'auto' is the GPU when torch sees one, else the CPU. Under torchrun
     'auto' and 'cuda' mean this process's own GPU (LOCAL_RANK)."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if name == "cuda" else name)
+    local = os.environ["LOCAL_RANK"] if started_by_torchrun() else 0
+    return torch.device(f"cuda:{local}" if name == "cuda" else name)
 
 
 def autocast(device, dtype):
@@ -1807,7 +1863,9 @@ def load_models(cfg, resume_from=None):
         ref_model = None  # the KL term's frozen copy of the initial model
         if cfg.kl_coef > 0:
             ref_model = load_model(cfg.model, device, trust_remote_code=cfg.trust_remote_code)[0]
-    except (OSError, ValueError, ImportError) as e:  # a hub id not reached or not there; gguf not installed
+    except UsageError:
+        raise
+    except Exception as e:  # a hub id not reached or not there; gguf not installed; damaged weights
         raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {one_line(e)}")
     same_weights_on_every_rank(model)
     cfg.shared_prefix = shared_prefix_if_possible(model, cfg.shared_prefix)
@@ -1844,7 +1902,7 @@ def _checkpoints(output_dir):
     folders = [os.path.join(output_dir, n) for n in names]
     folders = [f for f in folders if os.path.isfile(os.path.join(f, TRAINING_STATE))]
     final = os.path.join(output_dir, "final")
-    return folders + ([final] if os.path.isdir(final) else [])
+    return folders + ([final] if os.path.isfile(os.path.join(final, "config.json")) else [])
 
 
 def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None,
@@ -1868,7 +1926,11 @@ def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, cr
             state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "critic": critic_state}
             torch.save(state, os.path.join(tmp, TRAINING_STATE))
 
-    write_then_rename(folder, write)
+    try:
+        write_then_rename(folder, write)
+    except (OSError, RuntimeError) as e:  # a full disk: torch, safetensors or the OS says so
+        shutil.rmtree(folder + ".tmp", ignore_errors=True)
+        raise UsageError(f"cannot write checkpoint {folder}: {one_line(e)}")
     for older in _checkpoints(os.path.dirname(folder))[:-1]:  # one resumable state is enough: ~2x the weights
         if os.path.isfile(os.path.join(older, TRAINING_STATE)):
             os.remove(os.path.join(older, TRAINING_STATE))
@@ -1897,6 +1959,8 @@ def finish_run(model, tokenizer, cfg, problem, batch):
             tqdm.write(f"{kind}: {line}")
         tqdm.write(f"the run's page (curves, samples, what the method did to each token): "
                    f"python eval.py --report {cfg.output_dir}")
+        if lock := HELD_LOCKS.pop(os.path.realpath(cfg.output_dir), None):  # complete: the folder is free
+            lock.close()
     stop_distributed()
 
 
@@ -1909,18 +1973,18 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     path = os.path.join(folder, TRAINING_STATE)
     try:  # tensors, numbers and containers only: a file from elsewhere cannot run code when it is read
         state = torch.load(path, weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for a file holding any other object, or a damaged file
-        raise UsageError(f"cannot resume from {path}: not a training state of tensors, numbers and "
-                         f"containers ({type(e).__name__}); remove it or pass another --output_dir")
-    optimizer.load_state_dict(state["optimizer"])
-    if critic is not None:
-        critic.load_state_dict(state["critic"][0])
-        critic_optimizer.load_state_dict(state["critic"][1])
-    rng = state["rng"][rank()] if isinstance(state["rng"], list) else state["rng"]  # a list: one per rank
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        optimizer.load_state_dict(state["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"][0])
+            critic_optimizer.load_state_dict(state["critic"][1])
+        rng = state["rng"][rank()]  # one per rank
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except Exception as e:  # UnpicklingError for any other object; a damaged file; a key or shape missing
+        raise UsageError(f"cannot resume from {path}: not a training state of this run ({type(e).__name__}: "
+                         f"{one_line(e, 80)}); remove its step folder or pass another --output_dir")
     for _ in range(state["step"] * cfg.prompts_per_step if train_problems is not None else 0):
         next(train_problems)
     tqdm.write(f"resumed from {folder} (step {state['step']})")
@@ -1928,53 +1992,113 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
 
 
 PENDING_CONFIG = ".run_config.pending.json"  # run_config.json until the model has loaded
-# what --overwrite removes: the files minigrpo writes, nothing else
-OUR_FILES = (r"(step_\d{6}|final)(\.tmp)?|(metrics|samples|eval_samples)\.jsonl|run_config\.json"
-             r"|training_curves\.png|report\.html")
+LOCK = ".lock"  # held by the process writing the run (its pid inside)
+# what minigrpo writes into output_dir, as folders and as files; nothing else is ever removed or written over
+OUR_FOLDERS = r"(step_\d{6}|final)(\.tmp)?"
+OUR_FILES = (r"((metrics|samples|eval_samples)\.jsonl|run_config\.json|report\.html|curves\.svg"
+             r"|training_curves\.png|\.run_config\.pending\.json)(\.tmp)?|\.lock")
+HELD_LOCKS = {}  # output_dir's real path: its open lock file
+
+
+def entries_not_ours(folder):
+    """The names in folder that minigrpo did not write: another program's files, or one of ours of the wrong
+    kind (a folder named metrics.jsonl) or a link."""
+    def ours(name):
+        path = os.path.join(folder, name)
+        if os.path.islink(path):
+            return False
+        return re.fullmatch(OUR_FOLDERS, name) and os.path.isdir(path) or re.fullmatch(OUR_FILES, name) and \
+            os.path.isfile(path)
+    return sorted(name for name in os.listdir(folder) if not ours(name))
+
+
+def lock_output_dir(folder):
+    """Hold folder/.lock while this process writes the run; the system lets go when the process ends, killed
+    or not. UsageError naming the process that holds it. (No lock where fcntl is missing: Windows.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = os.path.realpath(folder)
+    if key in HELD_LOCKS:  # this process again (a second main() in one process)
+        HELD_LOCKS.pop(key).close()
+    f = open(os.path.join(folder, LOCK), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise UsageError(f"output_dir {folder!r} is in use by process {holder}, which writes a run there; "
+                         "wait for it, stop it, or choose another --output_dir")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    HELD_LOCKS[key] = f
 
 
 def prepare_output_dir(cfg):
-    """Create output_dir and return the checkpoint to resume from (None: a fresh run).
+    """Create or lock output_dir and return the checkpoint to resume from (None: a fresh run).
 
-    The folder keeps the run's config in run_config.json. The same config resumes from the newest
-    checkpoint; another run's folder is refused unless --overwrite, which removes its files.
+    The folder is the run's: it keeps the run's config in run_config.json, and a folder holding anything
+    minigrpo did not write is refused. The same config (wherever the folder is, however it is named)
+    resumes from the newest checkpoint; another run's folder is refused unless --overwrite, which removes
+    minigrpo's files and nothing else, and never the --model being loaded.
     """
-    path = os.path.join(cfg.output_dir, "run_config.json")
-    this_run = run_identity(cfg)
-    saved = None
+    folder, this_run = cfg.output_dir, run_identity(cfg)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"output_dir {folder!r} is a file, not a folder")
+    if cfg.resume and not os.path.isdir(folder):
+        raise UsageError(f"--resume: no checkpoint of this run in {folder!r} (no such folder)")
+    if foreign := entries_not_ours(folder) if os.path.isdir(folder) else []:
+        raise UsageError(f"output_dir {folder!r} holds what minigrpo did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose another --output_dir")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock_output_dir(folder)
+    except OSError as e:
+        raise UsageError(f"output_dir {folder!r} cannot be written: {e.strerror or e}")
+    path, saved = os.path.join(folder, "run_config.json"), None
     if os.path.isfile(path):
         try:
             saved = json.load(open(path))
         except ValueError:  # cut short, or not JSON
             saved = None
         if not isinstance(saved, dict) and not cfg.overwrite:
-            raise UsageError(f"output_dir {cfg.output_dir!r}: its run_config.json is not a minigrpo run "
-                             "config; pass --overwrite or another --output_dir")
+            raise UsageError(f"output_dir {folder!r}: its run_config.json is not a minigrpo run config; pass "
+                             "--overwrite or another --output_dir")
         saved = saved if isinstance(saved, dict) else {}  # --overwrite: another run's
     if saved is not None:  # a run from before a flag existed ran with its default; a knob since removed
         known = set(this_run) | {"world_size"}  # (--sampler: bench/static_sampler.py) is not compared
         saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
         saved = {k: v for k, v in saved.items() if k in known}
-    has_metrics = os.path.exists(os.path.join(cfg.output_dir, "metrics.jsonl"))
-    other_run = saved != this_run and (saved is not None or has_metrics)
+    same = lambda run: {k: v for k, v in run.items() if k != "output_dir"}  # noqa: E731 (a moved run resumes)
+    leftovers = [n for n in os.listdir(folder) if n not in (LOCK, PENDING_CONFIG)]
+    other_run = saved is not None and same(saved) != same(this_run) or saved is None and bool(leftovers)
     if other_run and not cfg.overwrite:
-        changed = sorted(k for k in this_run if (saved or {}).get(k) != this_run[k]) if saved else ["unknown"]
-        raise UsageError(f"output_dir {cfg.output_dir!r} holds another run (differs in: "
-                         f"{', '.join(changed[:5])}); pass --overwrite or another --output_dir")
-    checkpoints = [] if other_run else _checkpoints(cfg.output_dir)
+        changed = [k for k in same(this_run) if (saved or {}).get(k) != this_run[k]] if saved else []
+        why = f"differs in: {', '.join(changed[:5])}" if saved else f"{leftovers[0]} but no run_config.json"
+        raise UsageError(f"output_dir {folder!r} holds another run ({why}); pass --overwrite or another "
+                         "--output_dir")
+    model = os.path.realpath(cfg.model) + os.sep
+    if other_run and model.startswith(os.path.realpath(folder) + os.sep):
+        raise UsageError(f"--model {cfg.model!r} is inside output_dir {folder!r}, whose files --overwrite "
+                         "would delete; choose another --output_dir")
+    checkpoints = [] if other_run else _checkpoints(folder)
     if cfg.resume and not checkpoints:
-        raise UsageError(f"--resume: no checkpoint of this run in {cfg.output_dir!r}")
+        raise UsageError(f"--resume: no checkpoint of this run in {folder!r}")
+    stale = [n for n in leftovers if re.fullmatch(r"step_\d{6}", n)]
+    if not other_run and stale and not checkpoints:  # the newest training_state.pt was deleted
+        raise UsageError(f"output_dir {folder!r} holds this run's step folders but none has its "
+                         f"{TRAINING_STATE} to resume from; pass --overwrite to start over")
     if other_run:  # --overwrite: remove the files minigrpo writes, nothing else
-        for name in os.listdir(cfg.output_dir):
-            if re.fullmatch(OUR_FILES, name):
-                p = os.path.join(cfg.output_dir, name)
-                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-    try:  # pending until the model has loaded (MetricsLog): a start that fails before leaves no
-        os.makedirs(cfg.output_dir, exist_ok=True)  # run_config.json to refuse the corrected command
-        if not (checkpoints and checkpoints[-1].endswith("final")):  # a complete run writes nothing more
-            write_then_rename(os.path.join(cfg.output_dir, PENDING_CONFIG), json.dumps(this_run, indent=2))
-    except OSError as e:
-        raise UsageError(f"output_dir {cfg.output_dir!r} cannot be written: {e.strerror or e}")
+        for name in leftovers:
+            p = os.path.join(folder, name)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    if not (checkpoints and checkpoints[-1].endswith("final")):  # a complete run writes nothing more; pending
+        write_then_rename(os.path.join(folder, PENDING_CONFIG),  # until the model has loaded (MetricsLog): a
+                          json.dumps(this_run, indent=2))  # failed start leaves nothing that refuses its fix
     return checkpoints[-1] if checkpoints else None
 
 
@@ -1988,4 +2112,8 @@ def run_identity(cfg):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print("\nminigrpo: interrupted; the same command resumes from the newest checkpoint", file=sys.stderr)
+        sys.exit(130)

