@@ -169,7 +169,9 @@ def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, te
 
 
 def completion_mask(completion_ids, eos_token_id):
-    """1 for the tokens up to and including the first EOS, 0 after; all 1 when there is none.
+    """1 for the tokens up to and including the first EOS, 0 after it whatever follows (padding, equal to
+    the EOS id or not, or more tokens); all 1 when there is none. completion_ids: (B, C); eos_token_id: an
+    id or a list of ids (whichever comes first ends the row). Returns (B, C) long.
 
     Built from the position of the first EOS, not from `token != pad`, which would
     drop the EOS itself when pad == eos and the model would never learn to stop.
@@ -184,7 +186,9 @@ def completion_mask(completion_ids, eos_token_id):
 
 
 def extract_answer(text):
-    """The model's final answer: the last \boxed{...}, else what follows '####', else the last number."""
+    """The model's final answer, as written (a stripped str), or None: the contents of the last \boxed{...}
+    whose braces close (nested braces counted), else what follows the last '####' on its line (None when
+    nothing does), else the last number ('-3', '1,234', '2.5', '3/4'; a trailing comma dropped)."""
     boxed = _boxed_contents(text)
     if boxed is not None:
         return boxed
@@ -195,10 +199,12 @@ def extract_answer(text):
 
 
 def math_reward(completion, answer):
-    """1.0 when the completion's final answer equals the gold answer, else 0.0.
+    """1.0 when the completion's final answer (extract_answer) equals the gold answer, else 0.0 (a float).
 
-    A numeric gold answer needs a number (or an equation ending in one); other answers (LaTeX)
-    go through Math-Verify when it is installed, else normalized strings. Never executes the text.
+    Numbers compare by value (parse_number: '1,234' = 1234, '3/4' = 0.75, '$5' = 5). A numeric gold answer
+    needs a number, or an equation whose last side is one ('35 + 77 = 112'; '\boxed{35 + 77}' restates the
+    question and is wrong). Other answers (LaTeX) compare as normalized strings, then through Math-Verify
+    when it is installed (latex_answers_match). No final answer: 0.0. Never executes the text.
     """
     predicted = extract_answer(completion)
     if predicted is None:
@@ -216,9 +222,11 @@ def math_reward(completion, answer):
 
 
 def group_advantages(rewards, group_size, scale=True, eps=1e-4):
-    """GRPO advantage: each reward minus its group's mean, divided by the group's std if scale.
+    """GRPO advantage: each reward minus its group's mean, divided by the group's std if scale:
+    (r - mean) / (std + eps), the std unbiased (over G - 1, torch.std's default) and eps added to it, not
+    under the square root; scale=False: r - mean.
 
-    rewards: (B*G,), groups contiguous. Returns (B*G,). A group of equal rewards gets exactly 0.
+    rewards: (B*G,) float, groups contiguous. Returns (B*G,) float. A group of equal rewards gets exactly 0.
     """
     grouped = rewards.view(-1, group_size)  # (B, G)
     centered = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
@@ -235,7 +243,9 @@ def logprobs_and_entropy(logits, token_ids):
     """log pi(a_t) of the sampled tokens and Eq. 4's entropy H = -sum_v pi(v) log pi(v) over the whole
     vocabulary, both from one log_softmax of the logits (no log 0, no overflow for large logits).
 
-    logits: (N, V) float32, already divided by the temperature; token_ids: (N,). Returns (N,), (N,).
+    logits: (N, V) float32, already divided by the temperature; token_ids: (N,). Returns (N,), (N,) float32,
+    both keeping their gradient: the policy gradient flows through log pi, and entropy regularization
+    differentiates H (the entropy advantage detaches it itself).
     """
     logp = torch.log_softmax(logits, dim=-1)  # (N, V)
     entropy = -(logp.exp() * logp).sum(dim=-1)  # (N,) Eq. 4
@@ -264,9 +274,10 @@ def entropy_advantage(advantages, entropy, alpha, kappa):
     """Eq. 5-6 of Cheng et al.: A_t + min(alpha * H_t.detach(), |A_t| / kappa), per token.
 
     advantages: (B,) one per response (GRPO) or (B, T) one per token (PPO); entropy: (B, T).
-    Returns (B, T). psi >= 0 and psi <= |A_t| / kappa with kappa > 1, so a negative advantage is
-    softened but never flips sign, and A_t = 0 stays 0. The entropy is detached: this rescales each
-    token's update and adds no entropy gradient (that would be entropy regularization).
+    Returns (B, T), with no gradient. psi >= 0 whatever the sign of A_t, and psi <= |A_t| / kappa with
+    kappa > 1, so a negative advantage is softened but never flips sign, and A_t = 0 stays 0. The entropy
+    is detached: this rescales each token's update and adds no entropy gradient (that would be entropy
+    regularization). alpha = 0: the advantages as they are, (B, T).
     """
     per_token = (advantages if advantages.dim() == 2 else advantages[:, None]).expand_as(entropy)  # (B, T)
     if alpha == 0:
@@ -276,12 +287,14 @@ def entropy_advantage(advantages, entropy, alpha, kappa):
 
 
 def top_entropy_mask(entropy, mask, fraction):
-    """The forking-token rule (Wang et al. 2025, "Beyond the 80/20 Rule"): 1 on the k = ceil(fraction * n)
-    real tokens of highest entropy, 0 on the others (fraction 0 or 1: on every real token).
+    """The forking-token rule (Wang et al. 2025, "Beyond the 80/20 Rule"): 1 on the k real tokens of highest
+    entropy, 0 on the others and on padding (fraction 0 or 1: the mask itself, as float).
 
-    entropy, mask: (B, T), n = mask.sum(). Returns (B, T) float, by which the policy-gradient term is
-    multiplied (not the KL term). Exactly k: of tokens tied at the k-th entropy, the first (row by row);
-    TRL's top_entropy_quantile keeps every token at or above a quantile, more than k when tied.
+    entropy, mask: (B, T), n = mask.sum(). k = ceil(round(fraction * n, 9)): the product rounded to 9
+    decimals first, since 0.07 * 100 is 7.000000000000001 in floats and k is 7. Returns (B, T) float, by
+    which the policy-gradient term is multiplied (not the KL term). Exactly k: of tokens tied at the k-th
+    entropy, the first in row-major order (row 0 first, left to right); TRL's top_entropy_quantile keeps
+    every token at or above a quantile, more than k when tied.
     """
     mask = mask.float()
     if fraction in (0, 1):
@@ -296,9 +309,16 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_
                 ref_logprobs=None, kl_coef=0.0):
     """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
 
-    logprobs, old_logprobs, advantages, mask: (B, T). num_tokens: the token count of the whole
-    mini-batch when this is one of several micro-batches: a token mean over the mini-batch is not
-    the mean of the micro-batches' means. Default: mask.sum(). Returns the loss and stats.
+    logprobs, old_logprobs, advantages, mask: (B, T); old_logprobs and advantages are detached here.
+    Per token: -min(ratio * A, clamp(ratio, 1 - clip_low, 1 + clip_high) * A), ratio = exp(logp - old),
+    plus, if kl_coef > 0, kl_coef * (exp(ref - logp) - (ref - logp) - 1) (k3, an estimate of KL(pi || ref)).
+    The loss is their sum over real tokens divided by num_tokens: the token count of the whole mini-batch
+    when this is one of several micro-batches, so the micro-batches' losses add up to the mini-batch's
+    (a token mean over the mini-batch is not the mean of the micro-batches' means). Default: mask.sum().
+    Returns the loss (0-dim, with gradient) and stats, two 0-dim tensors without gradient, each a mean
+    over this call's real tokens (mask.sum(), whatever num_tokens): "clip_frac", the fraction where the
+    clipped term is the smaller (clipped * A < ratio * A), and "approx_kl", the mean of
+    (ratio - 1) - log ratio.
     """
     mask = mask.float()
     num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
@@ -482,9 +502,11 @@ def last_token_rewards(rewards, mask):
 def gae_advantages(rewards, values, mask, gamma, lam):
     """Generalized advantage estimation (Schulman et al. 2016) over the completion tokens.
 
-    rewards, values, mask: (B, T), values[:, t] = V(s_t). Returns advantages and returns
-    (advantages + values), (B, T) each and 0 on padding; the recursion runs backwards from each
-    response's last real token, never from padding. With gamma = lam = 1: A_t = R - V(s_t).
+    rewards, values, mask: (B, T), values[:, t] = V(s_t). delta_t = r_t + gamma * V(s_t+1) - V(s_t) with
+    V = 0 after a response's last real token, and A_t = delta_t + gamma * lam * A_t+1. Returns advantages
+    and returns (advantages + values) * mask, (B, T) each and 0 on padding; the recursion runs backwards
+    from each response's last real token, never from padding (whatever values hold there). With
+    gamma = lam = 1: A_t = R - V(s_t).
     """
     mask = mask.float()
     advantages = torch.zeros_like(values)

@@ -315,6 +315,16 @@ class TestCompletionMask:
         # several EOS ids (Qwen): whichever comes first ends the completion
         assert torch.equal(mg.completion_mask(torch.tensor([[5, 9, 2, 7]]), [2, 9]), torch.tensor([[1, 1, 0, 0]]))
 
+    def test_a_pad_that_is_not_eos_and_tokens_after_the_eos(self):
+        """Llama-style tokenizers pad with another id, and a row may hold anything after its EOS: 0 after the
+        first EOS whatever follows (a second EOS, padding, other tokens), and the mask is a long tensor."""
+        eos = 2
+        ids = torch.tensor([[5, 6, eos, 0, 0], [5, eos, 7, eos, 8], [eos, 9, 9, 9, 9], [0, 0, 5, 6, 7]])
+        got = mg.completion_mask(ids, eos)
+        expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+        assert torch.equal(got, expected), f"1 up to and including the first EOS, 0 after it: {got.tolist()}"
+        assert got.dtype == torch.long, f"a long tensor (got {got.dtype})"
+
 
 class TestExtractAnswer:
     """Graded: extract_answer."""
@@ -356,6 +366,19 @@ class TestMathReward:
 class TestGroupAdvantages:
     """Graded: group_advantages."""
 
+    def test_the_std_is_unbiased_and_eps_is_added_to_it(self):
+        rewards = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 2.0, 2.0, 2.0])  # two groups of 4; the second equal
+        got = mg.group_advantages(rewards, 4)  # the first group: mean 1, squared deviations summing to 12
+        assert got.shape == (8,) and got.dtype == torch.float32, "one advantage per reward, float32"
+        assert got[0].item() != pytest.approx(-1 / (math.sqrt(12 / 4) + 1e-4), abs=1e-4), \
+            "the std divides by G - 1 (unbiased, torch.std's default), not by G"
+        assert got[0].item() != pytest.approx(-1 / math.sqrt(12 / 3 + 1e-4), abs=1e-6), \
+            "eps is added to the std: (r - mean) / (std + eps), not inside the square root"
+        assert got[0].item() == pytest.approx(-1 / (2 + 1e-4), abs=1e-6), "(r - mean) / (std + eps), over G - 1"
+        assert torch.all(got[4:] == 0), "a group of equal rewards gets exactly 0"
+        assert mg.group_advantages(rewards, 4, scale=False).tolist() == [-1, -1, -1, 3, 0, 0, 0, 0], \
+            "scale=False: r - mean, nothing divided"
+
     def test_group_advantages_against_a_loop(self):
         torch.manual_seed(0)
         G = 8
@@ -396,11 +419,12 @@ class TestEntropyAdvantage:
             for t in range(10):
                 expected = advantages[i].item() + min(alpha * entropy[i, t].item(), abs(advantages[i].item()) / kappa)
                 assert shaped[i, t].item() == pytest.approx(expected, abs=1e-5)
-        assert torch.all(psi >= 0)
-        assert torch.all(psi <= A.abs() / kappa + 1e-6)
+        assert torch.all(psi >= 0), "psi = min(alpha * H, |A| / kappa) >= 0, whatever the sign of A"
+        assert torch.all(psi <= A.abs() / kappa + 1e-6), "psi is clipped at |A| / kappa"
         assert torch.all(torch.sign(shaped[A != 0]) == torch.sign(A[A != 0]))  # never flips a sign
         assert torch.all(shaped[:8] == 0)  # A = 0 stays 0
-        assert not shaped.requires_grad  # detached: no gradient reaches H, so no entropy regularization
+        assert not shaped.requires_grad, "psi uses H_t.detach(): no gradient may reach the entropy (that " \
+                                         "would be entropy regularization)"
         assert torch.equal(mg.entropy_advantage(advantages, entropy, 0.0, kappa), A)  # alpha = 0: plain GRPO
 
     def test_entropy_advantage_per_token_against_a_loop(self):
@@ -441,7 +465,8 @@ class TestTopEntropyMask:
         assert mg.top_entropy_mask(entropy, mask, 0.2).sum() == 3
         assert mg.top_entropy_mask(entropy, torch.zeros(3, 5), 0.2).sum() == 0  # no real token
         # a product that rounds above an integer: 0.07 * 100 is 7.000000000000001 in floats, and k is 7
-        assert 0.07 * 100 > 7 and mg.top_entropy_mask(torch.rand(4, 25), torch.ones(4, 25), 0.07).sum() == 7
+        assert 0.07 * 100 > 7 and mg.top_entropy_mask(torch.rand(4, 25), torch.ones(4, 25), 0.07).sum() == 7, \
+            "k = ceil(round(fraction * n, 9)): the product rounded to 9 decimals first (0.07 * 100 keeps 7)"
 
     def test_ties_keep_the_first_tokens_row_by_row(self):
         """1,000 tokens of equal entropy: exactly k, the first k real tokens in row order (an unstable sort
@@ -494,6 +519,27 @@ class TestPolicyLoss:
         loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_low=0.2, clip_high=0.28)
         assert loss1.item() == pytest.approx(-(advantages * mask).sum().item() / mask.sum().item(), rel=1e-5)
         assert stats1["clip_frac"].item() == 0 and stats1["approx_kl"].item() == 0
+
+    def test_micro_batches_sum_to_the_mini_batch_loss_and_stats_are_per_call(self):
+        """With num_tokens (the whole mini-batch's real tokens), each micro-batch's token sum is divided by
+        it, so the micro-batches' losses add up to the mini-batch's loss; the stats are each call's own token
+        means (over its mask.sum(), whatever num_tokens), 0-dim tensors without gradient."""
+        torch.manual_seed(4)
+        logprobs = (torch.randn(4, 6) * 0.3 - 1).requires_grad_()
+        old, advantages = logprobs.detach() + torch.randn(4, 6) * 0.3, torch.randn(4, 6)
+        mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0]])
+        whole, _ = mg.policy_loss(logprobs, old, advantages, mask)
+        parts = [(rows, mg.policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows],
+                                       num_tokens=mask.sum())) for rows in (slice(0, 2), slice(2, 4))]
+        assert sum(loss.item() for _, (loss, _) in parts) == pytest.approx(whole.item(), rel=1e-5), \
+            "each micro-batch's token sum is divided by num_tokens, the whole mini-batch's count"
+        for rows, (_, stats) in parts:
+            own = mg.policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows])[1]
+            assert set(stats) == {"clip_frac", "approx_kl"}, f"stats: clip_frac and approx_kl (got {set(stats)})"
+            for key in stats:
+                assert stats[key].dim() == 0 and not stats[key].requires_grad, f"{key}: a 0-dim tensor, no grad"
+                assert stats[key].item() == pytest.approx(own[key].item(), rel=1e-6), \
+                    f"{key} is this call's own mean over its real tokens, not divided by num_tokens"
 
     def test_policy_loss_gradient_against_the_hand_formula(self):
         """d loss / d logprob_t = -A_t * ratio_t / N where the clip is inactive, exactly 0 where it is."""
@@ -561,22 +607,34 @@ class TestPolicyLoss:
 class TestGaeAdvantages:
     """Graded: gae_advantages (PPO)."""
 
-    @pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 1.0), (1.0, 0.9), (0.9, 0.9)])
-    def test_gae_against_a_loop(self, gamma, lam):
+    # three responses (EOS at token 3, EOS at once, truncated at 4), the reward on each one's last real
+    # token, and A_t by hand for each (gamma, lambda): delta_t = r_t + gamma V(s_t+1) - V(s_t), with V = 0
+    # after the last real token, and A_t = delta_t + gamma lambda A_t+1
+    MASK = [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    REWARDS = [[0, 0, 1.0, 0], [0.0, 0, 0, 0], [0, 0, 0, 1.0]]
+    VALUES = [[0.5, -0.25, 0.75, 2.0], [0.25, 1.0, 1.0, 1.0], [-0.5, 0.5, 0.25, 1.0]]
+    BY_HAND = {(1.0, 1.0): [[0.5, 1.25, 0.25, 0], [-0.25, 0, 0, 0], [1.5, 0.5, 0.75, 0.0]],  # A_t = R - V(s_t)
+               (0.9, 1.0): [[0.31, 1.15, 0.25, 0], [-0.25, 0, 0, 0], [1.229, 0.31, 0.65, 0.0]],
+               (1.0, 0.9): [[0.3525, 1.225, 0.25, 0], [-0.25, 0, 0, 0], [1.3825, 0.425, 0.75, 0.0]],
+               (0.9, 0.9): [[0.188275, 1.1275, 0.25, 0], [-0.25, 0, 0, 0], [1.153715, 0.2515, 0.65, 0.0]]}
+
+    @pytest.mark.parametrize("gamma,lam", list(BY_HAND))
+    def test_gae_against_values_by_hand(self, gamma, lam):
+        mask, values = torch.tensor(self.MASK), torch.tensor(self.VALUES)
+        advantages, returns = mg.gae_advantages(torch.tensor(self.REWARDS), values, mask, gamma, lam)
+        torch.testing.assert_close(advantages, torch.tensor(self.BY_HAND[gamma, lam]), atol=1e-5, rtol=1e-5,
+                                   msg="A_t = delta_t + gamma * lambda * A_t+1, from each response's last real "
+                                       "token backwards, V = 0 after it, 0 on padding")
+        torch.testing.assert_close(returns, (advantages + values) * mask, msg="returns = (A + V) * mask")
+
+    def test_padding_never_enters_the_recursion(self):
         torch.manual_seed(0)
-        lengths = [4, 1, 7, 7, 5]  # EOS mid-completion, EOS at once, truncated twice, EOS mid-completion
-        mask = torch.tensor([[1] * n + [0] * (7 - n) for n in lengths])
-        rewards = torch.zeros(5, 7)
-        for i, (n, r) in enumerate(zip(lengths, [1.0, 0.0, 1.0, 0.0, 1.0])):
-            rewards[i, n - 1] = r  # on the last real token
-        values = torch.randn(5, 7)
-        advantages, returns = mg.gae_advantages(rewards, values, mask, gamma, lam)
-        torch.testing.assert_close(advantages, gae_loop(rewards, values, mask, gamma, lam), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(returns, (advantages + values) * mask)
-        assert torch.all(advantages[mask == 0] == 0)
-        if gamma == lam == 1:  # A_t = R - V(s_t): the paper's PPO setting
-            R = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])[:, None]
-            torch.testing.assert_close(advantages, (R - values) * mask)
+        mask = torch.tensor(self.MASK)
+        values, rewards = torch.randn(3, 4), torch.tensor(self.REWARDS)
+        noisy = torch.where(mask == 1, values, torch.randn(3, 4) * 100)  # anything at all on padding
+        advantages, _ = mg.gae_advantages(rewards, noisy, mask, 0.9, 0.9)
+        torch.testing.assert_close(advantages, mg.gae_advantages(rewards, values, mask, 0.9, 0.9)[0])
+        assert torch.all(advantages[mask == 0] == 0), "0 on padding"
 
 
 class TestLogprobsAndEntropy:
@@ -608,6 +666,8 @@ class TestLogprobsAndEntropy:
         expected = -(p * torch.log_softmax(logits.double(), dim=-1)).sum(-1)  # -sum p log p, Eq. 4
         _, entropy = mg.logprobs_and_entropy(logits, torch.zeros(5, dtype=torch.long))
         torch.testing.assert_close(entropy.double(), expected, atol=1e-5, rtol=1e-5)
+        assert entropy.requires_grad, "the entropy keeps its gradient: entropy regularization differentiates " \
+                                      "it (the entropy advantage detaches it later, in entropy_advantage)"
         weights = torch.randn(5)  # its gradient is entropy regularization's: it must be the definition's
         (grad,) = torch.autograd.grad((entropy * weights).sum(), logits)
         (expected_grad,) = torch.autograd.grad((expected * weights.double()).sum(), logits)
@@ -710,6 +770,46 @@ def test_a_student_copy_with_every_function_blanked_fails_every_graded_class(tmp
     tests = ast.parse((out / "test_minigrpo.py").read_text())  # no reference implementation handed out
     assert not [n.name for n in tests.body if isinstance(n, ast.FunctionDef) and n.name.startswith("reference_")]
     assert (out / "exercises" / "README.md").is_file() and "## Results\n" in (out / "README.md").read_text()
+
+
+def test_a_student_copy_hands_out_no_solution(tmp_path):
+    """exercises/leak_check.py in a copy with all nine blanked: no function of the copy passes a blank's class
+    in its place; with a working completion_mask and policy_loss planted under other names, it finds both."""
+    assignment = _exercises()
+    names = ",".join(assignment.GRADEABLE)
+    out = tmp_path / "student"
+    assert assignment.main(["--blank", names, "--out", str(out)]) == 0
+
+    def leaks():
+        result = subprocess.run([sys.executable, os.path.join("exercises", "leak_check.py"), names], cwd=out,
+                                capture_output=True, text=True, timeout=600)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    clean = leaks()
+    assert clean["leaks"] == [] and clean["checked"] > 200, clean
+    assert not [p for name in assignment.INSTRUCTOR_ONLY for p in out.rglob(name)]
+    planted = "\n\n".join(inspect.getsource(getattr(mg, f)).replace(f"def {f}(", f"def my_{f}(")
+                           for f in ("completion_mask", "policy_loss"))
+    (out / "bench" / "planted.py").write_text("import torch\nfrom minigrpo import is_eos_token, masked_mean\n\n\n"
+                                              + planted)
+    assert sorted(leaks()["leaks"]) == [["completion_mask", "bench.planted.my_completion_mask"],
+                                        ["policy_loss", "bench.planted.my_policy_loss"]]
+
+
+def test_the_student_copy_is_complete_and_speaks_to_the_student(tmp_path):
+    assignment = _exercises()
+    out = tmp_path / "student"
+    assert assignment.main(["--blank", "policy_loss,completion_mask", "--out", str(out)]) == 0
+    text = (out / "ASSIGNMENT.md").read_text()
+    assert "pip install torch==2.13.0 -r requirements.txt" in text and "Hand in `minigrpo.py`" in text
+    assert text.index("1. `completion_mask`") < text.index("7. `policy_loss`")  # exercises/README.md's numbers
+    assert "test_minigrpo.py::TestCompletionMask test_minigrpo.py::TestPolicyLoss" in text
+    exercises = (out / "exercises" / "README.md").read_text()
+    assert "instructor" not in exercises.lower() and "### 7. `policy_loss`" in exercises
+    headings = re.findall(r"^### (\d)\. `(\w+)`", open(os.path.join(HERE, "exercises", "README.md")).read(), re.M)
+    assert [name for _, name in headings] == list(assignment.GRADEABLE)  # one order everywhere
+    for name in ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl", "report.html"):
+        assert (out / "recorded_run" / name).is_file(), name  # the questions answered from files
 
 
 @pytest.mark.parametrize("name", ["completion_mask", "extract_answer", "math_reward", "group_advantages",
@@ -1590,21 +1690,6 @@ def test_three_non_finite_steps_in_a_row_stop_the_run(tiny_dir, sevens, tmp_path
 
 # -----------------------------------------------------------------------------
 # PPO: the last-token reward, GAE, whitening, the value loss, the critic, end to end
-
-
-def gae_loop(rewards, values, mask, gamma, lam):
-    """GAE as a textbook loop over each response's real tokens, backwards."""
-    B, T = rewards.shape
-    advantages = [[0.0] * T for _ in range(B)]
-    for i in range(B):
-        length = int(mask[i].sum())
-        running = 0.0
-        for t in reversed(range(length)):
-            next_value = values[i, t + 1].item() if t + 1 < length else 0.0
-            delta = rewards[i, t].item() + gamma * next_value - values[i, t].item()
-            running = delta + gamma * lam * running
-            advantages[i][t] = running
-    return torch.tensor(advantages)
 
 
 def test_last_token_rewards_sit_on_the_last_real_token():
@@ -3107,8 +3192,10 @@ def test_every_flag_a_readme_names_is_accepted(doc):
 
     text = open(os.path.join(HERE, doc)).read()
     commands = list(_commands(text))
-    assert commands or doc in ("docs/design.md",), doc
-    for script, flags in commands:
+    student_copy = os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md"))  # its exercises/README.md: no commands
+    assert commands or doc == "docs/design.md" or student_copy and doc == "exercises/README.md", doc
+    held_back = _exercises().INSTRUCTOR_ONLY if student_copy else []  # files the instructor's copy keeps
+    for script, flags in ((s, f) for s, f in commands if os.path.basename(s) not in held_back):
         assert os.path.isfile(os.path.join(HERE, script)), (doc, script)
         unknown = set(flags) - _script_flags(script)
         assert not unknown, (doc, script, unknown)
@@ -3129,7 +3216,10 @@ def test_every_repository_path_a_readme_names_exists(doc):
         if not link.startswith(("http://", "https://")):
             assert os.path.exists(os.path.join(here, link)), (doc, link)
     tops = ("experiments/", "bench/", "docs/", "exercises/", ".ci/")
+    held_back = _exercises().INSTRUCTOR_ONLY if os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md")) else []
     for span in re.findall(r"`([^`\s]+)`", text):
+        if os.path.basename(span) in held_back:
+            continue
         if span.startswith(tops) or (span.endswith((".py", ".md")) and "/" in span):
             found = glob.glob(os.path.join(HERE, span)) or glob.glob(os.path.join(here, span))
             assert found, (doc, span)
