@@ -305,19 +305,26 @@ def top_entropy_mask(entropy, mask, fraction):
     return torch.zeros_like(mask).flatten().index_fill(0, real[highest], 1.0).view_as(mask)
 
 
+def masked_mean(x, mask, all_ranks=False):
+    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none).
+    all_ranks: over every rank's positions (torchrun), the same on every rank."""
+    total, count = (x * mask).sum(), mask.sum()
+    if all_ranks:
+        total, count = sum_over_ranks(total), sum_over_ranks(count)
+    return total / count.clamp(min=1)
+
+
 def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, num_tokens=None,
                 ref_logprobs=None, kl_coef=0.0):
     """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
 
-    logprobs, old_logprobs, advantages, mask: (B, T); old_logprobs and advantages are detached here.
-    Per token: -min(ratio * A, clamp(ratio, 1 - clip_low, 1 + clip_high) * A), ratio = exp(logp - old),
-    plus, if kl_coef > 0, kl_coef * (exp(ref - logp) - (ref - logp) - 1) (k3, an estimate of KL(pi || ref)).
-    The loss is their sum over real tokens divided by num_tokens: the token count of the whole mini-batch
-    when this is one of several micro-batches, so the micro-batches' losses add up to the mini-batch's
-    (a token mean over the mini-batch is not the mean of the micro-batches' means). Default: mask.sum().
-    Returns the loss (0-dim, with gradient) and stats, two 0-dim tensors without gradient, each a mean
-    over this call's real tokens (mask.sum(), whatever num_tokens): "clip_frac", the fraction where the
-    clipped term is the smaller (clipped * A < ratio * A), and "approx_kl", the mean of
+    logprobs, old_logprobs, advantages, mask: (B, T); old_logprobs and advantages are detached here. Per
+    token: -min(ratio * A, clamp(ratio, 1 - clip_low, 1 + clip_high) * A), ratio = exp(logp - old), plus,
+    if kl_coef > 0, the k3 estimate of KL(pi || ref), kl_coef * (exp(ref - logp) - (ref - logp) - 1). The
+    loss: their sum over real tokens / num_tokens, the whole mini-batch's token count when this is one of
+    its micro-batches, so that their losses add up to the mini-batch's (default: mask.sum()). Returns the
+    loss (0-dim, with gradient) and stats, two 0-dim tensors without gradient, each a mean over this call's
+    real tokens (whatever num_tokens): "clip_frac", where clipped * A < ratio * A, and "approx_kl",
     (ratio - 1) - log ratio.
     """
     mask = mask.float()
@@ -376,6 +383,88 @@ def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature,
                    prompts)
 
 
+# The update's inputs: a rollout's rows as model inputs, in mini- and micro-batches; the frozen pass
+
+
+@dataclass
+class ModelInputs:
+    """Some rows of a rollout as model inputs, without the columns that are padding in all of them."""
+
+    prompt_ids: torch.Tensor  # (b, P') left-padded
+    prompt_mask: torch.Tensor  # (b, P')
+    completion_ids: torch.Tensor  # (b, C') up to the rows' longest completion
+    mask: torch.Tensor  # (b, C')
+    prompt_index: torch.Tensor = None  # (b,) which distinct prompt each row continues; None: no shared prefix
+    width: int = None  # the rollout's C, to which outputs are padded back; None: C'
+
+    def __post_init__(self):
+        self.width = self.completion_ids.shape[1] if self.width is None else self.width
+
+
+def model_inputs(batch, rows, shared_prefix=True):
+    """Rows (an index or a slice) of a rollout as a ModelInputs; with shared_prefix, their prompt_index."""
+    prompt_mask, mask = batch.prompt_mask[rows], batch.mask[rows]
+    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
+    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
+    return ModelInputs(batch.prompt_ids[rows][:, start:], prompt_mask[:, start:],
+                       batch.completion_ids[rows][:, :end], mask[:, :end],
+                       batch.prompt_index[rows] if shared_prefix else None, batch.mask.shape[1])
+
+
+@dataclass
+class MicroBatch:
+    rows: torch.Tensor  # (b,) rows of the rollout
+    mask: torch.Tensor  # (b, C) float, the completion mask of those rows
+    num_tokens: torch.Tensor  # real tokens of the whole mini-batch (every rank's): each loss divides by it
+    has_gradient: bool  # False: every advantage is 0 and no loss term has a gradient, so no backward
+    ends_minibatch: bool  # the last micro-batch before an optimizer step
+    kept: torch.Tensor  # (b, C) float: 1 where the policy gradient applies (top_entropy_mask), else the mask
+
+
+def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
+    """The rollout's rows as updates_per_rollout mini-batches (shuffled, or in order), each cut into
+    micro-batches of micro_batch_size rows packed by micro_batch_order. Serves the policy's update, the
+    critic's values and the critic's update. With old_entropy (N, C), each micro-batch's kept
+    is the forking-token rule's selection over its whole mini-batch (every rank's rows)."""
+    n = batch.mask.shape[0]
+    minibatch_size = n // cfg.updates_per_rollout
+    without_signal = torch.zeros(n, dtype=torch.bool, device=batch.mask.device)
+    if advantages is not None:
+        without_signal = (advantages.view(n, -1) == 0).all(dim=1)
+    always = cfg.kl_coef > 0 or cfg.entropy_coef > 0  # a loss term with a gradient even where A = 0
+    order = torch.randperm(n) if shuffle else torch.arange(n)
+    for start in range(0, n, minibatch_size):
+        rows = micro_batch_order(order[start : start + minibatch_size], batch.prompt_index,
+                                 batch.mask.sum(dim=1), without_signal)
+        num_tokens = sum_over_ranks(batch.mask[rows].sum()).clamp(min=1)
+        kept = batch.mask[rows].float()  # (m, C)
+        if old_entropy is not None:
+            kept = top_entropy_mask_of_all_ranks(old_entropy[rows], kept, cfg.entropy_top_fraction)
+        for i in range(0, minibatch_size, cfg.micro_batch_size):
+            micro = rows[i : i + cfg.micro_batch_size]
+            yield MicroBatch(micro, batch.mask[micro].float(), num_tokens,
+                             always or bool(advantages is None or advantages[micro].any()),
+                             i + cfg.micro_batch_size >= minibatch_size, kept[i : i + cfg.micro_batch_size])
+
+
+@torch.no_grad()
+def frozen_logprobs(model, ref_model, batch, cfg):
+    """What the update needs from before its first optimizer step, (N, C) each or None where not needed:
+    log-probs under pi_old (only with several updates per rollout), under the KL term's reference model,
+    and pi_old's entropy (only for the forking-token rule, which selects tokens by it)."""
+    def forward(m):  # (2, N, C): log-probs and entropy of every row
+        out = torch.zeros(2, *batch.mask.shape, device=batch.mask.device)
+        for micro in micro_batches(batch, cfg, shuffle=False):
+            inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
+            out[:, micro.rows] = torch.stack(policy_forward(m, inputs, cfg.temperature))
+        return out
+
+    several, top_rule = cfg.updates_per_rollout > 1, 0 < cfg.entropy_top_fraction < 1
+    policy = forward(model) if several or top_rule else None
+    return (policy[0] if several else None, forward(ref_model)[0] if cfg.kl_coef > 0 else None,
+            policy[1] if top_rule else None)
+
+
 def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     """Optimizer steps on one rollout: forward, entropy, shaping (Eq. 6), loss (Eq. 7), backward, step.
 
@@ -399,7 +488,8 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                                       kl_coef=cfg.kl_coef)
             if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
                 loss = loss - cfg.entropy_coef * (entropy * micro.mask).sum() / micro.num_tokens
-        backward(loss, micro.has_gradient)
+        if micro.has_gradient:  # else every advantage is 0 and no loss term has a gradient: no backward
+            loss.backward()
         tally.add(micro, loss, stats, logprobs=logprobs, entropy=entropy, shaped=shaped)
         if micro.ends_minibatch:  # sum over ranks, clip, skip if not finite, step
             grad_norm = gradient_step(model.parameters(), optimizer, cfg.max_grad_norm, tally.losses_finite)
@@ -811,47 +901,13 @@ def is_eos_token(token_ids, eos_token_id):
 
 
 # -----------------------------------------------------------------------------
-# The update's helpers: the token mean, inputs, the chunked output layer, mini- and micro-batches,
+# The update's helpers: trimming outputs, the shared prompt, the chunked output layer, packing micro-batches,
 # the gradient step
-
-
-def masked_mean(x, mask, all_ranks=False):
-    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none).
-    all_ranks: over every rank's positions (torchrun), the same on every rank."""
-    total, count = (x * mask).sum(), mask.sum()
-    if all_ranks:
-        total, count = sum_over_ranks(total), sum_over_ranks(count)
-    return total / count.clamp(min=1)
 
 
 def pad_to(x, width):
     """(b, w) -> (b, width), zeros on the right: a trimmed micro-batch's outputs back to the rollout's C."""
     return torch.nn.functional.pad(x, (0, width - x.shape[1]))
-
-
-@dataclass
-class ModelInputs:
-    """Some rows of a rollout as model inputs, without the columns that are padding in all of them."""
-
-    prompt_ids: torch.Tensor  # (b, P') left-padded
-    prompt_mask: torch.Tensor  # (b, P')
-    completion_ids: torch.Tensor  # (b, C') up to the rows' longest completion
-    mask: torch.Tensor  # (b, C')
-    prompt_index: torch.Tensor = None  # (b,) which distinct prompt each row continues; None: no shared prefix
-    width: int = None  # the rollout's C, to which outputs are padded back; None: C'
-
-    def __post_init__(self):
-        self.width = self.completion_ids.shape[1] if self.width is None else self.width
-
-
-def model_inputs(batch, rows, shared_prefix=True):
-    """Rows (an index or a slice) of a rollout as a ModelInputs; with shared_prefix, their prompt_index."""
-    prompt_mask, mask = batch.prompt_mask[rows], batch.mask[rows]
-    start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
-    end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
-    return ModelInputs(batch.prompt_ids[rows][:, start:], prompt_mask[:, start:],
-                       batch.completion_ids[rows][:, :end], mask[:, :end],
-                       batch.prompt_index[rows] if shared_prefix else None, batch.mask.shape[1])
 
 
 def shared_prefix_hidden(transformer, inputs, attention_mask, positions):
@@ -938,66 +994,6 @@ def micro_batch_order(rows, prompt_index, lengths, without_signal):
     for key in (prompt_index, longest[prompt_index], without_signal.long()):
         rows = rows[torch.argsort(key[rows], stable=True)]
     return rows
-
-
-@dataclass
-class MicroBatch:
-    rows: torch.Tensor  # (b,) rows of the rollout
-    mask: torch.Tensor  # (b, C) float, the completion mask of those rows
-    num_tokens: torch.Tensor  # real tokens of the whole mini-batch (every rank's): each loss divides by it
-    has_gradient: bool  # False: every advantage is 0 and no loss term has a gradient, so no backward
-    ends_minibatch: bool  # the last micro-batch before an optimizer step
-    kept: torch.Tensor  # (b, C) float: 1 where the policy gradient applies (top_entropy_mask), else the mask
-
-
-def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
-    """The rollout's rows as updates_per_rollout mini-batches (shuffled, or in order), each cut into
-    micro-batches of micro_batch_size rows packed by micro_batch_order. Serves the policy's update, the
-    critic's values and the critic's update. With old_entropy (N, C), each micro-batch's kept
-    is the forking-token rule's selection over its whole mini-batch (every rank's rows)."""
-    n = batch.mask.shape[0]
-    minibatch_size = n // cfg.updates_per_rollout
-    without_signal = torch.zeros(n, dtype=torch.bool, device=batch.mask.device)
-    if advantages is not None:
-        without_signal = (advantages.view(n, -1) == 0).all(dim=1)
-    always = cfg.kl_coef > 0 or cfg.entropy_coef > 0  # a loss term with a gradient even where A = 0
-    order = torch.randperm(n) if shuffle else torch.arange(n)
-    for start in range(0, n, minibatch_size):
-        rows = micro_batch_order(order[start : start + minibatch_size], batch.prompt_index,
-                                 batch.mask.sum(dim=1), without_signal)
-        num_tokens = sum_over_ranks(batch.mask[rows].sum()).clamp(min=1)
-        kept = batch.mask[rows].float()  # (m, C)
-        if old_entropy is not None:
-            kept = top_entropy_mask_of_all_ranks(old_entropy[rows], kept, cfg.entropy_top_fraction)
-        for i in range(0, minibatch_size, cfg.micro_batch_size):
-            micro = rows[i : i + cfg.micro_batch_size]
-            yield MicroBatch(micro, batch.mask[micro].float(), num_tokens,
-                             always or bool(advantages is None or advantages[micro].any()),
-                             i + cfg.micro_batch_size >= minibatch_size, kept[i : i + cfg.micro_batch_size])
-
-
-@torch.no_grad()
-def frozen_logprobs(model, ref_model, batch, cfg):
-    """What the update needs from before its first optimizer step, (N, C) each or None where not needed:
-    log-probs under pi_old (only with several updates per rollout), under the KL term's reference model,
-    and pi_old's entropy (only for the forking-token rule, which selects tokens by it)."""
-    def forward(m):  # (2, N, C): log-probs and entropy of every row
-        out = torch.zeros(2, *batch.mask.shape, device=batch.mask.device)
-        for micro in micro_batches(batch, cfg, shuffle=False):
-            inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
-            out[:, micro.rows] = torch.stack(policy_forward(m, inputs, cfg.temperature))
-        return out
-
-    several, top_rule = cfg.updates_per_rollout > 1, 0 < cfg.entropy_top_fraction < 1
-    policy = forward(model) if several or top_rule else None
-    return (policy[0] if several else None, forward(ref_model)[0] if cfg.kl_coef > 0 else None,
-            policy[1] if top_rule else None)
-
-
-def backward(loss, has_gradient):
-    """loss.backward(), skipped where nothing has a gradient (A = 0 everywhere)."""
-    if has_gradient:
-        loss.backward()
 
 
 def gradient_step(parameters, optimizer, max_grad_norm, finite):

@@ -1561,8 +1561,8 @@ def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
     sys.path.insert(0, os.path.join(HERE, "bench"))
     from profile_step import RANGES, WRAPPED, open_ranges
 
-    for function, _ in WRAPPED.values():
-        monkeypatch.setattr(mg, function, getattr(mg, function))  # undone after the test
+    for owner, function, _ in WRAPPED.values():
+        monkeypatch.setattr(owner, function, getattr(owner, function))  # undone after the test
     open_ranges()
     model, tokenizer = tiny
     cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=4)

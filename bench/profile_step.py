@@ -21,25 +21,26 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrpo as mg  # noqa: E402
 
-# range name: (the minigrpo function it wraps, the phase's label)
-WRAPPED = {"minigrpo.sample": ("sample_completions", "sample"), "minigrpo.grade": ("math_reward", "grade"),
-           "minigrpo.forward": ("policy_forward", "update: forward passes"),
-           "minigrpo.backward": ("backward", "update: backward passes"),
-           "minigrpo.optimizer": ("gradient_step", "update: clip + AdamW step")}
-RANGES = {name: label for name, (_, label) in WRAPPED.items()}
+# range name: (where the function it wraps lives, its name, the phase's label); update_policy calls
+# loss.backward() itself, so the backward range wraps torch.Tensor.backward (only the update calls it)
+WRAPPED = {"minigrpo.sample": (mg, "sample_completions", "sample"), "minigrpo.grade": (mg, "math_reward", "grade"),
+           "minigrpo.forward": (mg, "policy_forward", "update: forward passes"),
+           "minigrpo.backward": (torch.Tensor, "backward", "update: backward passes"),
+           "minigrpo.optimizer": (mg, "gradient_step", "update: clip + AdamW step")}
+RANGES = {name: label for name, (_, _, label) in WRAPPED.items()}
 
 
 def open_ranges():
     """Replace each function in WRAPPED by one that runs it inside its named range; minigrpo's story
     looks them up by name, so every call goes through the range."""
-    for name, (function, _) in WRAPPED.items():
-        real = getattr(mg, function)
+    for name, (owner, function, _) in WRAPPED.items():
+        real = getattr(owner, function)
 
         def wrapped(*args, _real=real, _name=name, **kwargs):
             with record_function(_name):
                 return _real(*args, **kwargs)
 
-        setattr(mg, function, wrapped)
+        setattr(owner, function, wrapped)
 
 
 def step(model, tokenizer, optimizer, cfg, problems):
