@@ -519,18 +519,23 @@ def chosen_steps(steps, wanted=5):
 
 def read_jsonl(path):
     """The JSON objects with an integer step in a JSONL file a run writes ([] when there is no file): a
-    last line cut short by a kill, or any line of another shape, is left out."""
+    last line cut short by a kill, or any line of another shape, is left out, and a notice says how many."""
     if not os.path.isfile(path):
         return []
-    records = []
+    records, left_out = [], 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 record = json.loads(line)
             except ValueError:
-                continue
+                record = None
             if isinstance(record, dict) and type(record.get("step")) is int:
                 records.append(record)
+            else:
+                left_out += bool(line.strip())
+    if left_out:
+        print(f"note: {path}: {left_out} line(s) not a JSON object with a step (cut by a kill?), left out",
+              file=sys.stderr)
     return records
 
 
