@@ -418,7 +418,7 @@ class MicroBatch:
     num_tokens: torch.Tensor  # real tokens of the whole mini-batch (every rank's): each loss divides by it
     has_gradient: bool  # False: every advantage is 0 and no loss term has a gradient, so no backward
     ends_minibatch: bool  # the last micro-batch before an optimizer step
-    kept: torch.Tensor  # (b, C) float: 1 where the policy gradient applies (top_entropy_mask), else the mask
+    trained: torch.Tensor  # (b, C) float: 1 where the policy gradient applies (top_entropy_mask); the mask
 
 
 def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
@@ -475,7 +475,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy bonus never
     old_logprobs, ref_logprobs, old_entropy = frozen_logprobs(model, ref_model, batch, cfg)  # (N, C) or None
     tally = UpdateTally(batch, advantages)
-    # shuffled mini-batches cut into micro-batches; micro.kept: 1 on the tokens top_entropy_mask keeps
+    # shuffled mini-batches cut into micro-batches; micro.trained: 1 on the tokens top_entropy_mask keeps
     for micro in micro_batches(batch, cfg, advantages, old_entropy):
         with torch.set_grad_enabled(micro.has_gradient):
             inputs = model_inputs(batch, micro.rows, cfg.shared_prefix)
@@ -483,9 +483,9 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
             old = logprobs.detach() if old_logprobs is None else old_logprobs[micro.rows]
             shaped = entropy_advantage(advantages[micro.rows], entropy, cfg.entropy_alpha, cfg.entropy_kappa)
             ref = None if ref_logprobs is None else ref_logprobs[micro.rows]
-            loss, stats = policy_loss(logprobs, old, shaped * micro.kept, micro.mask, clip_low=cfg.clip_low,
-                                      clip_high=cfg.clip_high, num_tokens=micro.num_tokens, ref_logprobs=ref,
-                                      kl_coef=cfg.kl_coef)
+            loss, stats = policy_loss(logprobs, old, shaped * micro.trained, micro.mask,
+                                      clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                                      num_tokens=micro.num_tokens, ref_logprobs=ref, kl_coef=cfg.kl_coef)
             if entropy_grad:  # entropy regularization: a loss term whose gradient raises H
                 loss = loss - cfg.entropy_coef * (entropy * micro.mask).sum() / micro.num_tokens
         if micro.has_gradient:  # else every advantage is 0 and no loss term has a gradient: no backward
@@ -550,8 +550,10 @@ def main(argv=None):
                     return 1
                 save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic, critic_optimizer)
         finish_run(model, tokenizer, cfg, problems[0], batch)
-    except UsageError as e:
-        return report_usage_error(e)
+    except UsageError as e:  # one line on stderr (rank 0 alone, with torchrun) and exit code 2
+        if rank() == 0:
+            print(f"minigrpo: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -617,11 +619,10 @@ def whiten(advantages, mask, eps=1e-8):
     return (advantages - mean) * torch.rsqrt(variance + eps) * mask
 
 
-def value_loss(values, old_values, returns, mask, clip, num_tokens=None):
+def value_loss(values, old_values, returns, mask, clip, num_tokens):
     """PPO's clipped value loss, token-level: 0.5 * max((V - R)^2, (V_clipped - R)^2), where
     V_clipped stays within clip of the rollout's value. All (B, T); num_tokens as in policy_loss."""
     mask = mask.float()
-    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
     return (per_token * mask).sum() / num_tokens
@@ -778,13 +779,6 @@ def parse_config(argv=None):
     check_config(cfg)
     cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
     return cfg
-
-
-def report_usage_error(error):
-    """Bad input: one line on stderr (rank 0 alone, with torchrun) and exit code 2."""
-    if rank() == 0:
-        print(f"minigrpo: error: {error}", file=sys.stderr)
-    return 2
 
 
 def prepare_run(argv=None):
@@ -1220,7 +1214,7 @@ class UpdateTally:
 
     def add(self, micro, loss, stats, **per_token):
         self.losses_finite &= torch.isfinite(loss.detach())
-        for key, value in {**per_token, "kept": micro.kept}.items():
+        for key, value in {**per_token, "kept": micro.trained}.items():
             self.per_token[key][micro.rows] = value.detach().float()
         self.loss_sums["clip_frac"] += stats["clip_frac"] * micro.mask.sum()
         self.loss_sums["approx_kl"] += stats["approx_kl"] * micro.mask.sum()
@@ -1850,7 +1844,7 @@ def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_co
 
 
 @torch.no_grad()
-def shared_prefix_problem(model):
+def why_no_shared_prefix(model):
     """Why a prompt's cache cannot be shared across its group for this model, or None if it can."""
     if model.is_activation_checkpointing:
         return "gradient checkpointing turns the model's cache off in training"
@@ -1865,7 +1859,7 @@ def shared_prefix_problem(model):
 def shared_prefix_if_possible(model, wanted=True):
     """Whether to encode each prompt once per group with this model: wanted, unless the model cannot
     (then a one-line notice says why)."""
-    if wanted and (reason := shared_prefix_problem(model)):
+    if wanted and (reason := why_no_shared_prefix(model)):
         print(f"note: no shared prefix: {reason}; every row is encoded in full")
         return False
     return wanted
@@ -1982,8 +1976,7 @@ def finish_run(model, tokenizer, cfg, problem, batch):
     stop_distributed()
 
 
-def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None, train_problems=None,
-                           cfg=None):
+def restore_training_state(folder, optimizer, critic, critic_optimizer, train_problems, cfg):
     """Load optimizer, RNG and critic states saved by save_checkpoint, and skip the problems the finished
     steps used in train_problems; return the step they belong to (0 when folder is None: a fresh run)."""
     if folder is None:
@@ -2003,7 +1996,7 @@ def restore_training_state(folder, optimizer, critic=None, critic_optimizer=None
     except Exception as e:  # UnpicklingError for any other object; a damaged file; a key or shape missing
         raise UsageError(f"cannot resume from {path}: not a training state of this run ({type(e).__name__}: "
                          f"{one_line(e, 80)}); remove its step folder or pass another --output_dir")
-    for _ in range(state["step"] * cfg.prompts_per_step if train_problems is not None else 0):
+    for _ in range(state["step"] * cfg.prompts_per_step):  # the problems the finished steps used
         next(train_problems)
     tqdm.write(f"resumed from {folder} (step {state['step']})")
     return state["step"]

@@ -1,4 +1,5 @@
-"""Tests for minigrpo.py. Run: python -m pytest -q
+"""Tests for minigrpo.py, eval.py and exercises/make_assignment.py, and of the docs against them (flags, paths,
+numbers). Run: python -m pytest -q (it also collects bench/test_bench.py, exercises/ and experiments/ tests).
 
 Every model here is a tiny random-init Llama built in the test, with a character-level
 tokenizer, so nothing is downloaded. One test loads the real default model when the
@@ -184,12 +185,6 @@ def run_and_kill(argv, owner, name, when, script="mg"):
     code = KILLER.format(here=HERE, owner=owner, name=name, when=when, argv=argv, script=script)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr[-3000:]
-
-
-def bench_module(name):
-    """A module of bench/ (the static sampler, the profiler's ranges), imported as its scripts import it."""
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    return importlib.import_module(name)
 
 
 def torchrun(script_args, nproc=2, timeout=300):
@@ -883,7 +878,7 @@ def test_importing_runs_nothing(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# Sampling: sample_token's draws, the decode loop, rollout; bench/static_sampler.py against it
+# Sampling: sample_token's draws, the decode loop, rollout (bench/test_bench.py: its static sampler)
 
 
 def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny, monkeypatch):
@@ -999,73 +994,6 @@ def test_shared_prefix_sampling_draws_the_same_completions(tiny, temperature):
         completions.append(mg.sample_completions(model.eval(), tokenizer, prompts, 4, 12, temperature,
                                                  shared_prefix=shared)[2])
     assert torch.equal(completions[0], completions[1])
-
-
-@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.6, 0.95)])
-def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_p):
-    """bench/static_sampler.py (a fixed-shape cache, finished rows kept in the batch, each prompt prefilled
-    once): the same seed gives the same completions as the eager loop, with and without its shared
-    prefix, while rows finish at different steps."""
-    ss = bench_module("static_sampler")
-    model, tokenizer = tiny
-    with torch.no_grad():  # make EOS likely, so that rows finish at different steps
-        model.get_output_embeddings().weight[tokenizer.eos_token_id] += model.model.norm.weight.sign()
-    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]]
-    torch.manual_seed(3)
-    static = ss.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p)
-    finished = mg.is_eos_token(static[2], tokenizer.eos_token_id).any(dim=1)
-    assert temperature == 0 or 0 < finished.sum() < len(finished)  # (greedy: a group's rows are one row)
-    for shared in (True, False):
-        torch.manual_seed(3)
-        eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
-        assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
-    # a second call of the same sizes rewrites the first one's cache buffers in place: still the same draws
-    for seed in (4, 5):
-        torch.manual_seed(seed)
-        eager = mg.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
-        torch.manual_seed(seed)
-        again = ss.sample_completions(model, tokenizer, prompts[::-1], 4, 16, temperature, top_p)
-        assert all(torch.equal(a, b) for a, b in zip(eager, again)), seed
-
-
-def test_the_static_sampler_under_bfloat16_autocast(tiny):
-    """Autocast over float32 weights writes float32 keys (RoPE promotes them) beside bfloat16 values: the
-    static path keeps both, and a float32 call's cache buffers of the same sizes are not reused for it."""
-    ss = bench_module("static_sampler")
-    model, tokenizer = tiny
-    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi"]]
-    float32 = ss.sample_completions(model.eval(), tokenizer, prompts, 2, 6, 0.0, 1.0)
-    seen, forced, real = {"eager": [], "static": []}, [], mg.sample_token
-
-    def recording(name):  # the logits of every decode step; the static loop is fed the eager loop's tokens
-        def sample_token(logits, temperature, top_p=1.0):
-            seen[name].append(logits.float())
-            if name == "static":
-                return forced[len(seen[name]) - 1]
-            forced.append(real(logits, temperature, top_p))
-            return forced[-1]
-        return sample_token
-
-    with mg.autocast("cpu", "bfloat16"), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mg, "sample_token", recording("eager"))
-        eager = mg.sample_completions(model, tokenizer, prompts, 2, 6, 1.0, 1.0)
-        patch.setattr(mg, "sample_token", recording("static"))
-        bf16 = ss.sample_completions(model, tokenizer, prompts, 2, 6, 1.0, 1.0)
-    assert torch.equal(bf16[2], eager[2]) and float32[2].shape[0] == 4  # teacher-forced: the same tokens
-    assert len(seen["static"]) == len(seen["eager"]) == eager[2].shape[1]
-    for a, b in zip(seen["eager"], seen["static"]):  # each step's logits, within bfloat16's rounding
-        torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
-
-
-def test_the_static_sampler_knows_which_transformers_cannot_hold_its_cache(monkeypatch):
-    """Before 5.24 transformers' static cache allocates the values in the keys' dtype: bench/gpu_session.sh
-    asks static_cache_too_old() and leaves the static trainers out there instead of a dtype error."""
-    ss = bench_module("static_sampler")
-    transformers = importlib.import_module("transformers")  # sys.modules' (its lazy loader may replace it)
-    for version, too_old in (("5.17.0", "5.17.0"), ("5.23.0", "5.23.0"), ("5.24.0", None), ("5.25.0.dev0", None),
-                             ("6.0rc1", None)):  # pre-releases parse too
-        monkeypatch.setattr(transformers, "__version__", version)
-        assert ss.static_cache_too_old() == too_old, version
 
 
 # -----------------------------------------------------------------------------
@@ -1506,7 +1434,7 @@ def test_all_equal_rewards_give_no_update(tiny):
 def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
     params = []
     for checkpointing in (False, True):
-        problem = mg.shared_prefix_problem(mg.load_model(tiny_dir, gradient_checkpointing=checkpointing)[0])
+        problem = mg.why_no_shared_prefix(mg.load_model(tiny_dir, gradient_checkpointing=checkpointing)[0])
         assert (problem is not None) == checkpointing and (problem is None or "checkpointing" in problem)
         # main falls back to the unshared forward when there is a problem
         cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, shared_prefix=problem is None)
@@ -1551,25 +1479,6 @@ def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
                              torch.linspace(-1, 1, 8), mg.Config(group_size=4, prompts_per_step=2))
     assert stats["skipped_steps"] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-
-
-def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
-    """bench/profile_step.py wraps these functions in named ranges: a function renamed or no longer
-    called on the step's path fails here first."""
-    from torch.profiler import profile
-
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    from profile_step import RANGES, WRAPPED, open_ranges
-
-    for owner, function, _ in WRAPPED.values():
-        monkeypatch.setattr(owner, function, getattr(owner, function))  # undone after the test
-    open_ranges()
-    model, tokenizer = tiny
-    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=4)
-    with profile() as prof:
-        batch = mg.rollout(model.eval(), tokenizer, [{"question": "What is 1 + 1?", "answer": "2"}] * 2, 4, 4, 1.0, "")
-        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.linspace(-1, 1, 8), cfg)
-    assert set(RANGES) <= {event.key for event in prof.key_averages()}
 
 
 # -----------------------------------------------------------------------------
@@ -1723,7 +1632,7 @@ def test_value_loss_against_a_loop():
                 v, o, r = values[i, t].item(), old[i, t].item(), returns[i, t].item()
                 clipped = o + min(max(v - o, -0.2), 0.2)
                 total += 0.5 * max((v - r) ** 2, (clipped - r) ** 2)
-    assert mg.value_loss(values, old, returns, mask, 0.2).item() == pytest.approx(total / 7, rel=1e-5)
+    assert mg.value_loss(values, old, returns, mask, 0.2, mask.sum()).item() == pytest.approx(total / 7, rel=1e-5)
 
 
 def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
@@ -2397,10 +2306,10 @@ def test_models_whose_cache_cannot_be_shared_fall_back(tiny, tmp_path):
     from transformers import MistralConfig, MistralForCausalLM
 
     model, tokenizer = tiny
-    assert mg.shared_prefix_problem(model) is None
+    assert mg.why_no_shared_prefix(model) is None
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                            num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
-    problem = mg.shared_prefix_problem(MistralForCausalLM(config))  # a sliding-window cache drops old keys
+    problem = mg.why_no_shared_prefix(MistralForCausalLM(config))  # a sliding-window cache drops old keys
     assert problem is not None and "DynamicCache" in problem
 
 

@@ -66,7 +66,7 @@ def random_rewards(n):
 def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling):
     """saturated collects, per step, the groups whose rewards were all equal: minigrpo runs no backward for them;
     sampling, per step, the seconds of sampling alone."""
-    cfg.shared_prefix = mg.shared_prefix_problem(model) is None and cfg.shared_prefix
+    cfg.shared_prefix = mg.why_no_shared_prefix(model) is None and cfg.shared_prefix
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     seconds = []
     for problems in problem_batches:
