@@ -816,31 +816,21 @@ def table(summary, ks):
     return "\n".join(lines) + "\n(answers: distinct final answers per problem among the n samples, mean)"
 
 
-def main(argv=None):
-    try:
-        args = parse_args(argv)
-        if args.report:
-            return write_report(args)
-        os.makedirs(args.output_dir, exist_ok=True)
-    except (mg.UsageError, OSError) as e:
-        print(f"eval: error: {e}", file=sys.stderr)
-        return 2
+def evaluate_models(args):
+    """Sample n completions per problem from each model and grade them: each model's summary (Pass@k,
+    tokens, distinct answers, settings) and every record. A model that cannot load is a UsageError."""
     device = mg.resolve_device(args.device)
-    problems = args.problems
-    powers = [2**i for i in range(int(math.log2(args.n)) + 1)]
-    ks = sorted(set(powers) | set(args.k) | {1})
-    shown = args.k or powers
+    ks = sorted(set(powers_of_two(args.n)) | set(args.k) | {1})
     summary, all_records = {}, []
     for name in args.model:
         started = time.time()
         try:
-            records = sample_model(name, problems, args, device)
+            records = sample_model(name, args.problems, args, device)
         except (OSError, ValueError) as e:
-            print(f"eval: error: cannot load model {name!r}: {mg.one_line(e)}", file=sys.stderr)
-            return 2
+            raise mg.UsageError(f"cannot load model {name!r}: {mg.one_line(e)}")
         summary[name] = {
             **summarize(correct_counts(records), args.n, ks),
-            "n": args.n, "problems": len(problems),
+            "n": args.n, "problems": len(args.problems),
             "mean_tokens": sum(r["num_tokens"] for r in records) / len(records),
             "distinct_answers": distinct_answers(records),
             "truncated_frac": sum(r["truncated"] for r in records) / len(records),
@@ -849,28 +839,52 @@ def main(argv=None):
             "seed": args.seed, "wall_s": round(time.time() - started, 1),
         }
         all_records += records
-    # written at the end, each through a temporary name: an interrupted eval leaves no partial file
-    outputs = [("samples.jsonl", "".join(json.dumps(r) + "\n" for r in all_records)),
+    return summary, all_records
+
+
+def powers_of_two(n):
+    return [2**i for i in range(int(math.log2(n)) + 1)]
+
+
+def output_files(args, summary, records, stats):
+    """[(file name, text)]: samples.jsonl, summary.json, passk.svg and, with --entropy_report, the tokens'
+    entropies (stats: {model: token_entropy_stats}) and a page of a few completions colored by them."""
+    outputs = [("samples.jsonl", "".join(json.dumps(r) + "\n" for r in records)),
                ("summary.json", json.dumps(summary, indent=2) + "\n"), ("passk.svg", passk_figure(summary))]
     if args.entropy_report:
-        by_model = {name: [r for r in all_records if r["model"] == name] for name in args.model}
-        stats = {name: token_entropy_stats(records) for name, records in by_model.items()}
         # a spread of problems: every n-th record is one completion of a different problem
-        examples = {name: records[:: args.n] for name, records in by_model.items()}
+        examples = {name: [r for r in records if r["model"] == name][:: args.n] for name in args.model}
         outputs += [("entropy_tokens.json", json.dumps({name: {t: [round(h, 4), c] for t, (h, c) in s.items()}
                                                         for name, s in stats.items()}, indent=1) + "\n"),
                     ("entropy_report.html", entropy_html(examples))]
+    return outputs
+
+
+def main(argv=None):
+    """Check the input; then either a page of training runs (--report), or: evaluate each model, write the
+    files (each through a temporary name: an interrupted eval leaves no partial file), print the table."""
+    try:
+        args = parse_args(argv)
+        if args.report:
+            return write_report(args)
+        os.makedirs(args.output_dir, exist_ok=True)
+        summary, records = evaluate_models(args)
+    except (mg.UsageError, OSError) as e:
+        print(f"eval: error: {e}", file=sys.stderr)
+        return 2
+    stats = {name: token_entropy_stats([r for r in records if r["model"] == name])
+             for name in args.model} if args.entropy_report else {}
+    outputs = output_files(args, summary, records, stats)
     for filename, text in outputs:
         mg.write_then_rename(os.path.join(args.output_dir, filename), text)
     for name in args.model:  # the evaluation is complete: its progress files are no longer needed
         os.remove(progress_path(name, args))
-    print(f"{args.dataset}: {len(problems)} problems, n = {args.n}, temperature {args.temperature}, "
+    print(f"{args.dataset}: {len(args.problems)} problems, n = {args.n}, temperature {args.temperature}, "
           f"top_p {args.top_p}")
-    print(table(summary, shown))
-    if args.entropy_report:
-        for name in args.model:
-            print(f"\n{name}: token entropy")
-            print(entropy_table(stats[name], args.entropy_min_count))
+    print(table(summary, args.k or powers_of_two(args.n)))
+    for name, s in stats.items():
+        print(f"\n{name}: token entropy")
+        print(entropy_table(s, args.entropy_min_count))
     print(f"wrote {args.output_dir}/" + ", ".join(f for f, _ in outputs))
     return 0
 
