@@ -1,5 +1,6 @@
-"""Tests for minigrpo.py, eval.py and exercises/make_assignment.py, and of the docs against them (flags, paths,
-numbers). Run: python -m pytest -q (it also collects bench/test_bench.py, exercises/ and experiments/ tests).
+"""Tests for minigrpo.py, eval.py and exercises/make_assignment.py, and of the docs against them (flags,
+paths, numbers). Run: python -m pytest -q (it also collects bench/test_bench.py and the tests in
+exercises/ and experiments/).
 
 Every model here is a tiny random-init Llama built in the test, with a character-level
 tokenizer, so nothing is downloaded. One test loads the real default model when the
@@ -369,7 +370,7 @@ class TestGroupAdvantages:
             "the std divides by G - 1 (unbiased, torch.std's default), not by G"
         assert got[0].item() != pytest.approx(-1 / math.sqrt(12 / 3 + 1e-4), abs=1e-6), \
             "eps is added to the std: (r - mean) / (std + eps), not inside the square root"
-        assert got[0].item() == pytest.approx(-1 / (2 + 1e-4), abs=1e-6), "(r - mean) / (std + eps), over G - 1"
+        assert got[0].item() == pytest.approx(-1 / (2 + 1e-4), abs=1e-6), "(r - mean) / (std + eps), G - 1"
         assert torch.all(got[4:] == 0), "a group of equal rewards gets exactly 0"
         assert mg.group_advantages(rewards, 4, scale=False).tolist() == [-1, -1, -1, 3, 0, 0, 0, 0], \
             "scale=False: r - mean, nothing divided"
@@ -460,7 +461,8 @@ class TestTopEntropyMask:
         assert mg.top_entropy_mask(entropy, mask, 0.2).sum() == 3
         assert mg.top_entropy_mask(entropy, torch.zeros(3, 5), 0.2).sum() == 0  # no real token
         # a product that rounds above an integer: 0.07 * 100 is 7.000000000000001 in floats, and k is 7
-        assert 0.07 * 100 > 7 and mg.top_entropy_mask(torch.rand(4, 25), torch.ones(4, 25), 0.07).sum() == 7, \
+        seven = mg.top_entropy_mask(torch.rand(4, 25), torch.ones(4, 25), 0.07).sum()
+        assert 0.07 * 100 > 7 and seven == 7, \
             "k = ceil(round(fraction * n, 9)): the product rounded to 9 decimals first (0.07 * 100 keeps 7)"
 
     def test_ties_keep_the_first_tokens_row_by_row(self):
@@ -530,9 +532,9 @@ class TestPolicyLoss:
             "each micro-batch's token sum is divided by num_tokens, the whole mini-batch's count"
         for rows, (_, stats) in parts:
             own = mg.policy_loss(logprobs[rows], old[rows], advantages[rows], mask[rows])[1]
-            assert set(stats) == {"clip_frac", "approx_kl"}, f"stats: clip_frac and approx_kl (got {set(stats)})"
+            assert set(stats) == {"clip_frac", "approx_kl"}, f"stats: clip_frac, approx_kl (got {set(stats)})"
             for key in stats:
-                assert stats[key].dim() == 0 and not stats[key].requires_grad, f"{key}: a 0-dim tensor, no grad"
+                assert stats[key].dim() == 0 and not stats[key].requires_grad, f"{key}: 0-dim, no grad"
                 assert stats[key].item() == pytest.approx(own[key].item(), rel=1e-6), \
                     f"{key} is this call's own mean over its real tokens, not divided by num_tokens"
 
@@ -608,7 +610,7 @@ class TestGaeAdvantages:
     MASK = [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
     REWARDS = [[0, 0, 1.0, 0], [0.0, 0, 0, 0], [0, 0, 0, 1.0]]
     VALUES = [[0.5, -0.25, 0.75, 2.0], [0.25, 1.0, 1.0, 1.0], [-0.5, 0.5, 0.25, 1.0]]
-    BY_HAND = {(1.0, 1.0): [[0.5, 1.25, 0.25, 0], [-0.25, 0, 0, 0], [1.5, 0.5, 0.75, 0.0]],  # A_t = R - V(s_t)
+    BY_HAND = {(1.0, 1.0): [[0.5, 1.25, 0.25, 0], [-0.25, 0, 0, 0], [1.5, 0.5, 0.75, 0.0]],  # R - V(s_t)
                (0.9, 1.0): [[0.31, 1.15, 0.25, 0], [-0.25, 0, 0, 0], [1.229, 0.31, 0.65, 0.0]],
                (1.0, 0.9): [[0.3525, 1.225, 0.25, 0], [-0.25, 0, 0, 0], [1.3825, 0.425, 0.75, 0.0]],
                (0.9, 0.9): [[0.188275, 1.1275, 0.25, 0], [-0.25, 0, 0, 0], [1.153715, 0.2515, 0.65, 0.0]]}
@@ -618,8 +620,8 @@ class TestGaeAdvantages:
         mask, values = torch.tensor(self.MASK), torch.tensor(self.VALUES)
         advantages, returns = mg.gae_advantages(torch.tensor(self.REWARDS), values, mask, gamma, lam)
         torch.testing.assert_close(advantages, torch.tensor(self.BY_HAND[gamma, lam]), atol=1e-5, rtol=1e-5,
-                                   msg="A_t = delta_t + gamma * lambda * A_t+1, from each response's last real "
-                                       "token backwards, V = 0 after it, 0 on padding")
+                                   msg="A_t = delta_t + gamma * lambda * A_t+1, from each response's last "
+                                       "real token backwards, V = 0 after it, 0 on padding")
         torch.testing.assert_close(returns, (advantages + values) * mask, msg="returns = (A + V) * mask")
 
     def test_padding_never_enters_the_recursion(self):
@@ -661,8 +663,8 @@ class TestLogprobsAndEntropy:
         expected = -(p * torch.log_softmax(logits.double(), dim=-1)).sum(-1)  # -sum p log p, Eq. 4
         _, entropy = mg.logprobs_and_entropy(logits, torch.zeros(5, dtype=torch.long))
         torch.testing.assert_close(entropy.double(), expected, atol=1e-5, rtol=1e-5)
-        assert entropy.requires_grad, "the entropy keeps its gradient: entropy regularization differentiates " \
-                                      "it (the entropy advantage detaches it later, in entropy_advantage)"
+        assert entropy.requires_grad, "the entropy keeps its gradient: entropy regularization " \
+                                      "differentiates it (the entropy advantage detaches it later, itself)"
         weights = torch.randn(5)  # its gradient is entropy regularization's: it must be the definition's
         (grad,) = torch.autograd.grad((entropy * weights).sum(), logits)
         (expected_grad,) = torch.autograd.grad((expected * weights.double()).sum(), logits)
@@ -785,8 +787,8 @@ def test_a_student_copy_hands_out_no_solution(tmp_path):
     assert not [p for name in assignment.INSTRUCTOR_ONLY for p in out.rglob(name)]
     planted = "\n\n".join(inspect.getsource(getattr(mg, f)).replace(f"def {f}(", f"def my_{f}(")
                            for f in ("completion_mask", "policy_loss"))
-    (out / "bench" / "planted.py").write_text("import torch\nfrom minigrpo import is_eos_token, masked_mean\n\n\n"
-                                              + planted)
+    header = "import torch\nfrom minigrpo import is_eos_token, masked_mean\n\n\n"
+    (out / "bench" / "planted.py").write_text(header + planted)
     assert sorted(leaks()["leaks"]) == [["completion_mask", "bench.planted.my_completion_mask"],
                                         ["policy_loss", "bench.planted.my_policy_loss"]]
 
@@ -797,11 +799,12 @@ def test_the_student_copy_is_complete_and_speaks_to_the_student(tmp_path):
     assert assignment.main(["--blank", "policy_loss,completion_mask", "--out", str(out)]) == 0
     text = (out / "ASSIGNMENT.md").read_text()
     assert "pip install torch==2.13.0 -r requirements.txt" in text and "Hand in `minigrpo.py`" in text
-    assert text.index("1. `completion_mask`") < text.index("7. `policy_loss`")  # exercises/README.md's numbers
+    assert text.index("1. `completion_mask`") < text.index("7. `policy_loss`")  # the exercises' numbers
     assert "test_minigrpo.py::TestCompletionMask test_minigrpo.py::TestPolicyLoss" in text
     exercises = (out / "exercises" / "README.md").read_text()
     assert "instructor" not in exercises.lower() and "### 7. `policy_loss`" in exercises
-    headings = re.findall(r"^### (\d)\. `(\w+)`", open(os.path.join(HERE, "exercises", "README.md")).read(), re.M)
+    exercises_readme = open(os.path.join(HERE, "exercises", "README.md")).read()
+    headings = re.findall(r"^### (\d)\. `(\w+)`", exercises_readme, re.M)
     assert [name for _, name in headings] == list(assignment.GRADEABLE)  # one order everywhere
     for name in ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl", "report.html"):
         assert (out / "recorded_run" / name).is_file(), name  # the questions answered from files
@@ -1566,7 +1569,8 @@ def check_mechanism(record, alpha, kappa):
     assert all(0 <= p <= abs(a) / kappa + 1e-4 for p, a in zip(record["psi"], A[0].tolist()))  # never flips A
     clear = ((alpha * H - A.abs() / kappa).abs() > 1e-3)[0]  # away from a tie that rounding could move
     expected = (A.abs() / kappa < alpha * H)[0]
-    assert [c for c, ok in zip(record["clipped"], clear) if ok] == [int(e) for e, ok in zip(expected, clear) if ok]
+    assert [c for c, ok in zip(record["clipped"], clear) if ok] == \
+        [int(e) for e, ok in zip(expected, clear) if ok]
     return sum(c and a != 0 for c, a in zip(record["clipped"], A[0].tolist()))
 
 
@@ -1632,7 +1636,8 @@ def test_value_loss_against_a_loop():
                 v, o, r = values[i, t].item(), old[i, t].item(), returns[i, t].item()
                 clipped = o + min(max(v - o, -0.2), 0.2)
                 total += 0.5 * max((v - r) ** 2, (clipped - r) ** 2)
-    assert mg.value_loss(values, old, returns, mask, 0.2, mask.sum()).item() == pytest.approx(total / 7, rel=1e-5)
+    loss = mg.value_loss(values, old, returns, mask, 0.2, mask.sum())
+    assert loss.item() == pytest.approx(total / 7, rel=1e-5)
 
 
 def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
@@ -1821,8 +1826,8 @@ HOSTILE_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", str(2**70), str(-(2**
 ACCEPTED = {"0": {"entropy_alpha", "kl_coef", "entropy_coef", "clip_low", "clip_high", "entropy_top_fraction",
                   "gae_gamma", "gae_lambda", "save_every", "eval_every", "seed"},
             "inf": {"max_grad_norm"},
-            "1e30": {"max_grad_norm", "clip_high", "kl_coef", "entropy_coef", "entropy_alpha", "entropy_kappa",
-                     "value_clip"}}
+            "1e30": {"max_grad_norm", "clip_high", "kl_coef", "entropy_coef", "entropy_alpha",
+                     "entropy_kappa", "value_clip"}}
 ACCEPTED[str(2**70)] = ACCEPTED["1e30"]  # a float knob reads 2**70 as the finite 1.2e21
 
 
@@ -1873,10 +1878,10 @@ def test_hostile_command_lines_exit_0_or_2_in_one_line(tiny_dir, script, data):
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 30) | st.floats(allow_nan=True) |
                            st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) |
                            st.dictionaries(st.sampled_from(["question", "answer", "step", "group", "tokens",
-                                                            "entropy", "psi", "clipped", "reward", "x"]), inner,
-                                           max_size=4), max_leaves=8)
-HOSTILE_FILES = st.one_of(st.binary(max_size=80),  # a file of any bytes, or of JSON lines of any shape
-                          st.lists(JSON_VALUES.map(json.dumps), max_size=4).map(lambda ls: "\n".join(ls).encode()))
+                                                            "entropy", "psi", "clipped", "reward", "x"]),
+                                           inner, max_size=4), max_leaves=8)
+JSON_LINES = st.lists(JSON_VALUES.map(json.dumps), max_size=4).map(lambda lines: "\n".join(lines).encode())
+HOSTILE_FILES = st.one_of(st.binary(max_size=80), JSON_LINES)  # any bytes, or JSON lines of any shape
 
 
 @settings(max_examples=60, deadline=None)
@@ -1894,14 +1899,14 @@ def test_hostile_dataset_files_exit_0_or_2_in_one_line(tiny_dir, tmp_path_factor
     mg.load_model = lambda *args, **kwargs: (_ for _ in ()).throw(_ModelReached())
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = (mg.main if script == "minigrpo" else ev.main)(argv + (["--limit", "2"] * (script == "eval")))
+            code = mg.main(argv) if script == "minigrpo" else ev.main(argv + ["--limit", "2"])
     except _ModelReached:
         code = "reached"
     finally:
         mg.load_model = real
     lines = [line for line in err.getvalue().strip().splitlines() if line]
-    assert code == "reached" or code == 2 and len(lines) == 1 and lines[0].startswith(("minigrpo: error:",
-                                                                                        "eval: error:")), lines
+    one_line = len(lines) == 1 and lines[0].startswith(("minigrpo: error:", "eval: error:"))
+    assert code == "reached" or code == 2 and one_line, lines
 
 
 @settings(max_examples=60, deadline=None)
@@ -1920,7 +1925,8 @@ def test_hostile_run_folders_for_report_exit_0_or_2_in_one_line(tmp_path_factory
         (root / "bad" / name).write_bytes(content)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = ev.main(["--report", *map(str, folders), str(root / "bad"), "--output_dir", str(root / "page")])
+        code = ev.main(["--report", *map(str, folders), str(root / "bad"), "--output_dir",
+                        str(root / "page")])
     lines = [line for line in err.getvalue().strip().splitlines() if not line.startswith("note: ")]
     if code == 0:
         page = (root / ("page" if with_a_run else "bad") / "report.html").read_text()
@@ -2097,13 +2103,18 @@ def synthetic_metrics(steps=20, **changed):
 DIAGNOSES = [  # (what breaks it, the start of the one warning it must give)
     ({"reward/zero_std_frac": lambda s: 0.75, "reward/accuracy": lambda s: 0.01 * s},
      "no learning signal: on 20 of 20 steps (1-20) half the groups or more were all wrong"),
-    ({"reward/zero_std_frac": lambda s: 1.0 if s > 5 else 0.0, "reward/accuracy": lambda s: 1.0 if s > 5 else 0.5},
+    ({"reward/zero_std_frac": lambda s: 1.0 if s > 5 else 0.0,
+      "reward/accuracy": lambda s: 1.0 if s > 5 else 0.5},
      "no learning signal: on 15 of 20 steps (6-20) half the groups or more were all right"),
-    ({"rollout/truncated_frac": lambda s: 0.5 if s % 2 else 0.25}, "completions cut at --max_new_tokens (20% or more on steps 1-20)"),
+    ({"rollout/truncated_frac": lambda s: 0.5 if s % 2 else 0.25},
+     "completions cut at --max_new_tokens (20% or more on steps 1-20)"),
     ({"reward/accuracy": lambda s: 0.0}, "accuracy 0 on every step (1-20): the grader never matched"),
-    ({"reward/accuracy": lambda s: 0.3}, "nothing learned: training accuracy 0.30 on steps 1-5 and 0.30 on steps 16-20"),
-    ({"policy/entropy": lambda s: 0.01 if s >= 15 else 1.0}, "entropy collapsed (below 0.05 nats on steps 15-20)"),
-    ({"update/skipped_steps": lambda s: int(s in (3, 4, 9))}, "optimizer steps skipped for a non-finite loss or gradient on steps 3-4, 9"),
+    ({"reward/accuracy": lambda s: 0.3},
+     "nothing learned: training accuracy 0.30 on steps 1-5 and 0.30 on steps 16-20"),
+    ({"policy/entropy": lambda s: 0.01 if s >= 15 else 1.0},
+     "entropy collapsed (below 0.05 nats on steps 15-20)"),
+    ({"update/skipped_steps": lambda s: int(s in (3, 4, 9))},
+     "optimizer steps skipped for a non-finite loss or gradient on steps 3-4, 9"),
 ]
 
 
@@ -2502,7 +2513,8 @@ def test_minigrpo_never_touches_what_it_did_not_write(tiny_dir, sevens, tmp_path
     assert "is inside output_dir" in one_error_line(capsys) and (run / "final" / "config.json").exists()
 
 
-def test_a_run_is_the_same_run_wherever_its_folder_is(tiny_dir, sevens, tmp_path, capsys, killed_run, uninterrupted):
+def test_a_run_is_the_same_run_wherever_its_folder_is(tiny_dir, sevens, tmp_path, capsys, killed_run,
+                                                      uninterrupted):
     moved = copy_of(killed_run, tmp_path, "moved")
     os.symlink(moved, tmp_path / "link")
     assert mg.main(tiny_run_args(tiny_dir, str(tmp_path / "link") + "/", sevens)) == 0  # a link, a slash
@@ -2554,13 +2566,14 @@ def test_failures_after_loading_are_one_line(tiny_dir, sevens, tmp_path, capsys,
     run = copy_of(killed_run, tmp_path, "full_disk")
 
     def full(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed\nNo space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing "
+                           "file data/0: file write failed\nNo space left on device")
 
     monkeypatch.setattr(torch, "save", full)
     assert mg.main(tiny_run_args(tiny_dir, run, sevens)) == 2
     line = one_error_line(capsys)
-    assert line.startswith(f"minigrpo: error: cannot write checkpoint {run / 'step_000003'}") and "No space" in line
+    assert line.startswith(f"minigrpo: error: cannot write checkpoint {run / 'step_000003'}")
+    assert "No space" in line
     assert not [p for p in os.listdir(run) if p.endswith(".tmp")]  # its temporary folder removed
 
 
@@ -2599,8 +2612,8 @@ def test_ctrl_c_is_one_line(tiny_dir, sevens, tmp_path):
     child.send_signal(signal.SIGINT)
     err = child.communicate(timeout=120)[1]
     assert child.returncode == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "minigrpo: interrupted; the same command resumes from the newest " \
-                                           "checkpoint"
+    assert err.strip().splitlines()[-1] == \
+        "minigrpo: interrupted; the same command resumes from the newest checkpoint"
 
 
 HOSTILE_DATASETS = [  # (the file's name and bytes, the start of its one-line error)
@@ -2618,9 +2631,11 @@ HOSTILE_DATASETS = [  # (the file's name and bytes, the start of its one-line er
 def test_hostile_dataset_files_are_one_line(tiny_dir, tmp_path, capsys, name, content, message):
     (tmp_path / name).write_bytes(content)
     for flag in ("--dataset", "--eval_dataset"):
-        assert mg.main(["--model", tiny_dir, flag, str(tmp_path / name), "--output_dir", str(tmp_path / "o")]) == 2
+        assert mg.main(["--model", tiny_dir, flag, str(tmp_path / name), "--output_dir",
+                        str(tmp_path / "o")]) == 2
         assert message in one_error_line(capsys) and not (tmp_path / "o").exists()
-    assert ev.main(["--model", tiny_dir, "--dataset", str(tmp_path / name), "--output_dir", str(tmp_path / "e")]) == 2
+    assert ev.main(["--model", tiny_dir, "--dataset", str(tmp_path / name), "--output_dir",
+                    str(tmp_path / "e")]) == 2
     assert message in one_error_line(capsys, "eval: error: ")
 
 
@@ -2870,8 +2885,8 @@ def fake_run(folder, seed=0, alpha=0.4, steps=5, accuracy=lambda seed, step: 0.1
     """A run folder as minigrpo writes it, without training: run_config.json, metrics.jsonl (accuracy by
     seed and step), one group of samples per step with its tokens, and two held-out answers per evaluation."""
     folder.mkdir(parents=True)
-    config = {**dataclasses.asdict(mg.Config()), "seed": seed, "entropy_alpha": alpha, "output_dir": str(folder),
-              "steps": steps}
+    config = {**dataclasses.asdict(mg.Config()), "seed": seed, "entropy_alpha": alpha,
+              "output_dir": str(folder), "steps": steps}
     (folder / "run_config.json").write_text(json.dumps(config))
     metrics = [{"step": 0, "eval/accuracy": 0.5}]
     metrics += [{"step": s, **{k: accuracy(seed, s) for k in ev.PANELS}, "update/loss": 0.2,
@@ -2882,15 +2897,18 @@ def fake_run(folder, seed=0, alpha=0.4, steps=5, accuracy=lambda seed, step: 0.1
          "reward": 1.0, "advantage": 0.5, "length": 1, "truncated": False, "tokens": [text], "entropy": [1.0],
          "psi": [0.25], "clipped": [1]} for s in range(1, steps + 1)])
     write_jsonl(folder / "eval_samples.jsonl", [
-        {"step": s, "problem": q, "answer": "7", "completion": text, "correct": q == "A" or s > 0 and seed == 0}
+        {"step": s, "problem": q, "answer": "7", "completion": text,
+         "correct": q == "A" or s > 0 and seed == 0}
         for s in (0, steps) for q in ("A", "B")])
     return folder
 
 
 def test_report_of_several_runs_overlays_them_and_bands_each_seed_group(tmp_path, capsys):
-    runs = [fake_run(tmp_path / f"grpo_seed{seed}", seed=seed, alpha=0.0, accuracy=lambda seed, s: 0.1 * s + seed / 100)
+    accuracy = lambda seed, s: 0.1 * s + seed / 100  # noqa: E731
+    runs = [fake_run(tmp_path / f"grpo_seed{seed}", seed=seed, alpha=0.0, accuracy=accuracy)
             for seed in range(3)] + [fake_run(tmp_path / "adv", alpha=0.4)]
-    assert ev.main(["--report", str(tmp_path / "grpo_seed*"), str(runs[3]), "--output_dir", str(tmp_path / "page")]) == 0
+    assert ev.main(["--report", str(tmp_path / "grpo_seed*"), str(runs[3]), "--output_dir",
+                    str(tmp_path / "page")]) == 0
     text = (tmp_path / "page" / "report.html").read_text()
     assert "wrote" in capsys.readouterr().out and "script" not in parse_page(text).tags
     for run in runs:  # every run named, in the runs table
@@ -2902,7 +2920,8 @@ def test_report_of_several_runs_overlays_them_and_bands_each_seed_group(tmp_path
     metrics = [read_metrics(run) for run in runs[:3]]
     for band in bands:  # the band is the min and the max of the group's runs at each step
         for step, low, high in band:
-            values = [next(m.get("reward/accuracy", 0.5) for m in rows if m["step"] == step) for rows in metrics]
+            values = [next(m.get("reward/accuracy", 0.5) for m in rows if m["step"] == step)
+                      for rows in metrics]
             assert (low, high) == (pytest.approx(min(values)), pytest.approx(max(values)))
     means = [json.loads(html.unescape(p)) for p in re.findall(r"data-points='([^']*)'", text)]
     assert [s for s, _ in means[0]] == [1, 2, 3, 4, 5]
@@ -2910,24 +2929,28 @@ def test_report_of_several_runs_overlays_them_and_bands_each_seed_group(tmp_path
     # held-out answers at each group's last evaluation: problem B (the seeds disagree) before A
     rows = re.findall(r"<tr class='answer'><td>([^<]*)</td>(.*?)</tr>", text)
     assert [r[0] for r in rows] == ["B (7)", "A (7)"] and "1 of 3 right: 7" in rows[0][1]
-    assert ev.report_page([ev.read_run(str(runs[0]))]).count("<svg") == len(ev.PANELS)  # one run: its own page
+    one_run = ev.report_page([ev.read_run(str(runs[0]))])
+    assert one_run.count("<svg") == len(ev.PANELS)  # one run: its own page
 
 
 def test_report_pages_show_model_text_as_text_and_numbers_as_numbers(tmp_path):
     evil = "<script>document.title='x'</script><img src=x onerror=alert(1)>'\"&"
     run = fake_run(tmp_path / "run", text=evil)
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    rows[0].update(group=evil, length=evil, reward=evil, advantage=evil, psi=[evil], clipped=[evil], entropy=[evil],
-                   problem=evil, answer=evil, prompt=evil, tokens=[evil, evil], token_advantage=[evil])
+    rows[0].update(group=evil, length=evil, reward=evil, advantage=evil, psi=[evil], clipped=[evil],
+                   entropy=[evil], problem=evil, answer=evil, prompt=evil, tokens=[evil, evil],
+                   token_advantage=[evil])
     write_jsonl(run / "samples.jsonl", rows)
     answers = [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
-    write_jsonl(run / "eval_samples.jsonl", [{**a, "problem": evil, "answer": evil, "correct": evil} for a in answers])
+    write_jsonl(run / "eval_samples.jsonl", [{**a, "problem": evil, "answer": evil, "correct": evil}
+                                             for a in answers])
     with open(run / "metrics.jsonl", "a") as f:  # a metric that is text: left out, not drawn
         f.write(json.dumps({"step": 9, "reward/accuracy": evil, evil: 1.0}) + "\n")
     config = json.loads((run / "run_config.json").read_text())
     (run / "run_config.json").write_text(json.dumps({**config, "model": evil}))
+    other = fake_run(tmp_path / evil.replace("/", ""))  # a folder named with markup
     for page in (ev.report_page([ev.read_run(str(run))], [1, 2]),
-                 ev.report_page([ev.read_run(str(run)), ev.read_run(str(fake_run(tmp_path / evil.replace("/", ""))))])):
+                 ev.report_page([ev.read_run(str(run)), ev.read_run(str(other))])):
         parsed = parse_page(page)
         assert not {"script", "img"} & set(parsed.tags), parsed.tags
         assert evil not in page and html.escape(evil, quote=True) in page
@@ -2943,7 +2966,8 @@ def test_the_run_page_shows_the_mechanism_as_samples_jsonl_stores_it(tiny_dir, s
         check_mechanism(r, alpha=0.4, kappa=2.0)
     assert ev.main(["--report", str(out)]) == 0
     spans = re.findall(r"<span class='tok([^']*)' title='[^']*' data-h='([^']*)' data-a='([^']*)' "
-                       r"data-psi='([^']*)' data-clip='(\d)' data-trained='(\d)'", (out / "report.html").read_text())
+                       r"data-psi='([^']*)' data-clip='(\d)' data-trained='(\d)'",
+                       (out / "report.html").read_text())
     stored = [(h, a, p, c and a != 0, t) for r in colored for h, (a, p, c, t) in
               zip(r["entropy"], ((a, p, c, t) for a, p, c, t in zip([r["advantage"]] * r["length"], r["psi"],
                                                                      r["clipped"], r["trained"])))]
@@ -2955,7 +2979,8 @@ def test_the_run_page_shows_the_mechanism_as_samples_jsonl_stores_it(tiny_dir, s
 
 
 def test_passk_figure_is_an_svg_with_one_line_per_model():
-    summary = {"a": {"pass@k": {"1": 0.2, "2": 0.3, "4": 0.5}}, "<b>": {"pass@k": {"1": 0.4, "2": 0.5, "4": 0.55}}}
+    summary = {"a": {"pass@k": {"1": 0.2, "2": 0.3, "4": 0.5}},
+               "<b>": {"pass@k": {"1": 0.4, "2": 0.5, "4": 0.55}}}
     figure = ev.passk_figure(summary)
     parser = _PageParser()
     parser.feed(figure)
@@ -2967,7 +2992,8 @@ def test_passk_figure_is_an_svg_with_one_line_per_model():
 
 def test_distinct_answers_counts_values_per_problem():
     records = [{"problem_id": 0, "extracted_answer": a} for a in ("72", "72.0", "$72", "75", None)]
-    records += [{"problem_id": 1, "extracted_answer": a} for a in (None, None, "x + 1", "x+1 ", "\\frac{1}{2}")]
+    records += [{"problem_id": 1, "extracted_answer": a}
+                for a in (None, None, "x + 1", "x+1 ", "\\frac{1}{2}")]
     # problem 0: 72 and 75; problem 1: 'x + 1', 'x+1' and 1/2 as written (no number but 1/2)
     assert ev.distinct_answers(records) == pytest.approx((2 + 3) / 2)
     assert ev.distinct_answers([{"problem_id": 3, "extracted_answer": None}]) == 0
