@@ -617,6 +617,12 @@ def group_curve(runs, group, key):
     per_run = [{step: v for step, v in values.items() if v is not None} for values in per_run]
     if len(group) == 1:
         return sorted(per_run[0].items()), None
+    return mean_and_band(per_run)
+
+
+def mean_and_band(per_run):
+    """per_run: [{step: value}], one dict a run. At each step every run logged: the mean, and the band from
+    the lowest run to the highest; (points, band) as svg_chart draws them (the experiments' figures too)."""
     steps = sorted(set.intersection(*(set(values) for values in per_run)))
     points = [(s, sum(v[s] for v in per_run) / len(per_run)) for s in steps]
     return points, [(s, min(v[s] for v in per_run), max(v[s] for v in per_run)) for s in steps]

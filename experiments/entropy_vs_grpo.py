@@ -25,7 +25,7 @@ from statistics import mean, stdev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from eval import COLORS, correct_counts, pass_at_k, svg_chart, svg_figure  # noqa: E402
+from eval import COLORS, correct_counts, mean_and_band, pass_at_k, svg_chart, svg_figure  # noqa: E402
 
 METHODS = {"grpo": 0.0, "entropy_adv": 0.4}  # name: entropy_alpha
 LABELS = {"base": "base model", "grpo": "GRPO", "entropy_adv": "GRPO + entropy advantage"}
@@ -130,9 +130,7 @@ def plots(args, ks, rows):
         series = []
         for (label, color), method in zip(legend, METHODS):
             runs = read_metrics(args, method)
-            by_step = list(zip(*[[(r["step"], r[key]) for r in run] for run in runs]))  # (steps, seeds)
-            series.append((label, color, [(v[0][0], mean(y for _, y in v)) for v in by_step],
-                           [(v[0][0], min(y for _, y in v), max(y for _, y in v)) for v in by_step]))
+            series.append((label, color, *mean_and_band([{r["step"]: r[key] for r in run} for run in runs])))
         charts.append(svg_chart(title, series))
     legend.append((f"mean over {args.seeds} seeds; band: min to max", "#ffffff"))
     with open(os.path.join(args.results_dir, "training_curves.svg"), "w") as f:

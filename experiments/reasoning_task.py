@@ -60,7 +60,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import minigrpo as mg  # noqa: E402
 from entropy_vs_grpo import interval, per_problem_counts, run  # noqa: E402
-from eval import COLORS, correct_counts, pass_at_k, svg_chart, svg_figure  # noqa: E402
+from eval import COLORS, correct_counts, mean_and_band, pass_at_k, svg_chart, svg_figure  # noqa: E402
 
 RESULTS = os.path.join(HERE, "reasoning_task")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -546,9 +546,7 @@ def plot(curves):
         for (label, color), runs in zip(legend, curves.values()):
             runs = having(runs, key)
             if runs:
-                by_step = list(zip(*[[(r["step"], r[key]) for r in run] for run in runs]))  # (steps, seeds)
-                series.append((label, color, [(v[0][0], mean(y for _, y in v)) for v in by_step],
-                               [(v[0][0], min(y for _, y in v), max(y for _, y in v)) for v in by_step]))
+                series.append((label, color, *mean_and_band([{r["step"]: r[key] for r in run} for run in runs])))
         charts.append(svg_chart(title, series))
     legend.append(("mean over seeds; band: min to max; * = illustration (2 seeds); the last panel from commit "
                    "10bdabc on (fewer seeds)", "#ffffff"))
