@@ -100,9 +100,12 @@ def summarize(correct_counts, n, ks):
 # -----------------------------------------------------------------------------
 
 
-def training_knob(name):
-    """minigrpo.Config's own field for a knob evaluation shares with training: one default, one --help."""
+def training_knob(name, help=None):
+    """minigrpo.Config's own field for a knob evaluation shares with training: one default, one range, one
+    --help (or help, where evaluation uses the knob otherwise)."""
     (shared,) = [f for f in dataclasses.fields(mg.Config) if f.name == name]
+    if help:
+        return mg.knob(shared.default, help, re.search(mg.RANGE, shared.metadata["help"]).group()[2:])
     return field(default=shared.default, metadata=shared.metadata)
 
 
@@ -117,34 +120,27 @@ class EvalConfig:
     digits: int = training_knob("digits")
     operations: str = training_knob("operations")
     instruction: str = training_knob("instruction")
-    limit: int = mg.knob(500, "at most this many problems")
-    n: int = mg.knob(32, "samples per problem")
+    limit: int = mg.knob(500, "at most this many problems", "[1, 1e6]")
+    n: int = mg.knob(32, "samples per problem", "[1, 1e5]")
     k: str = mg.knob("", "comma-separated k for the table (default: powers of two up to n)")
-    temperature: float = mg.knob(0.6, "sampling temperature (the paper's 0.6); 0 is greedy")
-    top_p: float = mg.knob(0.95, "nucleus sampling (the paper's 0.95)")
+    temperature: float = mg.knob(0.6, "sampling temperature (the paper's 0.6); 0 is greedy, else >= 0.01",
+                                 "[0, 100]")
+    top_p: float = mg.knob(0.95, "nucleus sampling (the paper's 0.95)", "(0, 1]")
     greedy: bool = mg.knob(False, "greedy decoding: temperature 0, n = 1")
     max_new_tokens: int = training_knob("max_new_tokens")
-    batch_size: int = mg.knob(64, "sequences per generate call")
-    seed: int = mg.knob(0, "sampling seed, the same for every model")
+    batch_size: int = mg.knob(64, "sequences per generate call", "[1, 1e6]")
+    seed: int = training_knob("seed", "sampling seed, the same for every model")
     dtype: str = training_knob("dtype")
     device: str = training_knob("device")
     output_dir: str = mg.knob("runs/eval", "where samples.jsonl, summary.json, passk.svg go")
     trust_remote_code: bool = training_knob("trust_remote_code")
     entropy_report: bool = mg.knob(False, "per-token entropy: high/low-entropy tokens and an HTML page")
-    entropy_min_count: int = mg.knob(20, "entropy report: list only tokens seen this often")
+    entropy_min_count: int = mg.knob(20, "entropy report: list only tokens seen this often", "[1, 1e9]")
     report: list[str] = field(default_factory=list, metadata={"help": (
         "training run folders (or a glob such as 'runs/grpo_seed*'): write their page and nothing else; one "
         "run: RUN_DIR/report.html, several: output_dir/report.html")})
     report_steps: str = mg.knob("", "--report of one run: the steps to show, comma-separated (default: the "
                                     "first, three between, the last)")
-
-
-# every numeric knob's range (minigrpo.BOUNDS for the knobs shared with training), checked lo <= x <= hi
-BOUNDS = {**{name: mg.BOUNDS[name] for name in ("digits", "max_new_tokens", "seed")},
-          "limit": (1, mg.MILLION, "1..10**6"), "n": (1, 10**5, "1..10**5"),
-          "temperature": (0.0, 100.0, "0 (greedy) or 0.01..100"),
-          "top_p": (mg.ABOVE_0, 1.0, "(0, 1]"),
-          "batch_size": (1, mg.MILLION, "1..10**6"), "entropy_min_count": (1, 10**9, "1..10**9")}
 
 
 def parse_args(argv=None):
@@ -162,12 +158,12 @@ def parse_args(argv=None):
         args.k = sorted({int(k) for k in args.k.split(",") if k.strip()})
     except ValueError:
         raise mg.UsageError(f"--k must be comma-separated integers (got {args.k!r})")
-    mg.check_bounds(args, BOUNDS)
+    mg.check_ranges(args)
     mg.check([
         (not args.model, "at least one --model is required"),
         (any(k < 1 or k > args.n for k in args.k), f"every k must be in 1..n={args.n} (got {args.k})"),
         (0 < args.temperature < 0.01,
-         f"--temperature must be {BOUNDS['temperature'][2]} (got {args.temperature})"),
+         f"--temperature must be 0 (greedy) or in [0.01, 100] (got {args.temperature})"),
         (args.temperature == 0 and args.n > 1, "greedy decoding (temperature 0) gives one answer: use --n 1"),
         (len(set(args.model or [])) != len(args.model or []), "a --model is given twice"),
     ])

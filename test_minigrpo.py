@@ -928,7 +928,7 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
     torch.testing.assert_close(logits * mask[..., None], full * mask[..., None], atol=1e-4, rtol=1e-4)
     sampler_logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
     with torch.no_grad():
-        inputs = mg.ModelInputs(prompt_ids, prompt_mask, completion_ids, mask)
+        inputs = mg.ModelInputs(prompt_ids, prompt_mask, completion_ids, mask, mask.shape[1])
         train_logprobs, _ = mg.policy_forward(model, inputs, temperature)
     torch.testing.assert_close(train_logprobs * mask, sampler_logprobs * mask, atol=1e-4, rtol=1e-4)
     assert torch.all(completion_ids[mask == 0] == tokenizer.pad_token_id)  # padding after EOS
@@ -1104,10 +1104,10 @@ def test_chunked_entropy_bounds():
     lm_head = torch.nn.Linear(1, V, bias=False)
     with torch.no_grad():
         lm_head.weight.zero_()  # logits all 0: uniform
-        _, h_uniform = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
+        _, h_uniform = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long), 1.0)
         lm_head.weight.fill_(-1e4)
         lm_head.weight[3] = 0  # one logit far above the rest
-        _, h_peaked = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long))
+        _, h_peaked = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long), 1.0)
     assert h_uniform.item() == pytest.approx(math.log(V), rel=1e-5)
     assert h_peaked.item() == pytest.approx(0.0, abs=1e-5)
 
@@ -1207,8 +1207,8 @@ def test_policy_loss_moves_probability_the_right_way(tiny, sign):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     def logprob():
-        lp, entropy = mg.policy_forward(model, mg.ModelInputs(prompt.input_ids, prompt.attention_mask, completion, mask),
-                                        1.0)
+        inputs = mg.ModelInputs(prompt.input_ids, prompt.attention_mask, completion, mask, mask.shape[1])
+        lp, entropy = mg.policy_forward(model, inputs, 1.0)
         return lp, entropy
 
     lp, entropy = logprob()
@@ -1748,20 +1748,20 @@ BAD_INPUT = [
     (["--entropy_top_fraction", "1.5"], "--entropy_top_fraction must be"),
     (["--entropy_top_fraction", "-0.1"], "--entropy_top_fraction must be"),
     # not a number, not finite, or past what torch and the task can hold: refused before anything loads
-    (["--seed", "99999999999999999999999"], "--seed must be 0..2**62 (got 99999999999999999999999)"),
-    (["--seed", "-1"], "--seed must be 0..2**62 (got -1)"),
-    (["--entropy_alpha", "nan"], "--entropy_alpha must be >= 0 and finite (got nan)"),
-    (["--entropy_kappa", "nan"], "--entropy_kappa must be > 1 and finite (got nan)"),
-    (["--clip_low", "nan"], "--clip_low must be [0, 1) (got nan)"),
-    (["--kl_coef", "nan"], "--kl_coef must be >= 0 and finite (got nan)"),
-    (["--lr", "inf"], "--lr must be (0, 1] (got inf)"),
-    (["--temperature", "inf"], "--temperature must be 0.01..100 (got inf)"),
-    (["--temperature", "1e-45"], "--temperature must be 0.01..100 (got 1e-45)"),
-    (["--lr", "1e38"], "--lr must be (0, 1] (got 1e+38)"),
-    (["--max_grad_norm", "nan"], "--max_grad_norm must be > 0 (inf: no clipping) (got nan)"),
-    (["--max_new_tokens", "100000000000"], "--max_new_tokens must be 1..10**6 (got 100000000000)"),
-    (["--prompts_per_step", "1000000000"], "--prompts_per_step must be 1..10**6 (got 1000000000)"),
-    (["--eval_problems", "10000000"], "--eval_problems must be 1..10**6 (got 10000000)"),
+    (["--seed", "99999999999999999999999"], "--seed must be in [0, 1e18] (got 99999999999999999999999)"),
+    (["--seed", "-1"], "--seed must be in [0, 1e18] (got -1)"),
+    (["--entropy_alpha", "nan"], "--entropy_alpha must be in [0, inf) (got nan)"),
+    (["--entropy_kappa", "nan"], "--entropy_kappa must be in (1, inf) (got nan)"),
+    (["--clip_low", "nan"], "--clip_low must be in [0, 1) (got nan)"),
+    (["--kl_coef", "nan"], "--kl_coef must be in [0, inf) (got nan)"),
+    (["--lr", "inf"], "--lr must be in (0, 1] (got inf)"),
+    (["--temperature", "inf"], "--temperature must be in [0.01, 100] (got inf)"),
+    (["--temperature", "1e-45"], "--temperature must be in [0.01, 100] (got 1e-45)"),
+    (["--lr", "1e38"], "--lr must be in (0, 1] (got 1e+38)"),
+    (["--max_grad_norm", "nan"], "--max_grad_norm must be in (0, inf] (got nan)"),
+    (["--max_new_tokens", "100000000000"], "--max_new_tokens must be in [1, 1e6] (got 100000000000)"),
+    (["--prompts_per_step", "1000000000"], "--prompts_per_step must be in [1, 1e6] (got 1000000000)"),
+    (["--eval_problems", "10000000"], "--eval_problems must be in [1, 1e6] (got 10000000)"),
     (["--model", "."], "model folder '.' has no config.json"),
 ]
 
@@ -1776,6 +1776,30 @@ GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked an
     ["--max_grad_norm", "inf"], ["--entropy_top_fraction", "0"],
     ["--entropy_top_fraction", "1"],
 ]
+
+
+def test_every_numeric_knob_has_its_range_in_its_help_line():
+    """A knob's range is written once, at the end of its --help line (minigrpo.knob), for both scripts: every
+    int and float knob has one, and the brackets mean what they mean in mathematics, NaN in none."""
+    for config in (mg.Config, ev.EvalConfig):
+        for f in dataclasses.fields(config):
+            if f.type in (int, float, "int", "float"):
+                assert re.search(mg.RANGE, f.metadata["help"]), f.name
+
+    @dataclasses.dataclass
+    class Knobs:
+        closed: float = mg.knob(0.0, "x", "[0, 1]")
+        open_: float = mg.knob(0.5, "x", "(0, 1)")
+        unbounded: float = mg.knob(1.0, "x", "(0, inf]")
+
+    for name, accepted, refused in [("closed", [0, 1, 0.5], [-1e-9, 1.0000001, math.nan]),
+                                    ("open_", [1e-300, 0.999], [0, 1, math.nan, math.inf]),
+                                    ("unbounded", [math.inf, 1e300], [0, -math.inf, math.nan])]:
+        for value in accepted:
+            mg.check_ranges(Knobs(**{name: value}))
+        for value in refused:
+            with pytest.raises(mg.UsageError, match=rf"^--{name} must be in .* \(got {value}\)$"):
+                mg.check_ranges(Knobs(**{name: value}))
 
 
 @pytest.mark.parametrize("argv", GOOD_AT_THE_BOUNDARY)
@@ -1822,7 +1846,7 @@ class _ModelReached(Exception):
 
 HOSTILE_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e30", str(2**70), str(-(2**70)), "many", ""]
 # the hostile values each script may accept for a knob: 0 where it means off or none, inf where it means
-# no limit, 1e30 (and 2**70) where only "finite" bounds the knob. Written here, apart from minigrpo.BOUNDS.
+# no limit, 1e30 (and 2**70) where only "finite" bounds the knob. Written here, apart from the knobs' ranges.
 ACCEPTED = {"0": {"entropy_alpha", "kl_coef", "entropy_coef", "clip_low", "clip_high", "entropy_top_fraction",
                   "gae_gamma", "gae_lambda", "save_every", "eval_every", "seed"},
             "inf": {"max_grad_norm"},
@@ -2000,7 +2024,8 @@ for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for a
     if mg.world_size() > 1:
         width = 9 if mg.rank() == 0 else 6
         entropy, mask = entropy[rows, :width], mask[rows, :width]
-    kept = mg.top_entropy_mask_of_all_ranks(entropy, mask, 0.3)
+    every = mg.rows_of_all_ranks({{"entropy": entropy, "mask": mask}})  # as micro_batches selects
+    kept = mg.top_entropy_mask(every["entropy"], every["mask"], 0.3)[mg.this_ranks_rows(*mask.shape)]
     results[shared, top] = {{"weights": model.state_dict(), "metrics": metrics, "white": white, "kept": kept}}
 if mg.rank() == 0:
     torch.save(results, sys.argv[1])
@@ -3001,19 +3026,19 @@ def test_distinct_answers_counts_values_per_problem():
 
 EVAL_BAD_INPUT = [  # each message names its own flag: a message about another flag fails
     (["--n", "4", "--k", "8"], "every k must be in 1..n=4 (got [8])"),
-    (["--n", "0"], "--n must be 1..10**5 (got 0)"),
+    (["--n", "0"], "--n must be in [1, 1e5] (got 0)"),
     (["--k", "a,b"], "--k must be comma-separated integers (got 'a,b')"),
     (["--greedy", "--k", "4"], "every k must be in 1..n=1 (got [4])"),
     (["--temperature", "0", "--n", "4"], "greedy decoding (temperature 0) gives one answer: use --n 1"),
-    (["--top_p", "0"], "--top_p must be (0, 1] (got 0.0)"),
-    (["--top_p", "nan"], "--top_p must be (0, 1] (got nan)"),
+    (["--top_p", "0"], "--top_p must be in (0, 1] (got 0.0)"),
+    (["--top_p", "nan"], "--top_p must be in (0, 1] (got nan)"),
     (["--dataset", "nope"], "unknown dataset 'nope'"),
-    (["--limit", "0"], "--limit must be 1..10**6 (got 0)"),
-    (["--limit", "10000000"], "--limit must be 1..10**6 (got 10000000)"),
-    (["--temperature", "inf"], "--temperature must be 0 (greedy) or 0.01..100 (got inf)"),
-    (["--temperature", "1e-45"], "--temperature must be 0 (greedy) or 0.01..100 (got 1e-45)"),
-    (["--seed", "99999999999999999999999"], "--seed must be 0..2**62 (got 99999999999999999999999)"),
-    (["--batch_size", "-1"], "--batch_size must be 1..10**6 (got -1)"),
+    (["--limit", "0"], "--limit must be in [1, 1e6] (got 0)"),
+    (["--limit", "10000000"], "--limit must be in [1, 1e6] (got 10000000)"),
+    (["--temperature", "inf"], "--temperature must be in [0, 100] (got inf)"),
+    (["--temperature", "1e-45"], "--temperature must be 0 (greedy) or in [0.01, 100] (got 1e-45)"),
+    (["--seed", "99999999999999999999999"], "--seed must be in [0, 1e18] (got 99999999999999999999999)"),
+    (["--batch_size", "-1"], "--batch_size must be in [1, 1e6] (got -1)"),
 ]
 
 
