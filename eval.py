@@ -235,7 +235,9 @@ def sample_model(name, problems, args, device):
     if any(start not in finished for start in starts):  # else everything is on disk: no model to load
         model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
         model.eval()
-        shared_prefix = mg.shared_prefix_if_possible(model)  # each prompt encoded once for its n samples
+        if reason := mg.why_no_shared_prefix(model):  # else each prompt is encoded once for its n samples
+            print(f"note: no shared prefix for {name}: {reason}; every row is encoded in full", file=sys.stderr)
+        shared_prefix = reason is None
     records = []
     with open(path, "a") as progress:
         for start in tqdm(starts, desc=f"sampling {name}", file=sys.stderr):

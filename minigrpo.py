@@ -766,10 +766,17 @@ def parse_dataclass(dataclass_type, argv=None):
 
 
 def parse_config(argv=None):
-    """The training Config from the command line, checked; the instruction really used filled in."""
+    """The training Config from the command line, its derived values filled in, checked. Nothing changes
+    it afterwards: run_config.json, every checkpoint and the code read the same values."""
     cfg = parse_dataclass(Config, argv)
+    # derived values, computed here once: the instruction really used, logged as such; no shared prefix
+    # with gradient checkpointing, which turns the model's cache off in training
+    cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)
+    if cfg.shared_prefix and cfg.gradient_checkpointing:
+        print("note: no shared prefix: gradient checkpointing turns the model's cache off in training; every "
+              "row is encoded in full")
+        cfg.shared_prefix = False
     check_config(cfg)
-    cfg.instruction = cfg.instruction or default_instruction(cfg.dataset)  # logged as really used
     return cfg
 
 
@@ -1308,91 +1315,6 @@ def log_line(step, steps, m):
             + (f" | eval {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""))
 
 
-LOGS = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")  # MetricsLog's files; resuming cuts them back
-
-
-def _step_of(line):
-    """The step of a line of the run's logs; infinity for a line cut short by a kill, or damaged."""
-    try:
-        step = json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-    return step if type(step) is int else math.inf
-
-
-class MetricsLog:
-    """metrics.jsonl, samples.jsonl, eval_samples.jsonl (rank 0; other ranks write to nowhere) and one
-    console line per step. Resuming keeps each file's lines up to the checkpoint's step; a fresh run starts
-    fresh files."""
-
-    def __init__(self, cfg, tokenizer, start_step, resumed):
-        self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
-        pending = os.path.join(cfg.output_dir, PENDING_CONFIG)
-        if rank() == 0 and os.path.isfile(pending):  # the model has loaded: the folder holds this run now
-            os.replace(pending, os.path.join(cfg.output_dir, "run_config.json"))
-        self.file, self.samples, self.answers = (self.reopen(name, resumed) for name in LOGS)
-
-    def reopen(self, name, resumed):
-        """output_dir/name for appending, holding only the lines up to the resumed step, each whole and ending
-        in a newline: a line a kill cut short is dropped, and steps that no line holds any more are named in
-        one line (they are lost, not silently)."""
-        if rank() != 0:
-            return open(os.devnull, "a")
-        path = os.path.join(self.cfg.output_dir, name)
-        kept = []
-        if resumed and os.path.isfile(path):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                kept = [line.rstrip("\n") + "\n" for line in f if _step_of(line) <= self.start_step]
-            lost = sorted(set(range(1, self.start_step + 1)) - {_step_of(line) for line in kept})
-            if lost and name != "eval_samples.jsonl":  # every step writes metrics.jsonl and samples.jsonl
-                print(f"note: {name} holds no whole line of steps {step_ranges(lost)} (damaged): the resumed "
-                      "run's file goes on without them", file=sys.stderr)
-        write_then_rename(path, "".join(kept))
-        return open(path, "a")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for f in (self.file, self.samples, self.answers):
-            f.close()
-
-    def steps_left(self):
-        steps = range(self.start_step + 1, self.cfg.steps + 1)
-        return tqdm(steps, initial=self.start_step, total=self.cfg.steps, desc="steps", file=sys.stderr,
-                    disable=rank() != 0)
-
-    def write(self, step, metrics, answers=()):
-        """One step's metrics and the held-out answers of its evaluation (evaluate_if_due), if any; step 0:
-        the evaluation before training."""
-        if metrics:
-            tqdm.write(log_line(step, self.cfg.steps, metrics))
-            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-            self.file.flush()
-        self.answers.write("".join(json.dumps(r) + "\n" for r in answers))
-        self.answers.flush()
-
-    def write_samples(self, step, problems, batch, update_metrics):
-        """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
-        records = sample_records(step, problems, batch, update_metrics, self.tokenizer, self.cfg)
-        if world_size() > 1:
-            gathered = [None] * world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        self.samples.write("".join(json.dumps(r) + "\n" for r in records))
-        self.samples.flush()
-
-    def too_many_skipped_steps(self, update_metrics):
-        """True, with a one-line error, after 3 steps in a row whose every optimizer step was skipped."""
-        skipped_all = update_metrics["skipped_steps"] == self.cfg.updates_per_rollout
-        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped_all else 0
-        if self.skipped_in_a_row == 3:
-            print("minigrpo: error: 3 steps in a row had non-finite losses or gradients; stopping (try a "
-                  "lower --lr or --dtype float32)", file=sys.stderr)
-            stop_distributed()
-        return self.skipped_in_a_row == 3
-
-
 def step_ranges(steps):
     """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
     spans = []
@@ -1830,18 +1752,9 @@ def why_no_shared_prefix(model):
     return None
 
 
-def shared_prefix_if_possible(model, wanted=True):
-    """Whether to encode each prompt once per group with this model: wanted, unless the model cannot
-    (then a one-line notice says why)."""
-    if wanted and (reason := why_no_shared_prefix(model)):
-        print(f"note: no shared prefix: {reason}; every row is encoded in full")
-        return False
-    return wanted
-
-
 def load_models(cfg, resume_from=None):
     """The policy (from the checkpoint when resuming), its tokenizer and, with a KL term, the frozen
-    reference model; switches the shared prefix off, with a notice, where it cannot work."""
+    reference model. UsageError for a model that cannot take the shared prefix."""
     device = resolve_device(cfg.device)
     try:
         model, tokenizer = load_model(resume_from or cfg.model, device, cfg.gradient_checkpointing,
@@ -1853,16 +1766,171 @@ def load_models(cfg, resume_from=None):
         raise
     except Exception as e:  # a hub id not reached or not there; gguf not installed; damaged weights
         raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {one_line(e)}")
+    if cfg.shared_prefix and (reason := why_no_shared_prefix(model)):
+        raise UsageError(f"--model {cfg.model!r} cannot share a prompt's cache across its group ({reason}): "
+                         "pass --shared_prefix false")
     same_weights_on_every_rank(model)
-    cfg.shared_prefix = shared_prefix_if_possible(model, cfg.shared_prefix)
     return model, tokenizer, ref_model
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints and resume
+# The run folder, in the order a run meets it: prepared (refused, locked, resumed or started over), the
+# training state restored, the logs cut back and written, checkpoints written and pruned, the run finished
 
 
 TRAINING_STATE = "training_state.pt"
+LOCK = ".lock"  # held by the process writing the run (its pid inside)
+# what minigrpo writes into output_dir, as folders and as files; nothing else is ever removed or written over
+OUR_FOLDERS = r"(step_\d{6}|final)(\.tmp)?"
+OUR_FILES = (r"((metrics|samples|eval_samples)\.jsonl|run_config\.json|report\.html|curves\.svg"
+             r"|training_curves\.png)(\.tmp)?|\.lock")
+LOGS = ("metrics.jsonl", "samples.jsonl", "eval_samples.jsonl")  # MetricsLog's files; resuming cuts them back
+HELD_LOCKS = {}  # output_dir's real path: its open lock file
+
+
+def run_identity(cfg):
+    """What run_config.json keeps: the config without --resume and --overwrite, and with several
+    processes their number (resuming needs the same ranks: each keeps its own random state)."""
+    this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
+    if world_size() > 1:
+        this_run["world_size"] = world_size()
+    return this_run
+
+
+def entries_not_ours(folder):
+    """The names in folder that minigrpo did not write: another program's files, or one of ours of the wrong
+    kind (a folder named metrics.jsonl) or a link."""
+    def ours(name):
+        path = os.path.join(folder, name)
+        if os.path.islink(path):
+            return False
+        return re.fullmatch(OUR_FOLDERS, name) and os.path.isdir(path) or re.fullmatch(OUR_FILES, name) and \
+            os.path.isfile(path)
+    return sorted(name for name in os.listdir(folder) if not ours(name))
+
+
+def lock_output_dir(folder):
+    """Hold folder/.lock while this process writes the run; the system lets go when the process ends, killed
+    or not. UsageError naming the process that holds it. (No lock where fcntl is missing: Windows.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = os.path.realpath(folder)
+    if key in HELD_LOCKS:  # this process again (a second main() in one process)
+        HELD_LOCKS.pop(key).close()
+    f = open(os.path.join(folder, LOCK), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise UsageError(f"output_dir {folder!r} is in use by process {holder}, which writes a run there; "
+                         "wait for it, stop it, or choose another --output_dir")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    HELD_LOCKS[key] = f
+
+
+def _checkpoints(output_dir):
+    """Complete checkpoints, oldest first: resumable step folders, then final (the run is done)."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n))
+    folders = [os.path.join(output_dir, n) for n in names]
+    folders = [f for f in folders if os.path.isfile(os.path.join(f, TRAINING_STATE))]
+    final = os.path.join(output_dir, "final")
+    return folders + ([final] if os.path.isfile(os.path.join(final, "config.json")) else [])
+
+
+def prepare_output_dir(cfg):
+    """Create or lock output_dir and return the checkpoint to resume from (None: a fresh run).
+
+    The folder is the run's: it keeps the run's config in run_config.json, and a folder holding anything
+    minigrpo did not write is refused. The same config (wherever the folder is, however it is named)
+    resumes from the newest checkpoint; another run's folder is refused unless --overwrite, which removes
+    minigrpo's files and nothing else, and never the --model being loaded.
+    """
+    folder, this_run = cfg.output_dir, run_identity(cfg)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"output_dir {folder!r} is a file, not a folder")
+    if cfg.resume and not os.path.isdir(folder):
+        raise UsageError(f"--resume: no checkpoint of this run in {folder!r} (no such folder)")
+    if foreign := entries_not_ours(folder) if os.path.isdir(folder) else []:
+        raise UsageError(f"output_dir {folder!r} holds what minigrpo did not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); choose another --output_dir")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock_output_dir(folder)
+    except OSError as e:
+        raise UsageError(f"output_dir {folder!r} cannot be written: {e.strerror or e}")
+    path, saved = os.path.join(folder, "run_config.json"), None
+    if os.path.isfile(path):
+        try:
+            saved = json.load(open(path))
+        except ValueError:  # cut short, or not JSON
+            saved = None
+        if not isinstance(saved, dict) and not cfg.overwrite:
+            raise UsageError(f"output_dir {folder!r}: its run_config.json is not a minigrpo run config; pass "
+                             "--overwrite or another --output_dir")
+        saved = saved if isinstance(saved, dict) else {}  # --overwrite: another run's
+    if saved is not None:  # a run from before a flag existed ran with its default; a knob since removed
+        known = set(this_run) | {"world_size"}  # (--sampler: bench/static_sampler.py) is not compared
+        saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
+        saved = {k: v for k, v in saved.items() if k in known}
+    same = lambda run: {k: v for k, v in run.items() if k != "output_dir"}  # noqa: E731 (a moved run resumes)
+    leftovers = [n for n in os.listdir(folder) if n != LOCK]
+    other_run = saved is not None and same(saved) != same(this_run) or saved is None and bool(leftovers)
+    if other_run and not cfg.overwrite:
+        changed = [k for k in same(this_run) if (saved or {}).get(k) != this_run[k]] if saved else []
+        why = f"differs in: {', '.join(changed[:5])}" if saved else f"{leftovers[0]} but no run_config.json"
+        raise UsageError(f"output_dir {folder!r} holds another run ({why}); pass --overwrite or another "
+                         "--output_dir")
+    model = os.path.realpath(cfg.model) + os.sep
+    if other_run and model.startswith(os.path.realpath(folder) + os.sep):
+        raise UsageError(f"--model {cfg.model!r} is inside output_dir {folder!r}, whose files --overwrite "
+                         "would delete; choose another --output_dir")
+    checkpoints = [] if other_run else _checkpoints(folder)
+    if cfg.resume and not checkpoints:
+        raise UsageError(f"--resume: no checkpoint of this run in {folder!r}")
+    stale = [n for n in leftovers if re.fullmatch(r"step_\d{6}", n)]
+    if not other_run and stale and not checkpoints:  # the newest training_state.pt was deleted
+        raise UsageError(f"output_dir {folder!r} holds this run's step folders but none has its "
+                         f"{TRAINING_STATE} to resume from; pass --overwrite to start over")
+    if other_run:  # --overwrite: remove the files minigrpo writes, nothing else
+        for name in leftovers:
+            p = os.path.join(folder, name)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    return checkpoints[-1] if checkpoints else None
+
+
+def restore_training_state(folder, optimizer, critic, critic_optimizer, train_problems, cfg):
+    """Load optimizer, RNG and critic states saved by save_checkpoint, and skip the problems the finished
+    steps used in train_problems; return the step they belong to (0 when folder is None: a fresh run)."""
+    if folder is None:
+        return 0
+    path = os.path.join(folder, TRAINING_STATE)
+    try:  # tensors, numbers and containers only: a file from elsewhere cannot run code when it is read
+        state = torch.load(path, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"][0])
+            critic_optimizer.load_state_dict(state["critic"][1])
+        rng = state["rng"][rank()]  # one per rank
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except Exception as e:  # UnpicklingError for any other object; a damaged file; a key or shape missing
+        raise UsageError(f"cannot resume from {path}: not a training state of this run ({type(e).__name__}: "
+                         f"{one_line(e, 80)}); remove its step folder or pass another --output_dir")
+    for _ in range(state["step"] * cfg.prompts_per_step):  # the problems the finished steps used
+        next(train_problems)
+    tqdm.write(f"resumed from {folder} (step {state['step']})")
+    return state["step"]
 
 
 def write_then_rename(path, write):
@@ -1880,15 +1948,87 @@ def write_then_rename(path, write):
     os.replace(tmp, path)
 
 
-def _checkpoints(output_dir):
-    """Complete checkpoints, oldest first: resumable step folders, then final (the run is done)."""
-    if not os.path.isdir(output_dir):
-        return []
-    names = sorted(n for n in os.listdir(output_dir) if re.fullmatch(r"step_\d{6}", n))
-    folders = [os.path.join(output_dir, n) for n in names]
-    folders = [f for f in folders if os.path.isfile(os.path.join(f, TRAINING_STATE))]
-    final = os.path.join(output_dir, "final")
-    return folders + ([final] if os.path.isfile(os.path.join(final, "config.json")) else [])
+def _step_of(line):
+    """The step of a line of the run's logs; infinity for a line cut short by a kill, or damaged."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+    return step if type(step) is int else math.inf
+
+
+class MetricsLog:
+    """The run's files as it trains: run_config.json, written when the run really starts (the model has
+    loaded: a failed start leaves nothing that would refuse its fix), then metrics.jsonl, samples.jsonl,
+    eval_samples.jsonl (rank 0; other ranks write to nowhere) and one console line per step. Resuming keeps
+    each log's lines up to the checkpoint's step; a fresh run starts fresh files."""
+
+    def __init__(self, cfg, tokenizer, start_step, resumed):
+        self.cfg, self.tokenizer, self.start_step, self.skipped_in_a_row = cfg, tokenizer, start_step, 0
+        if rank() == 0:
+            write_then_rename(os.path.join(cfg.output_dir, "run_config.json"),
+                              json.dumps(run_identity(cfg), indent=2))
+        self.file, self.samples, self.answers = (self.reopen(name, resumed) for name in LOGS)
+
+    def reopen(self, name, resumed):
+        """output_dir/name for appending, holding only the lines up to the resumed step, each whole and ending
+        in a newline: a line a kill cut short is dropped, and steps that no line holds any more are named in
+        one line (they are lost, not silently)."""
+        if rank() != 0:
+            return open(os.devnull, "a")
+        path = os.path.join(self.cfg.output_dir, name)
+        kept = []
+        if resumed and os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                kept = [line.rstrip("\n") + "\n" for line in f if _step_of(line) <= self.start_step]
+            lost = sorted(set(range(1, self.start_step + 1)) - {_step_of(line) for line in kept})
+            if lost and name != "eval_samples.jsonl":  # every step writes metrics.jsonl and samples.jsonl
+                print(f"note: {name} holds no whole line of steps {step_ranges(lost)} (damaged): the resumed "
+                      "run's file goes on without them", file=sys.stderr)
+        write_then_rename(path, "".join(kept))
+        return open(path, "a")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in (self.file, self.samples, self.answers):
+            f.close()
+
+    def steps_left(self):
+        steps = range(self.start_step + 1, self.cfg.steps + 1)
+        return tqdm(steps, initial=self.start_step, total=self.cfg.steps, desc="steps", file=sys.stderr,
+                    disable=rank() != 0)
+
+    def write(self, step, metrics, answers=()):
+        """One step's metrics and the held-out answers of its evaluation (evaluate_if_due), if any; step 0:
+        the evaluation before training."""
+        if metrics:
+            tqdm.write(log_line(step, self.cfg.steps, metrics))
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+        self.answers.write("".join(json.dumps(r) + "\n" for r in answers))
+        self.answers.flush()
+
+    def write_samples(self, step, problems, batch, update_metrics):
+        """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
+        records = sample_records(step, problems, batch, update_metrics, self.tokenizer, self.cfg)
+        if world_size() > 1:
+            gathered = [None] * world_size()
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        self.samples.write("".join(json.dumps(r) + "\n" for r in records))
+        self.samples.flush()
+
+    def too_many_skipped_steps(self, update_metrics):
+        """True, with a one-line error, after 3 steps in a row whose every optimizer step was skipped."""
+        skipped_all = update_metrics["skipped_steps"] == self.cfg.updates_per_rollout
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped_all else 0
+        if self.skipped_in_a_row == 3:
+            print("minigrpo: error: 3 steps in a row had non-finite losses or gradients; stopping (try a "
+                  "lower --lr or --dtype float32)", file=sys.stderr)
+            stop_distributed()
+        return self.skipped_in_a_row == 3
 
 
 def save_checkpoint(model, tokenizer, cfg, folder, optimizer=None, step=None, critic=None,
@@ -1948,152 +2088,6 @@ def finish_run(model, tokenizer, cfg, problem, batch):
         if lock := HELD_LOCKS.pop(os.path.realpath(cfg.output_dir), None):  # complete: the folder is free
             lock.close()
     stop_distributed()
-
-
-def restore_training_state(folder, optimizer, critic, critic_optimizer, train_problems, cfg):
-    """Load optimizer, RNG and critic states saved by save_checkpoint, and skip the problems the finished
-    steps used in train_problems; return the step they belong to (0 when folder is None: a fresh run)."""
-    if folder is None:
-        return 0
-    path = os.path.join(folder, TRAINING_STATE)
-    try:  # tensors, numbers and containers only: a file from elsewhere cannot run code when it is read
-        state = torch.load(path, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if critic is not None:
-            critic.load_state_dict(state["critic"][0])
-            critic_optimizer.load_state_dict(state["critic"][1])
-        rng = state["rng"][rank()]  # one per rank
-        random.setstate(rng["python"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    except Exception as e:  # UnpicklingError for any other object; a damaged file; a key or shape missing
-        raise UsageError(f"cannot resume from {path}: not a training state of this run ({type(e).__name__}: "
-                         f"{one_line(e, 80)}); remove its step folder or pass another --output_dir")
-    for _ in range(state["step"] * cfg.prompts_per_step):  # the problems the finished steps used
-        next(train_problems)
-    tqdm.write(f"resumed from {folder} (step {state['step']})")
-    return state["step"]
-
-
-PENDING_CONFIG = ".run_config.pending.json"  # run_config.json until the model has loaded
-LOCK = ".lock"  # held by the process writing the run (its pid inside)
-# what minigrpo writes into output_dir, as folders and as files; nothing else is ever removed or written over
-OUR_FOLDERS = r"(step_\d{6}|final)(\.tmp)?"
-OUR_FILES = (r"((metrics|samples|eval_samples)\.jsonl|run_config\.json|report\.html|curves\.svg"
-             r"|training_curves\.png|\.run_config\.pending\.json)(\.tmp)?|\.lock")
-HELD_LOCKS = {}  # output_dir's real path: its open lock file
-
-
-def entries_not_ours(folder):
-    """The names in folder that minigrpo did not write: another program's files, or one of ours of the wrong
-    kind (a folder named metrics.jsonl) or a link."""
-    def ours(name):
-        path = os.path.join(folder, name)
-        if os.path.islink(path):
-            return False
-        return re.fullmatch(OUR_FOLDERS, name) and os.path.isdir(path) or re.fullmatch(OUR_FILES, name) and \
-            os.path.isfile(path)
-    return sorted(name for name in os.listdir(folder) if not ours(name))
-
-
-def lock_output_dir(folder):
-    """Hold folder/.lock while this process writes the run; the system lets go when the process ends, killed
-    or not. UsageError naming the process that holds it. (No lock where fcntl is missing: Windows.)"""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    key = os.path.realpath(folder)
-    if key in HELD_LOCKS:  # this process again (a second main() in one process)
-        HELD_LOCKS.pop(key).close()
-    f = open(os.path.join(folder, LOCK), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise UsageError(f"output_dir {folder!r} is in use by process {holder}, which writes a run there; "
-                         "wait for it, stop it, or choose another --output_dir")
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    HELD_LOCKS[key] = f
-
-
-def prepare_output_dir(cfg):
-    """Create or lock output_dir and return the checkpoint to resume from (None: a fresh run).
-
-    The folder is the run's: it keeps the run's config in run_config.json, and a folder holding anything
-    minigrpo did not write is refused. The same config (wherever the folder is, however it is named)
-    resumes from the newest checkpoint; another run's folder is refused unless --overwrite, which removes
-    minigrpo's files and nothing else, and never the --model being loaded.
-    """
-    folder, this_run = cfg.output_dir, run_identity(cfg)
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"output_dir {folder!r} is a file, not a folder")
-    if cfg.resume and not os.path.isdir(folder):
-        raise UsageError(f"--resume: no checkpoint of this run in {folder!r} (no such folder)")
-    if foreign := entries_not_ours(folder) if os.path.isdir(folder) else []:
-        raise UsageError(f"output_dir {folder!r} holds what minigrpo did not write ({', '.join(foreign[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}); choose another --output_dir")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        lock_output_dir(folder)
-    except OSError as e:
-        raise UsageError(f"output_dir {folder!r} cannot be written: {e.strerror or e}")
-    path, saved = os.path.join(folder, "run_config.json"), None
-    if os.path.isfile(path):
-        try:
-            saved = json.load(open(path))
-        except ValueError:  # cut short, or not JSON
-            saved = None
-        if not isinstance(saved, dict) and not cfg.overwrite:
-            raise UsageError(f"output_dir {folder!r}: its run_config.json is not a minigrpo run config; pass "
-                             "--overwrite or another --output_dir")
-        saved = saved if isinstance(saved, dict) else {}  # --overwrite: another run's
-    if saved is not None:  # a run from before a flag existed ran with its default; a knob since removed
-        known = set(this_run) | {"world_size"}  # (--sampler: bench/static_sampler.py) is not compared
-        saved = {**{k: v for k, v in asdict(Config()).items() if k in this_run}, **saved}
-        saved = {k: v for k, v in saved.items() if k in known}
-    same = lambda run: {k: v for k, v in run.items() if k != "output_dir"}  # noqa: E731 (a moved run resumes)
-    leftovers = [n for n in os.listdir(folder) if n not in (LOCK, PENDING_CONFIG)]
-    other_run = saved is not None and same(saved) != same(this_run) or saved is None and bool(leftovers)
-    if other_run and not cfg.overwrite:
-        changed = [k for k in same(this_run) if (saved or {}).get(k) != this_run[k]] if saved else []
-        why = f"differs in: {', '.join(changed[:5])}" if saved else f"{leftovers[0]} but no run_config.json"
-        raise UsageError(f"output_dir {folder!r} holds another run ({why}); pass --overwrite or another "
-                         "--output_dir")
-    model = os.path.realpath(cfg.model) + os.sep
-    if other_run and model.startswith(os.path.realpath(folder) + os.sep):
-        raise UsageError(f"--model {cfg.model!r} is inside output_dir {folder!r}, whose files --overwrite "
-                         "would delete; choose another --output_dir")
-    checkpoints = [] if other_run else _checkpoints(folder)
-    if cfg.resume and not checkpoints:
-        raise UsageError(f"--resume: no checkpoint of this run in {folder!r}")
-    stale = [n for n in leftovers if re.fullmatch(r"step_\d{6}", n)]
-    if not other_run and stale and not checkpoints:  # the newest training_state.pt was deleted
-        raise UsageError(f"output_dir {folder!r} holds this run's step folders but none has its "
-                         f"{TRAINING_STATE} to resume from; pass --overwrite to start over")
-    if other_run:  # --overwrite: remove the files minigrpo writes, nothing else
-        for name in leftovers:
-            p = os.path.join(folder, name)
-            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-    if not (checkpoints and checkpoints[-1].endswith("final")):  # a complete run writes nothing more; pending
-        write_then_rename(os.path.join(folder, PENDING_CONFIG),  # until the model has loaded (MetricsLog): a
-                          json.dumps(this_run, indent=2))  # failed start leaves nothing that refuses its fix
-    return checkpoints[-1] if checkpoints else None
-
-
-def run_identity(cfg):
-    """What run_config.json keeps: the config without --resume and --overwrite, and with several
-    processes their number (resuming needs the same ranks: each keeps its own random state)."""
-    this_run = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "overwrite")}
-    if world_size() > 1:
-        this_run["world_size"] = world_size()
-    return this_run
 
 
 if __name__ == "__main__":

@@ -787,7 +787,7 @@ def test_a_student_copy_hands_out_no_solution(tmp_path):
     assert not [p for name in assignment.INSTRUCTOR_ONLY for p in out.rglob(name)]
     planted = "\n\n".join(inspect.getsource(getattr(mg, f)).replace(f"def {f}(", f"def my_{f}(")
                            for f in ("completion_mask", "policy_loss"))
-    header = "import torch\nfrom minigrpo import is_eos_token, masked_mean\n\n\n"
+    header = "import torch\nfrom minigrpo import Config, is_eos_token, masked_mean\n\n\n"
     (out / "bench" / "planted.py").write_text(header + planted)
     assert sorted(leaks()["leaks"]) == [["completion_mask", "bench.planted.my_completion_mask"],
                                         ["policy_loss", "bench.planted.my_policy_loss"]]
@@ -1584,7 +1584,12 @@ def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys
     assert len(notes) == 1 and "gradient checkpointing" in notes[0]  # falls back, in one line
     (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert m["policy/entropy_bonus"] == 0 and all(math.isfinite(v) for v in m.values())
-    assert (out / "final" / "minigrpo_config.json").exists()
+    # the config is settled before it is checked and never changed after: the run's record and the
+    # checkpoint's agree, the derived values (no shared prefix, the instruction used) in both
+    started = json.loads((out / "run_config.json").read_text())
+    saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
+    assert started == {k: v for k, v in saved.items() if k not in ("resume", "overwrite")}
+    assert started["shared_prefix"] is False and started["instruction"] == mg.default_instruction("arithmetic")
 
 
 def test_same_seed_same_metrics(tiny_dir, sevens, tmp_path, uninterrupted):
@@ -2338,15 +2343,30 @@ def test_models_that_transform_their_logits_are_refused(tiny):
         mg.check_output_head(model)
 
 
-def test_models_whose_cache_cannot_be_shared_fall_back(tiny, tmp_path):
+def test_models_whose_cache_cannot_be_shared_are_named_in_one_line(tiny, tmp_path, capsys):
+    """Training refuses a model whose cache cannot be shared, naming the flag that runs it (the config is
+    not changed behind the user's back); with the flag it trains."""
     from transformers import MistralConfig, MistralForCausalLM
 
     model, tokenizer = tiny
     assert mg.why_no_shared_prefix(model) is None
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)
-    problem = mg.why_no_shared_prefix(MistralForCausalLM(config))  # a sliding-window cache drops old keys
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                           eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    mistral = MistralForCausalLM(config)
+    problem = mg.why_no_shared_prefix(mistral)  # a sliding-window cache drops old keys
     assert problem is not None and "DynamicCache" in problem
+    mistral.save_pretrained(tmp_path / "mistral")
+    tokenizer.save_pretrained(tmp_path / "mistral")
+    argv = ["--model", str(tmp_path / "mistral"), "--output_dir", str(tmp_path / "run"), "--steps", "1",
+            "--prompts_per_step", "1", "--group_size", "2", "--micro_batch_size", "2", "--max_new_tokens", "2",
+            "--eval_every", "0"]
+    capsys.readouterr()
+    assert mg.main(argv) == 2
+    err = one_error_line(capsys)
+    assert "cannot share a prompt's cache" in err and err.endswith("pass --shared_prefix false")
+    assert not (tmp_path / "run" / "run_config.json").exists()
+    assert mg.main(argv + ["--shared_prefix", "false"]) == 0
 
 
 def test_trust_remote_code_is_off_unless_asked(tiny_dir, monkeypatch):
