@@ -236,7 +236,8 @@ def sample_model(name, problems, args, device):
         model, tokenizer = mg.load_model(name, device, trust_remote_code=args.trust_remote_code)
         model.eval()
         if reason := mg.why_no_shared_prefix(model):  # else each prompt is encoded once for its n samples
-            print(f"note: no shared prefix for {name}: {reason}; every row is encoded in full", file=sys.stderr)
+            print(f"note: no shared prefix for {name}: {reason}; every row is encoded in full",
+                  file=sys.stderr)
         shared_prefix = reason is None
     records = []
     with open(path, "a") as progress:

@@ -440,7 +440,7 @@ def micro_batches(batch, cfg, advantages=None, old_entropy=None, shuffle=True):
         num_tokens = sum_over_ranks(batch.mask[rows].sum()).clamp(min=1)
         trained = batch.mask[rows].float()  # (m, C)
         if old_entropy is not None:  # the forking-token rule, over the mini-batch's rows on every rank
-            every = rows_of_all_ranks({"entropy": old_entropy[rows], "mask": trained})  # (ranks * m, C') each
+            every = gather_ranks({"entropy": old_entropy[rows], "mask": trained})  # (ranks * m, C') each
             trained = top_entropy_mask(every["entropy"], every["mask"], cfg.entropy_top_fraction)[
                 this_ranks_rows(*trained.shape)]  # (m, C)
         for i in range(0, minibatch_size, cfg.micro_batch_size):
@@ -474,7 +474,7 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
 
     advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO). With one update per
     rollout (the default) the policy is its own pi_old: old = logprobs.detach(), the ratio is exactly 1.
-    """
+    Returns the metrics and what the update did to each token (for samples.jsonl)."""
     advantages = advantages.to(batch.mask.device)
     entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy bonus never
     old_logprobs, ref_logprobs, old_entropy = frozen_logprobs(model, ref_model, batch, cfg)  # (N, C) or None
@@ -498,13 +498,13 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
         if micro.ends_minibatch:  # sum over ranks, clip, skip if not finite, step
             grad_norm = gradient_step(model.parameters(), optimizer, cfg.max_grad_norm, tally.losses_finite)
             tally.stepped(grad_norm)
-    return tally.metrics()
+    return tally.metrics(), tally.token_record()
 
 
 def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_optimizer=None,
                ref_model=None):
     """One step: sample and grade a group per problem, compute the advantages, update the policy (and,
-    for PPO, the critic). Returns the rollout, the update's metrics and the seconds each half took."""
+    for PPO, the critic). Returns the rollout, the update's metrics and token record, the seconds taken."""
     started = time.time()
     model.eval()  # sampling: no dropout, and the KV cache on
     batch = rollout(model, tokenizer, problems, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
@@ -515,10 +515,11 @@ def train_step(model, tokenizer, optimizer, problems, cfg, critic=None, critic_o
         advantages, returns, values = ppo_advantages(critic.eval(), batch, cfg)  # (N, C) each
     sampled = time.time()
     model.train()  # training: no cache (gradient checkpointing, when on, works only in train mode)
-    update_metrics = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
+    update_metrics, tokens = update_policy(model, optimizer, batch, advantages, cfg, ref_model)
     if critic is not None:
         update_metrics |= update_critic(critic.train(), critic_optimizer, batch, values, returns, cfg)
-    return batch, update_metrics, {"time/sample_s": sampled - started, "time/update_s": time.time() - sampled}
+    seconds = {"time/sample_s": sampled - started, "time/update_s": time.time() - sampled}
+    return batch, update_metrics, tokens, seconds
 
 
 # -----------------------------------------------------------------------------
@@ -535,20 +536,19 @@ def main(argv=None):
         model, tokenizer, ref_model = load_models(cfg, resume_from)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
         critic, critic_optimizer = make_critic(model, cfg) if cfg.algorithm == "ppo" else (None, None)
-        start_step = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems,
-                                            cfg)
+        start = restore_training_state(resume_from, optimizer, critic, critic_optimizer, train_problems, cfg)
         precision = autocast(model.device, cfg.dtype)  # the forward passes in bfloat16, or plain float32
-        with MetricsLog(cfg, tokenizer, start_step, resumed=resume_from is not None) as log, precision:
+        with MetricsLog(cfg, tokenizer, start, resumed=resume_from is not None) as log, precision:
             if not resume_from:  # held-out accuracy in metrics.jsonl, answers: eval_samples.jsonl
                 log.write(0, *evaluate_if_due(model, tokenizer, heldout, cfg, step=0))
             for step in log.steps_left():
                 problems = this_ranks_share([next(train_problems) for _ in range(cfg.prompts_per_step)])
-                batch, update_metrics, seconds = train_step(model, tokenizer, optimizer, problems, cfg,
-                                                            critic, critic_optimizer, ref_model)
+                batch, update_metrics, tokens, seconds = train_step(
+                    model, tokenizer, optimizer, problems, cfg, critic, critic_optimizer, ref_model)
                 evaluation, answers = evaluate_if_due(model, tokenizer, heldout, cfg, step)
                 log.write(step, {**step_metrics(batch, update_metrics, cfg), **seconds, **evaluation},
                           answers)
-                log.write_samples(step, problems, batch, update_metrics)  # what the model wrote
+                log.write_samples(step, problems, batch, tokens)  # what the model wrote, and the method did
                 if log.too_many_skipped_steps(update_metrics):
                     return 1
                 save_checkpoint_if_due(step, model, tokenizer, cfg, optimizer, critic, critic_optimizer)
@@ -1100,7 +1100,7 @@ def same_weights_on_every_rank(model):
             torch.distributed.broadcast(tensor, src=0)
 
 
-def rows_of_all_ranks(tensors):
+def gather_ranks(tensors):
     """{name: (n, ...) tensor} -> the same names, each the concatenation over the ranks in rank order;
     (n, C) tensors padded with zeros on the right to the widest C. For the metrics of a whole step."""
     if world_size() == 1:
@@ -1117,7 +1117,7 @@ def rows_of_all_ranks(tensors):
 
 
 def this_ranks_rows(m, width):
-    """The index of this rank's m rows, and its first width columns, in rows_of_all_ranks' tensors."""
+    """The index of this rank's m rows, and its first width columns, in gather_ranks' tensors."""
     return slice(rank() * m, (rank() + 1) * m), slice(0, width)
 
 
@@ -1217,53 +1217,54 @@ class UpdateTally:
         """The update's metrics over the whole step (every rank's rows, with torchrun)."""
         n, C = self.batch.mask.shape
         correct = self.batch.rewards.to(self.advantages.device) == 1  # (N,)
-        rows = rows_of_all_ranks({**self.per_token, "advantages": self.advantages.view(n, -1).expand(n, C),
-                                  "mask": self.batch.mask, "correct": correct})
-        all_tokens = rows["mask"].sum().clamp(min=1)
+        every = gather_ranks({**self.per_token, "advantages": self.advantages.view(n, -1).expand(n, C),
+                              "mask": self.batch.mask, "correct": correct})  # every rank's rows
+        all_tokens = every["mask"].sum().clamp(min=1)
         metrics = {k: (sum_over_ranks(v) / all_tokens).item() for k, v in self.loss_sums.items()}
-        metrics.update(shaping_metrics(rows["logprobs"], rows["entropy"], rows["advantages"], rows["shaped"],
-                                       rows["mask"], rows["correct"]))
-        kept, entropy = rows["kept"] * rows["mask"], rows["entropy"]  # the forking-token rule's tokens
+        metrics.update(shaping_metrics(every["logprobs"], every["entropy"], every["advantages"],
+                                       every["shaped"], every["mask"], every["correct"]))
+        kept, entropy = every["kept"] * every["mask"], every["entropy"]  # the forking-token rule's tokens
         metrics.update(kept_frac=(kept.sum() / all_tokens).item(),
                        kept_entropy=masked_mean(entropy, kept).item(),
-                       dropped_entropy=masked_mean(entropy, rows["mask"] - kept).item())
+                       dropped_entropy=masked_mean(entropy, every["mask"] - kept).item())
         metrics["grad_norm"] = sum(self.grad_norms) / max(len(self.grad_norms), 1)
         metrics["skipped_steps"] = self.skipped
-        # per row, for samples.jsonl (sample_records): the advantages given; the entropy, shaped advantage
-        # and forking-token selection at each token
-        metrics["rows"] = {"advantages": self.advantages, **self.per_token}
         return metrics
+
+    def token_record(self):
+        """This rank's rows, for samples.jsonl (sample_records): the advantages given, (N,) or (N, C); the
+        log-probs, entropy, shaped advantage and forking-token selection at each token, (N, C) each."""
+        return {"advantages": self.advantages, **self.per_token}
 
 
 def step_metrics(batch, update_metrics, cfg):
     """The metrics of one step (all ranks' rows), by the names the README's metric table explains."""
-    rows = rows_of_all_ranks({"rewards": batch.rewards, "mask": batch.mask, "truncated": batch.truncated})
-    grouped = rows["rewards"].view(-1, cfg.group_size)
+    every = gather_ranks({"rewards": batch.rewards, "mask": batch.mask, "truncated": batch.truncated})
+    grouped = every["rewards"].view(-1, cfg.group_size)
     return {
-        "reward/mean": rows["rewards"].mean().item(),
-        "reward/accuracy": (rows["rewards"] == 1.0).float().mean().item(),
+        "reward/mean": every["rewards"].mean().item(),
+        "reward/accuracy": (every["rewards"] == 1.0).float().mean().item(),
         "reward/zero_std_frac": (grouped.std(dim=1) == 0).float().mean().item() if cfg.group_size > 1 else 0.,
         **{f"policy/{k}": update_metrics[k] for k in POLICY_METRICS},
         **{f"policy/{k}": update_metrics[k] for k in TOP_RULE_METRICS if 0 < cfg.entropy_top_fraction < 1},
         **({"critic/value_loss": update_metrics["value_loss"]} if "value_loss" in update_metrics else {}),
         **{f"update/{k}": update_metrics[k] for k in UPDATE_METRICS},
-        "rollout/response_length": rows["mask"].sum(dim=1).float().mean().item(),
-        "rollout/truncated_frac": rows["truncated"].float().mean().item(),
+        "rollout/response_length": every["mask"].sum(dim=1).float().mean().item(),
+        "rollout/truncated_frac": every["truncated"].float().mean().item(),
     }
 
 
-def sample_records(step, problems, batch, update_metrics, tokenizer, cfg):
+def sample_records(step, problems, batch, tokens, tokenizer, cfg):
     """samples.jsonl's lines for one step of this rank: one per completion, with its reward, advantage
     (PPO: the mean of A_t over its tokens), length and whether it was cut. The first group's lines also
     carry, token by token, what the method did there: the entropy (nats; the update's forward pass,
     logits / T), psi = shaped - A (Eq. 5-6), whether psi was clipped at |A_t| / kappa (Eq. 5's min took
     |A_t| / kappa: alpha * H_t was larger), with PPO the A_t given, with the forking-token rule whether
-    the token was trained."""
+    the token was trained. tokens: what the update recorded (update_policy's second result)."""
     group_size = len(batch.texts) // len(problems)
-    rows = update_metrics["rows"]
-    advantages, entropy = rows["advantages"], rows["entropy"]  # (N,) or (N, C); (N, C)
+    advantages, entropy = tokens["advantages"], tokens["entropy"]  # (N,) or (N, C); (N, C)
     per_token = entropy_advantage(advantages, entropy, 0, 1)  # (N, C): A_t before shaping
-    psi = rows["shaped"] - per_token  # (N, C), Eq. 6 read backwards
+    psi = tokens["shaped"] - per_token  # (N, C), Eq. 6 read backwards
     clipped = per_token.abs() / cfg.entropy_kappa < cfg.entropy_alpha * entropy  # (N, C): Eq. 5's min
     lengths = batch.mask.sum(dim=1)  # (N,)
     if advantages.dim() == 2:
@@ -1281,10 +1282,10 @@ def sample_records(step, problems, batch, update_metrics, tokenizer, cfg):
             records[-1].update(tokens=[tokenizer.decode([t]) for t in batch.completion_ids[i, :n].tolist()],
                                entropy=rounded(entropy), psi=rounded(psi),
                                clipped=clipped[i, :n].int().tolist())
-            if rows["advantages"].dim() == 2:
+            if tokens["advantages"].dim() == 2:
                 records[-1]["token_advantage"] = rounded(per_token)
             if 0 < cfg.entropy_top_fraction < 1:
-                records[-1]["trained"] = rows["kept"][i, :n].int().tolist()
+                records[-1]["trained"] = tokens["kept"][i, :n].int().tolist()
     return records
 
 
@@ -1329,7 +1330,7 @@ def step_ranges(steps):
 def diagnosis(metrics, config):
     """What a run's metrics.jsonl says, in plain words: [(kind, line)], kind 'warning' for what keeps a
     run from learning and 'normal' for what looks wrong and is not, each line naming the steps it saw.
-    metrics: the file's rows; config: run_config.json's dict ({}: unknown). The run's end prints it and
+    metrics: the file's lines; config: run_config.json's dict ({}: unknown). The run's end prints it and
     the run page opens with it."""
     read = ("reward/accuracy", "reward/zero_std_frac", "rollout/truncated_frac", "policy/entropy",
             "update/skipped_steps", "update/loss", "update/clip_frac")
@@ -1337,7 +1338,7 @@ def diagnosis(metrics, config):
     n, lines = len(steps), []
     if not steps:
         return lines
-    mean = lambda rows, key: sum(m[key] for m in rows) / len(rows)  # noqa: E731
+    mean = lambda lines, key: sum(m[key] for m in lines) / len(lines)  # noqa: E731
     where = lambda test: step_ranges([m["step"] for m in steps if test(m)])  # noqa: E731
     first5, last5 = mean(steps[:5], "reward/accuracy"), mean(steps[-5:], "reward/accuracy")
     flat = [m for m in steps if m["reward/zero_std_frac"] >= 0.5]
@@ -1552,8 +1553,8 @@ def gold_answer(raw):
     return text if after is None else after.replace(",", "")
 
 
-def json_rows(path):
-    """The rows of a local .jsonl or .json file, read here rather than by `datasets` (whose JSON reader
+def json_records(path):
+    """The records of a local .jsonl or .json file, read here rather than by `datasets` (whose JSON reader
     crashes on a file holding `null`): one object a line, or a .json list of objects (or one object of
     equal-length columns). Raises UsageError naming the first thing that is not."""
     try:
@@ -1596,22 +1597,22 @@ def load_problems(dataset, split=Config.split, question_field=Config.question_fi
             if os.path.getsize(dataset) == 0:
                 raise UsageError(f"{where}: the dataset is empty")
         try:
-            rows = load()
+            records = load()
         except Exception as e:  # unreadable file, unreachable hub: one line, not a traceback
             reason = str(e.__cause__ or e).strip() or type(e).__name__
             raise UsageError(f"cannot load dataset {where}: {one_line(reason)}")
     else:
-        rows = json_rows(dataset)
+        records = json_records(dataset)
     problems = []
-    for number, row in enumerate(rows, start=1):
+    for number, record in enumerate(records, start=1):
         for name in (question_field, answer_field):
-            if row.get(name) is None or str(row[name]).strip() == "":
+            if record.get(name) is None or str(record[name]).strip() == "":
                 raise UsageError(f"{where}: row {number} has no {name!r} field")
-        answer = gold_answer(row[answer_field])
+        answer = gold_answer(record[answer_field])
         if not answer:
             raise UsageError(f"{where}: row {number}: no gold answer in field {answer_field!r} "
-                             f"({str(row[answer_field])[:40]!r})")
-        problems.append({"question": str(row[question_field]).strip(), "answer": answer})
+                             f"({str(record[answer_field])[:40]!r})")
+        problems.append({"question": str(record[question_field]).strip(), "answer": answer})
     if not problems:
         raise UsageError(f"{where}: the dataset is empty")
     return problems
@@ -1638,8 +1639,8 @@ def task_problems(cfg):
     if cfg.dataset == "arithmetic":
         train = arithmetic_problems("train", cfg.digits, cfg.operations, cfg.seed)
     else:
-        rows = load_problems(cfg.dataset, cfg.split, cfg.question_field, cfg.answer_field)
-        train = problem_stream(rows, cfg.seed)
+        train = problem_stream(load_problems(cfg.dataset, cfg.split, cfg.question_field, cfg.answer_field),
+                               cfg.seed)
     # math500 is a test set and a file has no second split: they need --eval_dataset for eval_every
     source = cfg.eval_dataset or (cfg.dataset if cfg.dataset in ("arithmetic", "gsm8k") else None)
     if source is None and cfg.eval_every:
@@ -2010,9 +2011,9 @@ class MetricsLog:
         self.answers.write("".join(json.dumps(r) + "\n" for r in answers))
         self.answers.flush()
 
-    def write_samples(self, step, problems, batch, update_metrics):
+    def write_samples(self, step, problems, batch, tokens):
         """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
-        records = sample_records(step, problems, batch, update_metrics, self.tokenizer, self.cfg)
+        records = sample_records(step, problems, batch, tokens, self.tokenizer, self.cfg)
         if world_size() > 1:
             gathered = [None] * world_size()
             torch.distributed.all_gather_object(gathered, records)

@@ -119,7 +119,8 @@ def update_once(tiny_dir, cfg, advantages, lr=1.0, rollout_args=(), before=None,
     if before is not None:
         before(model)
     torch.manual_seed(0)
-    metrics = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=lr), batch, advantages, cfg)
+    metrics, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=lr), batch, advantages,
+                                  cfg)
     return torch.cat([p.detach().flatten() for p in model.parameters()]), metrics, model, batch
 
 
@@ -1275,9 +1276,8 @@ def test_the_forking_token_rule_in_the_update(tiny):
         cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=4, updates_per_rollout=3,
                         entropy_top_fraction=fraction)
         torch.manual_seed(0)
-        metrics = mg.update_policy(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1), batch, advantages,
-                                   cfg)
-        metrics.pop("rows")  # per-row tensors for samples.jsonl, not metrics
+        metrics, _ = mg.update_policy(model_copy, torch.optim.SGD(model_copy.parameters(), lr=0.1), batch,
+                                      advantages, cfg)
         results[fraction] = (metrics, model_copy.state_dict())
     (plain, plain_weights), (full, full_weights), (top, top_weights) = results.values()
     assert all(torch.equal(plain_weights[k], full_weights[k]) for k in plain_weights)
@@ -1377,17 +1377,18 @@ def test_update_policy_metrics_and_old_logprobs(tiny):
     model, tokenizer = tiny
     batch = make_rollout(tokenizer)
     advantages = torch.linspace(-1, 1, 8)
-    one = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
-                           mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    one, _ = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
+                              mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     assert one["clip_frac"] == 0 and one["approx_kl"] == 0  # one update: old log-probs are the current ones
     assert one["entropy"] > 0 and one["entropy_bonus"] > 0 and 0 < one["psi_over_abs_adv"] <= 0.5
     assert one["grad_norm"] > 0
     # four updates on one rollout: old log-probs are frozen before the first step, so later ones drift
-    four = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
-                            mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2, updates_per_rollout=4))
+    four, tokens = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch,
+                                    advantages, mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2,
+                                                          updates_per_rollout=4))
     assert four["approx_kl"] > 0
-    rows = four.pop("rows")  # for samples.jsonl: the advantages given and the entropy of every token
-    assert torch.equal(rows["advantages"], advantages) and rows["entropy"].shape == batch.mask.shape
+    # for samples.jsonl: the advantages given and the entropy of every token
+    assert torch.equal(tokens["advantages"], advantages) and tokens["entropy"].shape == batch.mask.shape
     assert all(math.isfinite(v) for v in four.values())
 
 
@@ -1397,8 +1398,8 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     advantages = torch.linspace(-1, 1, 8)
     with torch.no_grad():
         logprobs, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
-    m = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
-                         mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    m, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
+                            mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     mask = batch.mask.bool()
     A = advantages[:, None].expand_as(logprobs)
     shaped = A + torch.minimum(0.4 * entropy, A.abs() / 2.0)  # Eq. 5-6 by hand, not mg.entropy_advantage
@@ -1428,8 +1429,8 @@ def test_all_equal_rewards_give_no_update(tiny):
     before = [p.detach().clone() for p in model.parameters()]
     batch = make_rollout(tokenizer)
     advantages = mg.group_advantages(torch.ones(8), 4)
-    stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, advantages,
-                             mg.Config(group_size=4, prompts_per_step=2))
+    stats, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=1.0), batch, advantages,
+                                mg.Config(group_size=4, prompts_per_step=2))
     assert stats["entropy_bonus"] == 0 and stats["grad_norm"] == 0 and math.isfinite(stats["loss"])
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -1455,13 +1456,13 @@ def test_degenerate_batches_give_the_loss_by_hand(tiny):
     for mask in (torch.ones_like(batch.mask),  # every completion truncated
                  torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
                  torch.zeros_like(batch.mask)):  # nothing at all to train on
-        stats = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
-                                 dataclasses.replace(batch, mask=mask), advantages, cfg)
+        stats, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                    dataclasses.replace(batch, mask=mask), advantages, cfg)
         tokens = mask.sum(dim=1).double()  # (8,) each row's tokens
         by_hand = -(advantages.double() * tokens).sum() / max(tokens.sum(), 1)
         assert stats["loss"] == pytest.approx(by_hand.item(), abs=1e-6) and stats["skipped_steps"] == 0
-        with_bonus = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
-                                      dataclasses.replace(batch, mask=mask), advantages, mg.Config(group_size=4))
+        with_bonus, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
+                                         dataclasses.replace(batch, mask=mask), advantages, mg.Config(group_size=4))
         assert math.isfinite(with_bonus["loss"]) and with_bonus["skipped_steps"] == 0
 
 
@@ -1478,8 +1479,9 @@ def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
     before = [p.detach().clone() for p in model.parameters()]
     real_loss = mg.policy_loss
     monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"), real_loss(*a, **k)[1]))
-    stats = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1.0), make_rollout(tokenizer),
-                             torch.linspace(-1, 1, 8), mg.Config(group_size=4, prompts_per_step=2))
+    stats, _ = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1.0),
+                                make_rollout(tokenizer), torch.linspace(-1, 1, 8),
+                                mg.Config(group_size=4, prompts_per_step=2))
     assert stats["skipped_steps"] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -2016,8 +2018,7 @@ for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for a
                     shared_prefix=shared, entropy_top_fraction=top)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # the step is the gradient itself
     model.train()
-    metrics = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
-    metrics.pop("rows")  # this rank's rows, for samples.jsonl
+    metrics, _ = mg.update_policy(model, optimizer, batch, mg.group_advantages(batch.rewards, 4), cfg)
     token_advantages = torch.randn(16, 9, generator=torch.Generator().manual_seed(1))  # PPO's, over all ranks
     if mg.world_size() > 1:
         token_advantages = token_advantages[rows]
@@ -2029,7 +2030,7 @@ for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for a
     if mg.world_size() > 1:
         width = 9 if mg.rank() == 0 else 6
         entropy, mask = entropy[rows, :width], mask[rows, :width]
-    every = mg.rows_of_all_ranks({{"entropy": entropy, "mask": mask}})  # as micro_batches selects
+    every = mg.gather_ranks({{"entropy": entropy, "mask": mask}})  # as micro_batches selects
     kept = mg.top_entropy_mask(every["entropy"], every["mask"], 0.3)[mg.this_ranks_rows(*mask.shape)]
     results[shared, top] = {{"weights": model.state_dict(), "metrics": metrics, "white": white, "kept": kept}}
 if mg.rank() == 0:

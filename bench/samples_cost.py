@@ -39,15 +39,15 @@ def main():
         with mg.MetricsLog(cfg, tokenizer, 0, resumed=False) as log:
             for step in range(1, args.steps + 1):
                 problems = [next(stream) for _ in range(cfg.prompts_per_step)]
-                batch, update_metrics, seconds = mg.train_step(model, tokenizer, optimizer, problems, cfg)
+                batch, update_metrics, tokens, seconds = mg.train_step(model, tokenizer, optimizer, problems, cfg)
                 before = os.path.getsize(os.path.join(out, "samples.jsonl"))
-                log.write_samples(step, problems, batch, update_metrics)
+                log.write_samples(step, problems, batch, tokens)
                 size = os.path.getsize(os.path.join(out, "samples.jsonl")) - before
                 times = []
                 for _ in range(args.repeats):  # the same work again, to a file that is thrown away
                     started = time.perf_counter()
                     with open(os.devnull, "w") as log.samples:
-                        log.write_samples(step, problems, batch, update_metrics)
+                        log.write_samples(step, problems, batch, tokens)
                     times.append(time.perf_counter() - started)
                 log.samples = open(os.path.join(out, "samples.jsonl"), "a")
                 step_s = seconds["time/sample_s"] + seconds["time/update_s"]
