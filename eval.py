@@ -327,12 +327,12 @@ def token_entropy_stats(records):
     return dict(sorted(stats.items(), key=lambda item: -item[1][0]))
 
 
-def entropy_table(stats, min_count, rows=15):
-    """The rows highest- and lowest-entropy tokens seen at least min_count times, side by side
-    (with fewer than 2 * rows such tokens, the upper half and the lower half)."""
+def entropy_table(stats, min_count, per_side=15):
+    """The per_side highest- and lowest-entropy tokens seen at least min_count times, side by side
+    (with fewer than 2 * per_side such tokens, the upper half and the lower half)."""
     common = [(t, h, c) for t, (h, c) in stats.items() if c >= min_count]
-    rows = min(rows, max(1, len(common) // 2))
-    high, low = common[:rows], common[::-1][:rows]
+    per_side = min(per_side, max(1, len(common) // 2))
+    high, low = common[:per_side], common[::-1][:per_side]
     lines = [f"{'highest entropy':<30}  {'lowest entropy':<30}   "
              f"(tokens seen >= {min_count} times; mean nats, count)"]
 
@@ -544,9 +544,9 @@ class RunFiles:
 
     folder: str
     config: dict  # run_config.json ({}: none)
-    metrics: list  # metrics.jsonl's rows
-    samples: list  # samples.jsonl's rows
-    answers: list  # eval_samples.jsonl's rows: the held-out greedy answers
+    metrics: list  # metrics.jsonl's lines, as dicts
+    samples: list  # samples.jsonl's lines
+    answers: list  # eval_samples.jsonl's lines: the held-out greedy answers
 
 
 def read_run(folder):
@@ -743,10 +743,11 @@ def step_section(step, records):
     groups = {}
     for r in records:
         groups.setdefault(str(r.get("group")), []).append(r)
-    for group, rows in groups.items():
-        parts.append(f"<h3>{esc(rows[0].get('problem'))} (gold {esc(rows[0].get('answer'))})</h3>"
+    for group, completions in groups.items():
+        first = completions[0]
+        parts.append(f"<h3>{esc(first.get('problem'))} (gold {esc(first.get('answer'))})</h3>"
                      "<table><tr><th>reward</th><th>advantage</th><th>tokens</th><th>completion</th></tr>")
-        for i, r in enumerate(rows):
+        for i, r in enumerate(completions):
             reward, advantage = number(r.get("reward")) or 0.0, number(r.get("advantage")) or 0.0
             cut = " (cut)" if r.get("truncated") is True else ""
             parts.append(f"<tr class='sample{' right' * (reward == 1.0)}' data-step='{step}' "

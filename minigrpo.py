@@ -8,7 +8,7 @@ Read it top to bottom, in the order one step runs: Config, sampling, reward, GRP
 log-probs and entropy (Eq. 4), the entropy advantage (Eq. 5-6) and the loss (Eq. 7), one training
 step, main. The story ends with main. Then PPO, the paper's second algorithm, in one section; then
 the PLUMBING banner: argument checks, sampling's and the update's helpers, several GPUs, metrics,
-grader hardening, data, model loading and checkpoints, which a first read can skip. docs/design.md lists
+grader hardening, data, model loading, the run folder, which a first read can skip. docs/design.md lists
 where this GRPO differs from the textbook (token-level loss, clip-higher, no KL, our own sampler).
 
 Run it:
@@ -1121,19 +1121,24 @@ def this_ranks_rows(m, width):
     return slice(rank() * m, (rank() + 1) * m), slice(0, width)
 
 
+def lists_of_all_ranks(items):
+    """Each rank's list, concatenated in rank order, on every rank (a collective); the list itself alone."""
+    if world_size() == 1:
+        return items
+    gathered = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def rng_states():
     """This process's random states, and with several processes every rank's (a collective)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    if world_size() == 1:
-        return [state]
-    states = [None] * world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
+    return lists_of_all_ranks([state])
 
 
 # -----------------------------------------------------------------------------
-# Metrics, logs and the diagnosis
+# Metrics: a step's numbers, samples.jsonl's records, the held-out evaluation, the console line, the diagnosis
 
 
 def token_covariance(x, y, mask):
@@ -2013,11 +2018,7 @@ class MetricsLog:
 
     def write_samples(self, step, problems, batch, tokens):
         """One line per completion of the step, every rank's (sample_records), for reading what RL changed."""
-        records = sample_records(step, problems, batch, tokens, self.tokenizer, self.cfg)
-        if world_size() > 1:
-            gathered = [None] * world_size()
-            torch.distributed.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
+        records = lists_of_all_ranks(sample_records(step, problems, batch, tokens, self.tokenizer, self.cfg))
         self.samples.write("".join(json.dumps(r) + "\n" for r in records))
         self.samples.flush()
 

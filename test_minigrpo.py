@@ -2154,6 +2154,10 @@ def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path
     assert ["eval/accuracy" in m for m in two] == [True, False, True, True]  # eval_every 2 and at the end
     assert result.stdout.count("step   3/3") == 1  # rank 0 alone prints
     assert json.loads((tmp_path / "two" / "run_config.json").read_text())["world_size"] == 2
+    samples = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    # every completion of a step once, both ranks' (rank 0 holds group 0, rank 1 group 1), in rank order
+    expected = [(step, group) for step in (1, 2, 3) for group in (0, 1) for _ in range(8)]
+    assert [(r["step"], r["group"]) for r in samples] == expected
     model, _ = mg.load_model(str(tmp_path / "two" / "final"), "cpu")
     assert any(m.get("update/grad_norm", 0) > 0 for m in two)  # weights moved: resuming matters
 
@@ -2166,6 +2170,7 @@ def test_torchrun_two_processes_train_resume_and_save(tiny_dir, sevens, tmp_path
     result = torchrun([os.path.join(HERE, "minigrpo.py"), *tiny_run_args(tiny_dir, killed, sevens, steps=3)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_metrics(killed) == two  # each rank's random state, the weights and the optimizer restored
+    assert (killed / "samples.jsonl").read_text() == (tmp_path / "two" / "samples.jsonl").read_text()
 
 
 def test_a_step_that_the_processes_cannot_share_is_refused(monkeypatch, tiny_dir):
