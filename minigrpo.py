@@ -377,10 +377,9 @@ def rollout(model, tokenizer, problems, group_size, max_new_tokens, temperature,
         model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, shared_prefix)
     eos = model.generation_config.eos_token_id
     mask = completion_mask(completion_ids, eos)  # (N, C)
-    texts = tokenizer.batch_decode(completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id),
-                                   skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)  # padding after each EOS
     answers = [p["answer"] for p in problems for _ in range(group_size)]
-    rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)])  # (N,)
+    rewards = torch.tensor([math_reward(t, a) for t, a in zip(texts, answers)], device=mask.device)  # (N,)
     truncated = ~is_eos_token(completion_ids, eos).any(dim=1)  # (N,) no EOS: every token is trained on
     prompt_index = torch.arange(len(problems), device=mask.device).repeat_interleave(group_size)  # (N,)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, prompt_index, rewards, truncated, texts,
@@ -475,10 +474,10 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
     advantages: (N,) one per response (GRPO) or (N, C) one per token (PPO). With one update per
     rollout (the default) the policy is its own pi_old: old = logprobs.detach(), the ratio is exactly 1.
     Returns the metrics and what the update did to each token (for samples.jsonl)."""
-    advantages = advantages.to(batch.mask.device)
     entropy_grad = cfg.entropy_coef > 0  # entropy regularization differentiates H; the entropy bonus never
     old_logprobs, ref_logprobs, old_entropy = frozen_logprobs(model, ref_model, batch, cfg)  # (N, C) or None
     tally = UpdateTally(batch, advantages)
+    finite = torch.ones((), dtype=torch.bool, device=batch.mask.device)  # the mini-batch's losses so far
     # shuffled mini-batches cut into micro-batches; micro.trained: 1 on the tokens top_entropy_mask keeps
     for micro in micro_batches(batch, cfg, advantages, old_entropy):
         with torch.set_grad_enabled(micro.has_gradient):
@@ -494,10 +493,11 @@ def update_policy(model, optimizer, batch, advantages, cfg, ref_model=None):
                 loss = loss - cfg.entropy_coef * (entropy * micro.mask).sum() / micro.num_tokens
         if micro.has_gradient:  # else every advantage is 0 and no loss term has a gradient: no backward
             loss.backward()
+        finite &= torch.isfinite(loss.detach())
         tally.add(micro, loss, stats, logprobs=logprobs, entropy=entropy, shaped=shaped)
-        if micro.ends_minibatch:  # sum over ranks, clip, skip if not finite, step
-            grad_norm = gradient_step(model.parameters(), optimizer, cfg.max_grad_norm, tally.losses_finite)
-            tally.stepped(grad_norm)
+        if micro.ends_minibatch:  # sum over ranks, clip, step: none if a loss or the gradient is not finite
+            tally.stepped(gradient_step(model.parameters(), optimizer, cfg.max_grad_norm, finite))
+            finite = torch.ones_like(finite)
     return tally.metrics(), tally.token_record()
 
 
@@ -1188,9 +1188,8 @@ UPDATE_METRICS = ("loss", "clip_frac", "approx_kl", "grad_norm", "skipped_steps"
 
 class UpdateTally:
     """What update_policy accumulates for its metrics: every row's log-probs, entropy, shaped advantage
-    and kept tokens (the forking-token rule), and the loss sums, kept on the device and read once at the
-    end (one host sync, not several per micro-batch); and whether the current mini-batch's losses were
-    all finite."""
+    and kept tokens (the forking-token rule), the loss sums, kept on the device and read once at the end
+    (one host sync, not several per micro-batch), and the optimizer steps taken and skipped."""
 
     def __init__(self, batch, advantages):
         n, C = batch.mask.shape
@@ -1200,10 +1199,8 @@ class UpdateTally:
         self.per_token = {k: torch.zeros(n, C, device=device) for k in names}
         self.loss_sums = {k: torch.zeros((), device=device) for k in ("clip_frac", "approx_kl", "loss")}
         self.grad_norms, self.skipped = [], 0
-        self.losses_finite = torch.ones((), dtype=torch.bool, device=advantages.device)
 
     def add(self, micro, loss, stats, **per_token):
-        self.losses_finite &= torch.isfinite(loss.detach())
         for key, value in {**per_token, "kept": micro.trained}.items():
             self.per_token[key][micro.rows] = value.detach().float()
         self.loss_sums["clip_frac"] += stats["clip_frac"] * micro.mask.sum()
@@ -1216,7 +1213,6 @@ class UpdateTally:
             self.skipped += 1
         else:
             self.grad_norms.append(grad_norm)
-        self.losses_finite = torch.ones_like(self.losses_finite)
 
     def metrics(self):
         """The update's metrics over the whole step (every rank's rows, with torchrun)."""

@@ -78,7 +78,7 @@ def time_minigrpo(model, tokenizer, cfg, problem_batches, saturated, sampling):
         synchronize()
         sampling.append(time.perf_counter() - start)
         if cfg.random_rewards:
-            batch.rewards = random_rewards(len(batch.rewards))
+            batch.rewards = random_rewards(len(batch.rewards)).to(batch.rewards.device)
         advantages = mg.group_advantages(batch.rewards, cfg.group_size)
         saturated.append(int((advantages.view(-1, cfg.group_size) == 0).all(dim=1).sum()))
         model.train()
