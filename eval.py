@@ -105,7 +105,7 @@ def training_knob(name, help=None):
     --help (or help, where evaluation uses the knob otherwise)."""
     (shared,) = [f for f in dataclasses.fields(mg.Config) if f.name == name]
     if help:
-        return mg.knob(shared.default, help, re.search(mg.RANGE, shared.metadata["help"]).group()[2:])
+        return mg.knob(shared.default, help, re.search(mg.RANGE, shared.metadata["help"]).group(1))
     return field(default=shared.default, metadata=shared.metadata)
 
 

@@ -707,7 +707,7 @@ def check_shared_knobs(cfg):
     check_dataset_name(cfg.dataset)
 
 
-RANGE = r"; ([\[(])([-\d.e]+|inf), ([-\d.e]+|inf)([\])])$"  # how a knob's --help line ends with its range
+RANGE = r"; (([\[(])([-\d.e]+|inf), ([-\d.e]+|inf)([\])]))$"  # a knob's --help line's end: its range
 
 
 def check_ranges(config):
@@ -715,12 +715,12 @@ def check_ranges(config):
     NaN lies in no range."""
     for f in fields(config):
         if found := re.search(RANGE, f.metadata.get("help", "")):
-            left, low, high, right = found.groups()
+            interval, left, low, high, right = found.groups()
             value, low, high = getattr(config, f.name), float(low), float(high)
             above_low = low <= value if left == "[" else low < value
             below_high = value <= high if right == "]" else value < high
             if not (above_low and below_high):
-                raise UsageError(f"--{f.name} must be in {found.group()[2:]} (got {value})")
+                raise UsageError(f"--{f.name} must be in {interval} (got {value})")
 
 
 def check_config(cfg):
